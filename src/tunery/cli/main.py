@@ -1,0 +1,145 @@
+"""The `tunery` command: thin typed wrappers that import the library only when a command runs.
+
+Errors from the library (`TuneryError`) are printed as a short message; set `TUNERY_DEBUG=1` for the
+traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(
+    help="Fine-tune pre-trained language models: check data, train, chat, evaluate.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Check and preview datasets before spending compute.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+MODEL_HELP = "Base model: alias (smollm2-135m-instruct), local folder, .gguf file or hub id."
+
+
+@app.command()
+def train(
+    config: Path = typer.Argument(..., help="YAML config file (see docs/config.md)."),
+    overrides: Optional[List[str]] = typer.Argument(None, help="Dotted overrides: training.lr=1e-4"),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Delete an existing run folder first."),
+) -> None:
+    """Train a model from a YAML config.
+
+    Examples:
+      tunery train examples/quickstart/config.yaml
+      tunery train examples/quickstart/config.yaml training.lr=1e-4 lora.rank=8
+      tunery train examples/quickstart/config.yaml --resume
+    """
+    from tunery.trainers.run import train_from_config
+
+    code = train_from_config(config, overrides or [], resume=resume, overwrite=overwrite)
+    raise typer.Exit(code)
+
+
+@data_app.command("check")
+def data_check(
+    files: List[Path] = typer.Argument(..., help="Training files to lint."),
+    model: str = typer.Option("smollm2-135m-instruct", "--model", "-m", help=MODEL_HELP),
+    validation: Optional[List[Path]] = typer.Option(None, "--validation", "-v", help="Validation file(s)."),
+    max_length: int = typer.Option(1024, "--max-length", help="Longest example in tokens."),
+    train_on: str = typer.Option("assistant", "--train-on", help="assistant | all | last"),
+    fmt: str = typer.Option("auto", "--format", help="auto | messages | alpaca | sharegpt | prompt_completion | text"),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Lint datasets: every bad record with file, line and reason, plus token statistics.
+
+    Exit code 0 only when there is no error; warnings do not fail.
+
+    Example:
+      tunery data check train.jsonl --validation val.jsonl --model smollm2-135m-instruct
+    """
+    from tunery.cli.data import run_check
+
+    raise typer.Exit(
+        run_check(files, model, validation or [], max_length, train_on, fmt, as_json)
+    )
+
+
+@data_app.command("preview")
+def data_preview(
+    file: Path = typer.Argument(..., help="Dataset file."),
+    model: str = typer.Option("smollm2-135m-instruct", "--model", "-m", help=MODEL_HELP),
+    n: int = typer.Option(3, "-n", help="How many examples."),
+    max_length: int = typer.Option(1024, "--max-length", help="Longest example in tokens."),
+    train_on: str = typer.Option("assistant", "--train-on", help="assistant | all | last"),
+    fmt: str = typer.Option("auto", "--format", help="Record format (auto detects)."),
+    as_json: bool = typer.Option(False, "--json", help="Per example: token ids and trained flags."),
+) -> None:
+    """Show the rendered tokens of the first N examples with the trained ones marked.
+
+    Example:
+      tunery data preview train.jsonl -n 2
+    """
+    from tunery.cli.data import run_preview
+
+    raise typer.Exit(run_preview(file, model, n, max_length, train_on, fmt, as_json))
+
+
+@app.command()
+def generate(
+    target: str = typer.Argument(..., help="A run folder, or a base model spec."),
+    prompt: List[str] = typer.Option(..., "--prompt", "-p", help="User message (repeat for several)."),
+    system: Optional[str] = typer.Option(None, "--system", help="System message."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", help="Most tokens to generate."),
+    temperature: float = typer.Option(0.0, "--temperature", help="0 means greedy."),
+    seed: int = typer.Option(0, "--seed", help="Seed for sampling."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Answer one or more prompts with a run (or a base model), using its chat template.
+
+    Example:
+      tunery generate runs/quickstart --prompt "Who wrote it?"
+    """
+    from tunery.cli.chat import run_generate
+
+    raise typer.Exit(
+        run_generate(target, prompt, system, max_new_tokens, temperature, seed, as_json)
+    )
+
+
+@app.command()
+def chat(
+    target: str = typer.Argument(..., help="A run folder, or a base model spec."),
+    system: Optional[str] = typer.Option(None, "--system", help="System message."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Most tokens per answer."),
+    temperature: float = typer.Option(0.0, "--temperature", help="0 means greedy."),
+) -> None:
+    """Talk to a run (or a base model) in the terminal. /reset clears the history, /exit quits.
+
+    Example:
+      tunery chat runs/quickstart
+    """
+    from tunery.cli.chat import run_chat
+
+    raise typer.Exit(run_chat(target, system, max_new_tokens, temperature))
+
+
+def main() -> None:
+    """Entry point: run the app and print `TuneryError`s as short messages."""
+    from tunery.errors import TuneryError
+
+    try:
+        app()
+    except TuneryError as exc:
+        if os.environ.get("TUNERY_DEBUG") == "1":
+            raise
+        print(f"error: {exc.render()}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

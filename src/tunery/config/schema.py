@@ -1,0 +1,172 @@
+"""The typed training configuration: the single source of truth.
+
+Every key a user can write in a YAML file or on the command line is declared here, with its type,
+default and help text. `docs/config.md` is generated from these classes (`scripts/gen_config_docs.py`)
+and a test fails when it is stale.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoraSection(Section):
+    """Low-rank adapter settings, used when `adapter: lora`."""
+
+    rank: int = Field(16, ge=1, le=1024, description="Rank r of the low-rank update.")
+    alpha: float = Field(
+        32.0, gt=0, description="Scaling numerator: the update is scaled by alpha / rank."
+    )
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the adapter's input.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear",
+        description="Module names to adapt (e.g. [q_proj, v_proj]) or `all-linear` for every "
+        "linear layer except the output head.",
+    )
+
+
+class DataSection(Section):
+    """Where the examples come from and how they become tokens."""
+
+    train: list[str] = Field(
+        default_factory=list,
+        description="Training files (JSONL, JSON, CSV or Parquet). Paths in a YAML file are "
+        "relative to that file; paths given on the command line are relative to the current folder.",
+    )
+    validation: list[str] = Field(
+        default_factory=list, description="Validation files. Empty: use `val_split` instead."
+    )
+    val_split: float = Field(
+        0.0,
+        ge=0.0,
+        lt=0.5,
+        description="Share of the training examples held out for validation when no validation "
+        "file is given (0 disables validation).",
+    )
+    format: Literal["auto", "messages", "alpaca", "sharegpt", "prompt_completion", "text"] = Field(
+        "auto", description="Record format; `auto` detects it per file."
+    )
+    train_on: Literal["assistant", "all", "last"] = Field(
+        "assistant",
+        description="Which tokens carry loss: every assistant turn (with its end-of-turn token), "
+        "all tokens, or only the last assistant turn.",
+    )
+    max_length: int = Field(
+        1024, ge=8, description="Longest example in tokens; longer ones are cut at the end."
+    )
+
+
+class TrainingSection(Section):
+    """The optimisation loop."""
+
+    epochs: float = Field(3.0, gt=0, description="Passes over the training data.")
+    max_steps: int | None = Field(
+        None, ge=1, description="Stop after this many optimizer steps (overrides `epochs`)."
+    )
+    lr: float | None = Field(
+        None,
+        gt=0,
+        description="Peak learning rate. Empty: 2e-4 for LoRA, 2e-5 for full fine-tuning.",
+    )
+    scheduler: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="Learning-rate decay after warmup."
+    )
+    warmup_ratio: float = Field(
+        0.03, ge=0.0, lt=1.0, description="Share of the steps spent warming up linearly from 0."
+    )
+    batch_size: int = Field(4, ge=1, description="Examples per micro-batch.")
+    grad_accum: int = Field(
+        1, ge=1, description="Micro-batches per optimizer step (loss normalised by trained tokens)."
+    )
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW decoupled weight decay.")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    max_grad_norm: float | None = Field(
+        1.0, gt=0, description="Clip the global gradient norm to this value (empty: no clipping)."
+    )
+    seed: int = Field(42, description="Seed for data order, adapter init and dropout.")
+    log_every: int = Field(1, ge=1, description="Write a metrics line every N optimizer steps.")
+    eval_every: int | None = Field(
+        None,
+        ge=1,
+        description="Compute validation loss every N steps (empty: 10 times per run). "
+        "Validation also runs at the end.",
+    )
+    save_every: int | None = Field(
+        None,
+        ge=1,
+        description="Write a resumable checkpoint every N steps (empty: at each evaluation).",
+    )
+    keep_checkpoints: int = Field(
+        2,
+        ge=1,
+        description="Newest checkpoints to keep; the best one (lowest validation loss) is always kept.",
+    )
+    early_stopping_patience: int | None = Field(
+        None,
+        ge=1,
+        description="Stop after this many evaluations without a better validation loss, and keep "
+        "the best weights (empty: never stop early; the best weights are still kept).",
+    )
+    max_bad_steps: int = Field(
+        3, ge=1, description="Stop after this many steps in a row with a NaN/inf loss or gradient."
+    )
+    threads: int | None = Field(
+        None, ge=1, description="CPU threads for torch (empty: torch's default)."
+    )
+
+
+class OutputSection(Section):
+    """Where the run folder goes."""
+
+    dir: str = Field("runs", description="Parent folder of run folders.")
+    name: str | None = Field(
+        None, description="Run folder name (empty: the config file's name, e.g. `sft-lora`)."
+    )
+
+
+class TrainConfig(Section):
+    """A whole training run."""
+
+    method: Literal["sft", "cpt"] = Field(
+        "sft",
+        description="`sft`: supervised fine-tuning on conversations; `cpt`: continued "
+        "pre-training on raw text (every token trained).",
+    )
+    base_model: str = Field(
+        DEFAULT_BASE_MODEL,
+        description="The alias `smollm2-135m-instruct` (embedded, offline), a local HF folder, "
+        "a `.gguf` file, or a hub id.",
+    )
+    adapter: Literal["lora", "full"] = Field(
+        "lora", description="`lora`: train a low-rank adapter; `full`: train every weight."
+    )
+    dtype: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="Weight dtype. float32 is the fast one on CPUs without bf16 matrix units.",
+    )
+    lora: LoraSection = Field(default_factory=LoraSection, description="LoRA settings.")
+    data: DataSection = Field(default_factory=DataSection, description="Data settings.")
+    training: TrainingSection = Field(default_factory=TrainingSection, description="Loop settings.")
+    output: OutputSection = Field(default_factory=OutputSection, description="Output settings.")
+
+    @model_validator(mode="after")
+    def _needs_training_data(self) -> "TrainConfig":
+        if not self.data.train:
+            raise ValueError("data.train is empty: name at least one training file")
+        return self
+
+    def peak_lr(self) -> float:
+        """The learning rate in force: the configured one, or the practice default for the adapter."""
+        if self.training.lr is not None:
+            return self.training.lr
+        return 2e-4 if self.adapter == "lora" else 2e-5

@@ -1,0 +1,1 @@
+"""Model loading (aliases, folders, GGUF, hub ids), adapters and checkpoints."""

@@ -1,0 +1,91 @@
+"""Load a base model and its tokenizer from an alias, a local folder, a `.gguf` file or a hub id.
+
+Everything resolves to a local folder of safetensors where it can (aliases and GGUF files are converted
+once into the cache), so that loading after the first time takes about a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+
+from tunery.errors import TuneryError
+from tunery.models import embedded
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_model_source(spec: str) -> str:
+    """Turn a `base_model` value into something `from_pretrained` takes: a local folder or a hub id."""
+    if spec in embedded.ALIASES:
+        return str(embedded.embedded_model_dir(spec))
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise TuneryError(f"GGUF file not found: {path}")
+        return str(_converted_gguf_dir(path.resolve()))
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise TuneryError(
+                f"'{spec}' is a folder but holds no config.json, so it is not a model folder",
+                fix="point base_model at a folder written by save_pretrained, a .gguf file, "
+                f"an alias ({', '.join(embedded.ALIASES)}) or a hub id",
+            )
+        return str(path.resolve())
+    if path.exists():
+        raise TuneryError(f"'{spec}' is a file but not a .gguf file; tunery cannot load it")
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        raise TuneryError(
+            f"model not found: '{spec}'",
+            why="it looks like a path, but nothing is there",
+            fix=f"check the path, or use the embedded default '{embedded.DEFAULT_ALIAS}'",
+        )
+    return spec  # a hub id; from_pretrained reports whether it can be reached
+
+
+def _converted_gguf_dir(gguf_path: Path) -> Path:
+    stat = gguf_path.stat()
+    key = hashlib.sha256(f"{gguf_path}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    target = embedded.cache_root() / "models" / f"gguf-{gguf_path.stem}-{key}"
+    if not (target / embedded.READY_MARKER).is_file():
+        embedded.convert_gguf(gguf_path, target)
+    return target
+
+
+def _tried(spec: str, exc: Exception) -> TuneryError:
+    return TuneryError(
+        f"could not load model '{spec}'",
+        why=f"tried: alias ({', '.join(embedded.ALIASES)}): no; local folder: no; .gguf file: no; "
+        f"hub id: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+        fix=f"use the embedded default '{embedded.DEFAULT_ALIAS}', a local folder with config.json, "
+        "or a .gguf file; hub ids need network access or a filled hub cache",
+    )
+
+
+def load_tokenizer(spec: str):
+    """The tokenizer of a model spec (alias, folder, .gguf or hub id)."""
+    from transformers import AutoTokenizer
+
+    source = resolve_model_source(spec)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        raise _tried(spec, exc) from exc
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(spec: str, dtype: str = "float32"):
+    """The causal LM of a model spec, in `dtype`, in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    source = resolve_model_source(spec)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype])
+    except (OSError, ValueError) as exc:
+        raise _tried(spec, exc) from exc
+    model.eval()
+    return model
