@@ -1,0 +1,227 @@
+"""Load a run folder (or a base model) and answer conversations with it.
+
+A run folder names its base model, adapter kind and tokenizer, so `load_for_inference` needs only its
+path. `generate_batch` renders each conversation with the tokenizer's own chat template, left-pads a
+batch (so every row's next token sits in the last column) and stops each row at the end-of-turn token.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from tunery.errors import TuneryError
+from tunery.models.load import DTYPES, load_model, load_tokenizer
+
+RUN_FILE = "run.json"
+
+
+def is_run_dir(target: str | Path) -> bool:
+    """True when `target` is a folder written by `tunery train` (it holds run.json)."""
+    return (Path(target).expanduser() / RUN_FILE).is_file()
+
+
+def read_run_info(run_dir: Path) -> dict:
+    """The run's run.json as a dict, with a clear error when it is unreadable."""
+    path = run_dir / RUN_FILE
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise TuneryError(f"cannot read {path}", why=str(exc)) from exc
+    if not isinstance(info, dict) or "base_model" not in info:
+        raise TuneryError(f"{path} does not name a base_model", why="the run folder is damaged")
+    return info
+
+
+def _unfinished(run_dir: Path, info: dict, missing: Path) -> TuneryError:
+    status = info.get("status", "unknown")
+    return TuneryError(
+        f"{run_dir} has no final weights yet ({missing.name}/ is missing; run status: {status})",
+        why="training did not finish, so only resumable checkpoints exist",
+        fix="resume it with `tunery train CONFIG --resume` (CONFIG: the config you trained with, "
+        f"or {run_dir / 'config.yaml'})",
+    )
+
+
+def load_run(run_dir: Path, dtype: str = "float32"):
+    """(model, tokenizer) of a finished run folder: LoRA adapter on its base model, or full weights."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    info = read_run_info(run_dir)
+    adapter = info.get("adapter", "lora")
+    if adapter not in ("lora", "full"):
+        raise TuneryError(f"{run_dir / RUN_FILE} names an unknown adapter kind '{adapter}'")
+    weights = run_dir / ("adapter" if adapter == "lora" else "model")
+    marker = "adapter_config.json" if adapter == "lora" else "config.json"
+    if not (weights / marker).is_file():
+        raise _unfinished(run_dir, info, weights)
+    tok_dir = run_dir / "tokenizer"
+    if not tok_dir.is_dir():
+        raise TuneryError(
+            f"{run_dir} has weights but no tokenizer/ folder",
+            why="the run folder is incomplete (copied in part?)",
+            fix="copy the whole run folder, or re-run training with --resume",
+        )
+    tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if adapter == "lora":
+        from peft import PeftModel
+
+        base = load_model(info["base_model"], dtype)
+        model = PeftModel.from_pretrained(base, str(weights))
+    else:
+        model = AutoModelForCausalLM.from_pretrained(weights, dtype=DTYPES[dtype])
+    model.eval()
+    return model, tokenizer
+
+
+def load_for_inference(target: str | Path, dtype: str = "float32"):
+    """(model, tokenizer) for a run folder or a base-model spec (alias, folder, .gguf, hub id)."""
+    if dtype not in DTYPES:
+        raise TuneryError(f"unknown dtype '{dtype}'", fix=f"use one of {', '.join(DTYPES)}")
+    if is_run_dir(target):
+        return load_run(Path(target).expanduser(), dtype)
+    return load_model(str(target), dtype), load_tokenizer(str(target))
+
+
+def prompt_ids(tokenizer, conversation: list[dict]) -> list[int]:
+    """Token ids of a conversation rendered by the chat template, ending with the assistant header."""
+    if not tokenizer.chat_template:
+        raise TuneryError(
+            "the tokenizer has no chat template, so conversations cannot be rendered",
+            fix="use an instruct/chat model, or a run folder whose tokenizer/ carries a template",
+        )
+    encoded = tokenizer.apply_chat_template(
+        conversation, add_generation_prompt=True, tokenize=True, return_dict=True
+    )
+    return list(encoded["input_ids"])
+
+
+def stop_token_ids(tokenizer, model=None) -> list[int]:
+    """Ids that end an answer: eos, the model's configured eos ids, and the template's end-of-turn token.
+
+    The end-of-turn token is found by rendering a one-turn conversation and taking the first special
+    token after the assistant header; many templates (ChatML, Llama 3, Gemma) end turns with a token
+    that is not the tokenizer's eos, and generation would otherwise run on into a new turn.
+    """
+    ids: set[int] = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if configured is not None:
+        ids.update(configured if isinstance(configured, list) else [configured])
+    if tokenizer.chat_template:
+        ids.update(_end_of_turn(tokenizer))
+    return sorted(ids)
+
+
+def _end_of_turn(tokenizer) -> list[int]:
+    user = [{"role": "user", "content": "hi"}]
+    head = prompt_ids(tokenizer, user)
+    full = tokenizer.apply_chat_template(
+        user + [{"role": "assistant", "content": "ok"}], tokenize=True, return_dict=True
+    )["input_ids"]
+    if list(full[: len(head)]) != head:
+        return []  # the template renders the last turn differently; rely on eos alone
+    special = set(tokenizer.all_special_ids) | {
+        i for i, tok in tokenizer.added_tokens_decoder.items() if tok.special
+    }
+    return [i for i in full[len(head) :] if i in special][:1]
+
+
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) with pads on the left, so that every row's last prompt token aligns."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row) :] = 1
+    return ids, mask
+
+
+def cut_at_stop(ids: list[int], stop_ids: list[int]) -> list[int]:
+    """The generated ids before the first stop token (pads after a finished row are stop/pad ids too)."""
+    for pos, tok in enumerate(ids):
+        if tok in stop_ids:
+            return ids[:pos]
+    return ids
+
+
+def _generation_config(tokenizer, stop_ids, max_new_tokens: int, temperature: float):
+    from transformers import GenerationConfig
+
+    # An explicit config replaces the model's own: a checkpoint's sampling defaults (top_p, temperature)
+    # must not turn "greedy" into sampling, nor warn about unused settings.
+    sampling = temperature > 0
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=sampling,
+        temperature=temperature if sampling else None,
+        top_p=None,
+        top_k=None,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=stop_ids,
+        use_cache=True,
+    )
+
+
+@torch.inference_mode()
+def generate_ids(
+    model,
+    tokenizer,
+    conversations: list[list[dict]],
+    max_new_tokens: int = 128,
+    temperature: float = 0.0,
+    seed: int = 0,
+    batch_size: int = 8,
+    streamer=None,
+) -> list[list[int]]:
+    """The answer token ids of each conversation, cut before the first stop token, in input order.
+
+    Greedy when temperature is 0, else sampling seeded by `seed` (the same seed gives the same answers).
+    `streamer` (e.g. transformers' TextStreamer) prints tokens as they come and needs one conversation.
+    """
+    if streamer is not None and len(conversations) != 1:
+        raise ValueError("a streamer can follow one conversation at a time")
+    if max_new_tokens < 1 or batch_size < 1:
+        raise ValueError("max_new_tokens and batch_size must be at least 1")
+    stop_ids = stop_token_ids(tokenizer, model)
+    config = _generation_config(tokenizer, stop_ids, max_new_tokens, temperature)
+    rows = [prompt_ids(tokenizer, conv) for conv in conversations]
+    device = next(model.parameters()).device
+    answers: list[list[int]] = []
+    # fork_rng keeps the caller's global RNG untouched while making sampling repeatable per call.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for start in range(0, len(rows), batch_size):
+            ids, mask = left_pad(rows[start : start + batch_size], tokenizer.pad_token_id)
+            out = model.generate(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                generation_config=config,
+                streamer=streamer,
+            )
+            answers.extend(cut_at_stop(row, stop_ids) for row in out[:, ids.shape[1] :].tolist())
+    return answers
+
+
+def generate_batch(
+    model,
+    tokenizer,
+    conversations: list[list[dict]],
+    max_new_tokens: int = 128,
+    temperature: float = 0.0,
+    seed: int = 0,
+    batch_size: int = 8,
+    streamer=None,
+) -> list[str]:
+    """Answer each conversation (see `generate_ids`); returns the decoded answers without special
+    tokens and with surrounding whitespace stripped."""
+    rows = generate_ids(
+        model, tokenizer, conversations, max_new_tokens, temperature, seed, batch_size, streamer
+    )
+    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in rows]
