@@ -1,0 +1,143 @@
+"""Resumable checkpoints: trainable weights, optimizer moments, RNG states and loop state.
+
+Everything is written as safetensors plus JSON (nothing that loading would execute), into a temporary
+folder that is fsynced and renamed into place, with a completeness marker written last. A folder
+without the marker is never read, so a `kill -9` during a write costs at most that checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from tunery.trainers.common import assert_finite_state
+
+COMPLETE = "COMPLETE"
+WEIGHTS = "trainable.safetensors"
+OPTIMIZER = "optimizer.safetensors"
+STATE = "state.json"
+
+
+def step_dir(root: Path, step: int) -> Path:
+    return root / f"step-{step:07d}"
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.iterdir():
+        with open(path, "rb") as fh:
+            os.fsync(fh.fileno())
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split an optimizer's state into flat tensors (for safetensors) and JSON-able metadata."""
+    state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    for index, slots in state["state"].items():
+        for slot, value in slots.items():
+            tensor = value if torch.is_tensor(value) else torch.tensor(value)
+            tensors[f"{index}.{slot}"] = tensor.detach().contiguous().clone()
+    return tensors, {"param_groups": state["param_groups"]}
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """Inverse of `optimizer_tensors`."""
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        index, slot = key.split(".", 1)
+        state.setdefault(int(index), {})[slot] = tensor
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def rng_snapshot() -> tuple[dict[str, torch.Tensor], dict]:
+    """Torch (CPU and CUDA) and Python RNG states."""
+    tensors = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"torch_cuda_{i}"] = s
+    version, internal, gauss = random.getstate()
+    return tensors, {"python": [version, list(internal), gauss]}
+
+
+def restore_rng(tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    torch.set_rng_state(tensors["torch_cpu"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("torch_cuda_")]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    version, internal, gauss = meta["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def save_checkpoint(root: Path, step: int, weights: dict[str, torch.Tensor],
+                    optimizer: torch.optim.Optimizer, loop_state: dict) -> Path:
+    """Write checkpoint `step` atomically and return its folder."""
+    assert_finite_state(weights, f"checkpoint step {step}")
+    root.mkdir(parents=True, exist_ok=True)
+    final = step_dir(root, step)
+    tmp = root / f".tmp-{final.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file({k: v.detach().contiguous() for k, v in weights.items()}, str(tmp / WEIGHTS))
+    opt_tensors, opt_meta = optimizer_tensors(optimizer)
+    rng_tensors, rng_meta = rng_snapshot()
+    both = {f"opt.{k}": v for k, v in opt_tensors.items()} | {f"rng.{k}": v for k, v in rng_tensors.items()}
+    save_file(both, str(tmp / OPTIMIZER))
+    state = {"step": step, "loop": loop_state, "optimizer": opt_meta, "rng": rng_meta}
+    (tmp / STATE).write_text(json.dumps(state, indent=1))
+    _fsync_tree(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    (final / COMPLETE).write_text(f"{step}\n")
+    _fsync_tree(final)
+    return final
+
+
+def complete_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoint folders, oldest first."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.glob("step-*") if (p / COMPLETE).is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    done = complete_checkpoints(root)
+    return done[-1] if done else None
+
+
+def load_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
+    """(weights, optimizer+rng tensors, state) of a complete checkpoint."""
+    weights = load_file(str(folder / WEIGHTS))
+    extra = load_file(str(folder / OPTIMIZER))
+    state = json.loads((folder / STATE).read_text())
+    return weights, extra, state
+
+
+def restore_training_state(folder: Path, optimizer: torch.optim.Optimizer, extra: dict, state: dict) -> None:
+    """Put optimizer moments and RNG streams back as they were when `folder` was written."""
+    opt = {k[len("opt."):]: v for k, v in extra.items() if k.startswith("opt.")}
+    rng = {k[len("rng."):]: v for k, v in extra.items() if k.startswith("rng.")}
+    restore_optimizer(optimizer, opt, state["optimizer"])
+    restore_rng(rng, state["rng"])
+
+
+def rotate(root: Path, keep: int, protect: set[int]) -> list[Path]:
+    """Delete old complete checkpoints beyond the newest `keep`, never one whose step is in `protect`
+    (the best), and leftovers of interrupted writes. Returns what was deleted."""
+    done = complete_checkpoints(root)
+    removable = [p for p in done[:-keep] if int(p.name.split("-")[1]) not in protect] if keep else []
+    stale = [p for p in root.glob("*step-*") if not (p / COMPLETE).is_file()] if root.is_dir() else []
+    for path in removable + stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return removable

@@ -1,0 +1,84 @@
+"""The end of a run: final weights in the formats other tools load, and a short summary with a plot."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from tunery.models import adapters
+from tunery.runfolder import RunFolder
+from tunery.trainers.common import assert_finite_state
+
+
+def save_final(model, tokenizer, run: RunFolder, adapter_kind: str) -> Path:
+    """Write `adapter/` (PEFT format) or `model/` (HF format) atomically, plus `tokenizer/`."""
+    target = run.adapter if adapter_kind == "lora" else run.model
+    assert_finite_state(adapters.trainable_state(model), "the final weights")
+    tmp = target.with_name(f".tmp-{target.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    _replace_dir(tmp, target)
+    tok_tmp = run.tokenizer.with_name(".tmp-tokenizer")
+    shutil.rmtree(tok_tmp, ignore_errors=True)
+    tokenizer.save_pretrained(tok_tmp)
+    _replace_dir(tok_tmp, run.tokenizer)
+    return target
+
+
+def _replace_dir(tmp: Path, target: Path) -> None:
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+
+
+def write_summary(run: RunFolder, info: dict) -> None:
+    """summary.md with the run's figures and, when matplotlib is installed, loss.png."""
+    metrics = run.read_metrics()
+    train = [m for m in metrics if m.get("kind") == "train" and m.get("loss") is not None]
+    evals = [m for m in metrics if m.get("kind") == "eval" and m.get("val_loss") is not None]
+    plotted = plot_losses(run.plot, train, evals)
+    lines = [
+        f"# Run {run.root.name}",
+        "",
+        f"- base model: `{info.get('base_model')}`; adapter: {info.get('adapter')}; "
+        f"trainable parameters: {info.get('trainable_params', 0):,} of {info.get('total_params', 0):,}",
+        f"- examples: {info.get('train_examples')} train, {info.get('val_examples')} validation",
+        f"- steps: {info.get('step')} of {info.get('total_steps')} ({info.get('status')})",
+        f"- final training loss: {_fmt(train[-1]['loss'] if train else None)}",
+        f"- best validation loss: {_fmt(info.get('best_val_loss'))} at step {info.get('best_step')}",
+        f"- tokens processed: {info.get('tokens', 0):,} ({info.get('trained_tokens', 0):,} trained) "
+        f"in {info.get('elapsed_s', 0):.0f} s",
+        "",
+        "![loss curve](loss.png)" if plotted else "(install matplotlib for the loss curve: pip install 'tunery[plots]')",
+        "",
+    ]
+    run.summary.write_text("\n".join(lines), encoding="utf-8")
+
+
+def _fmt(value) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) else "n/a"
+
+
+def plot_losses(path: Path, train: list[dict], evals: list[dict]) -> bool:
+    """Training and validation loss against the step; False when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    if train:
+        ax.plot([m["step"] for m in train], [m["loss"] for m in train], label="training loss", lw=1)
+    if evals:
+        ax.plot([m["step"] for m in evals], [m["val_loss"] for m in evals], "o-", label="validation loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss per trained token")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True

@@ -1,0 +1,152 @@
+"""`tunery train`: config -> run folder -> recipe -> final weights, with resume and clean interruption."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable
+
+import torch
+import yaml
+
+from tunery import __version__
+from tunery.config.load import describe, load_config, to_yaml, validate
+from tunery.config.schema import TrainConfig
+from tunery.errors import TuneryError
+from tunery.models import adapters
+from tunery.runfolder import RunFolder, write_text_atomic
+from tunery.trainers import checkpoint as ckpt
+from tunery.trainers import report, sft
+
+EXIT_INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+def run_dir_for(cfg: TrainConfig) -> Path:
+    return Path(cfg.output.dir) / (cfg.output.name or "run")
+
+
+def run_training(cfg: TrainConfig, root: Path, resume: bool = False,
+                 should_stop: Callable[[], bool] = lambda: False, log: Callable[[str], None] = print) -> dict:
+    """Train `cfg` into the run folder `root`; returns run.json's content.
+
+    With `resume`, continue from the newest complete checkpoint in `root` (or start if there is none).
+    """
+    from tunery.data.dataset import build_datasets
+    from tunery.models.load import load_model, load_tokenizer
+
+    run = RunFolder(root)
+    if cfg.training.threads:
+        torch.set_num_threads(cfg.training.threads)
+    started = time.monotonic()
+    tokenizer = load_tokenizer(cfg.base_model)
+    model = load_model(cfg.base_model, cfg.dtype)
+    log(f"loaded {cfg.base_model} in {time.monotonic() - started:.1f} s")
+    train, val, warnings = build_datasets(cfg, tokenizer)
+    for warning in warnings:
+        log(f"warning: {warning}")
+    s = sft.setup(cfg, model, tokenizer, train, val)
+    st = _start_or_resume(s, run, cfg, resume, log)
+    trainable, total = adapters.count_parameters(s.model)
+    run.update_info(base_model=cfg.base_model, adapter=cfg.adapter, dtype=cfg.dtype, method=cfg.method,
+                    status="running", tunery_version=__version__, total_steps=s.plan.total_steps,
+                    train_examples=len(train), val_examples=len(val),
+                    trainable_params=trainable, total_params=total)
+    log(f"{len(train)} training / {len(val)} validation examples; {s.plan.total_steps} steps; "
+        f"{trainable:,} of {total:,} parameters trainable")
+    st, reason = sft.train(s, run, st, should_stop)
+    figures = dict(step=st.step, best_step=st.best_step, best_val_loss=st.best_val, tokens=st.tokens,
+                   trained_tokens=st.trained_tokens, elapsed_s=round(st.elapsed, 1), final_loss=st.last_loss)
+    if reason == "interrupted":
+        log(f"stopped at step {st.step}; checkpoint written. Continue with --resume.")
+        return run.update_info(status="stopped", **figures)
+    sft.restore_best(s, run, st)
+    target = report.save_final(s.model, tokenizer, run, cfg.adapter)
+    info = run.update_info(status="finished", stop_reason=reason, **figures)
+    report.write_summary(run, info)
+    log(f"saved {target} (best validation loss {_fmt(st.best_val)} at step {st.best_step})")
+    return info
+
+
+def _start_or_resume(s: sft.Setup, run: RunFolder, cfg: TrainConfig, resume: bool, log) -> sft.LoopState:
+    latest = ckpt.latest_checkpoint(run.checkpoints) if resume else None
+    if latest is None:
+        run.root.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(run.config, to_yaml(cfg))
+        if run.metrics.exists():
+            run.metrics.unlink()
+        return sft.LoopState()
+    st = sft.resume(s, latest)
+    run.truncate_metrics(st.step)
+    log(f"resumed from {latest} (step {st.step} of {s.plan.total_steps})")
+    return st
+
+
+def _fmt(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else "n/a"
+
+
+@contextmanager
+def interruptible():
+    """SIGINT/SIGTERM set a flag that the loop reads after each step, so it can checkpoint and exit."""
+    caught: list[int] = []
+
+    def handler(signum, _frame):
+        if caught:  # a second signal: stop now
+            raise KeyboardInterrupt
+        caught.append(signum)
+        print(f"\nsignal {signal.Signals(signum).name}: finishing this step, writing a checkpoint...", flush=True)
+
+    previous = {sig: signal.signal(sig, handler) for sig in EXIT_INTERRUPTED}
+    try:
+        yield caught
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def train_from_config(config_path: str | Path, overrides: list[str], resume: bool = False,
+                      overwrite: bool = False) -> int:
+    """The body of `tunery train`. Returns the process exit code."""
+    resolved = load_config(config_path, overrides)
+    cfg = resolved.config
+    root = run_dir_for(cfg)
+    run = RunFolder(root)
+    info = run.read_info()
+    if root.exists() and overwrite:
+        shutil.rmtree(root)
+        info = {}
+    elif info and not resume:
+        raise TuneryError(
+            f"the run folder {root} already exists ({info.get('status', 'unknown')})",
+            fix="add --resume to continue it, --overwrite to start again, or set output.name=NEW",
+        )
+    if resume and info:
+        cfg = _saved_config(run, cfg)
+        if info.get("status") == "finished":
+            print(f"{root} is already finished (step {info.get('step')}); nothing to do. "
+                  "Use --overwrite to train again.")
+            return 0
+    else:
+        _print_resolved(resolved)
+    with interruptible() as caught:
+        run_training(cfg, root, resume=resume, should_stop=lambda: bool(caught))
+    return EXIT_INTERRUPTED[caught[0]] if caught else 0
+
+
+def _saved_config(run: RunFolder, requested: TrainConfig) -> TrainConfig:
+    """Resume with the config the run started with; say which requested values differ from it."""
+    saved = validate(yaml.safe_load(run.config.read_text()))
+    old, new = saved.model_dump(mode="json"), requested.model_dump(mode="json")
+    changed = [k for k in new if new[k] != old.get(k)]
+    if changed:
+        print(f"warning: resuming with the run's saved config; ignoring changes in: {', '.join(changed)}")
+    return saved
+
+
+def _print_resolved(resolved) -> None:
+    print("config (value  [source]):")
+    for key, value, source in describe(resolved):
+        print(f"  {key} = {value}  [{source}]")

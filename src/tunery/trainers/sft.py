@@ -1,0 +1,219 @@
+"""Supervised fine-tuning (and continued pre-training): setup -> train -> save, readable top to bottom.
+
+One place builds batches (`common.micro_batches_for_step` + `common.collate`), one place computes the
+loss (`forward_loss`), one place steps (`optimizer_step`). Batches are a pure function of the step, so
+a resumed run sees exactly what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from tunery.config.schema import TrainConfig
+from tunery.errors import TuneryError
+from tunery.models import adapters
+from tunery.runfolder import RunFolder
+from tunery.trainers import checkpoint as ckpt
+from tunery.trainers import common
+from tunery.trainers.losses import get_loss
+from tunery.trainers.progress import Progress
+
+
+@dataclass
+class LoopState:
+    """Everything about the loop that is not a tensor; saved as JSON in each checkpoint."""
+
+    step: int = 0  # optimizer steps done
+    best_val: float | None = None
+    best_step: int | None = None
+    evals_since_best: int = 0
+    bad_steps: int = 0
+    tokens: int = 0
+    trained_tokens: int = 0
+    elapsed: float = 0.0
+    last_loss: float | None = None
+
+
+@dataclass
+class Setup:
+    cfg: TrainConfig
+    model: torch.nn.Module
+    tokenizer: object
+    train: list
+    val: list
+    optimizer: torch.optim.Optimizer
+    plan: common.StepPlan
+    eval_every: int
+    save_every: int
+
+
+def setup(cfg: TrainConfig, model, tokenizer, train: list, val: list) -> Setup:
+    """Make the model trainable, build the optimizer and the step plan."""
+    model = adapters.prepare_trainable(model, cfg)
+    model.train()
+    tc = cfg.training
+    params = [p for p in model.parameters() if p.requires_grad]
+    # foreach=False keeps the update order fixed, which exact resume relies on.
+    optimizer = torch.optim.AdamW(params, lr=cfg.peak_lr(), betas=tc.betas,
+                                  weight_decay=tc.weight_decay, foreach=False)
+    plan = common.make_plan(len(train), tc.batch_size, tc.grad_accum, tc.epochs, tc.max_steps, tc.seed)
+    eval_every = tc.eval_every or max(1, plan.total_steps // 10)
+    save_every = tc.save_every or eval_every
+    return Setup(cfg, model, tokenizer, train, val, optimizer, plan, eval_every, save_every)
+
+
+def forward_loss(model, batch: dict[str, torch.Tensor], loss_name: str = "causal_lm") -> tuple[torch.Tensor, int]:
+    """Summed loss over trained tokens of one micro-batch, and their count."""
+    # use_cache=False: no KV cache is needed in training, and it costs memory.
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+    return get_loss(loss_name)(out.logits, batch["labels"])
+
+
+def accumulate(s: Setup, step: int) -> tuple[float, int, int]:
+    """Forward and backward every micro-batch of `step`; gradients are normalised by the step's
+    trained tokens, so 1 x 8 and 8 x 1 give the same update. Returns (mean loss, trained, tokens)."""
+    pad = s.tokenizer.pad_token_id
+    batches = [common.collate([s.train[i] for i in idx], pad) for idx in common.micro_batches_for_step(s.plan, step)]
+    total_trained = sum(common.count_trained(b) for b in batches)
+    loss_total, tokens = 0.0, 0
+    for batch in batches:
+        loss_sum, _ = forward_loss(s.model, batch)
+        (loss_sum / max(total_trained, 1)).backward()
+        loss_total += float(loss_sum.detach())
+        tokens += int(batch["attention_mask"].sum())
+    return loss_total / max(total_trained, 1), total_trained, tokens
+
+
+def optimizer_step(s: Setup, step: int, loss: float) -> tuple[bool, float, float]:
+    """Clip and apply the update unless the loss or gradient is NaN/inf. Returns (applied, lr, grad norm)."""
+    tc = s.cfg.training
+    params = [p for p in s.model.parameters() if p.requires_grad]
+    max_norm = tc.max_grad_norm if tc.max_grad_norm is not None else float("inf")
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    warmup = math.ceil(tc.warmup_ratio * s.plan.total_steps)
+    lr = s.cfg.peak_lr() * common.lr_factor(step, s.plan.total_steps, warmup, tc.scheduler)
+    applied = math.isfinite(loss) and math.isfinite(grad_norm)
+    if applied:
+        for group in s.optimizer.param_groups:
+            group["lr"] = lr
+        s.optimizer.step()
+    s.optimizer.zero_grad(set_to_none=True)
+    return applied, lr, grad_norm
+
+
+@torch.no_grad()
+def evaluate(s: Setup) -> float | None:
+    """Mean loss per trained token over the whole validation set (None without one)."""
+    if not s.val:
+        return None
+    s.model.eval()
+    total, count = 0.0, 0
+    bs = s.cfg.training.batch_size
+    for start in range(0, len(s.val), bs):
+        batch = common.collate(s.val[start:start + bs], s.tokenizer.pad_token_id)
+        loss_sum, n = forward_loss(s.model, batch)
+        total, count = total + float(loss_sum), count + n
+    s.model.train()
+    return total / count if count else None
+
+
+def resume(s: Setup, folder: Path) -> LoopState:
+    """Load weights, optimizer moments, RNG streams and loop state from a complete checkpoint."""
+    weights, extra, state = ckpt.load_checkpoint(folder)
+    adapters.load_trainable_state(s.model, weights)
+    ckpt.restore_training_state(folder, s.optimizer, extra, state)
+    return LoopState(**state["loop"])
+
+
+def save(s: Setup, run: RunFolder, st: LoopState) -> None:
+    """Write a checkpoint for the current step and drop old ones (never the best, never the newest)."""
+    ckpt.save_checkpoint(run.checkpoints, st.step, adapters.trainable_state(s.model), s.optimizer, asdict(st))
+    protect = {st.best_step} if st.best_step is not None else set()
+    ckpt.rotate(run.checkpoints, s.cfg.training.keep_checkpoints, protect)
+
+
+def after_eval(s: Setup, run: RunFolder, st: LoopState, val: float, progress: Progress) -> bool:
+    """Record a validation loss; returns True when early stopping says stop."""
+    improved = st.best_val is None or val < st.best_val
+    if improved:
+        st.best_val, st.best_step, st.evals_since_best = val, st.step, 0
+    else:
+        st.evals_since_best += 1
+    progress.last_val = val
+    run.append_metrics({"kind": "eval", "step": st.step, "val_loss": val,
+                        "val_ppl": math.exp(min(val, 50.0)), "best": improved})
+    progress.write(f"step {st.step}: validation loss {val:.4f}" + (" (best)" if improved else ""))
+    patience = s.cfg.training.early_stopping_patience
+    return patience is not None and st.evals_since_best >= patience
+
+
+def train(s: Setup, run: RunFolder, st: LoopState, should_stop: Callable[[], bool]) -> tuple[LoopState, str]:
+    """The loop. Returns the final state and why it ended: finished, early_stopped or interrupted."""
+    tc = s.cfg.training
+    run.root.mkdir(parents=True, exist_ok=True)
+    progress = Progress(s.plan.total_steps, st.step, st.elapsed)
+    reason = "finished"
+    try:
+        while st.step < s.plan.total_steps:
+            loss, trained, tokens = accumulate(s, st.step)
+            applied, lr, grad_norm = optimizer_step(s, st.step, loss)
+            st.step += 1
+            st.bad_steps = 0 if applied else st.bad_steps + 1
+            if not applied:
+                progress.write(f"step {st.step}: loss {loss} / grad norm {grad_norm}: not finite, update skipped")
+                if st.bad_steps >= tc.max_bad_steps:
+                    raise TuneryError(
+                        f"training stopped at step {st.step}: {st.bad_steps} steps in a row had a NaN/inf loss or gradient",
+                        why="the updates were skipped, so the saved weights are the last finite ones",
+                        fix="lower training.lr, keep training.max_grad_norm set, or check the data",
+                    )
+            st.tokens, st.trained_tokens = st.tokens + tokens, st.trained_tokens + trained
+            st.last_loss = loss if applied else st.last_loss
+            st.elapsed = progress.elapsed()
+            progress.count(tokens)
+            progress.step_done(st.step, loss, lr)
+            if st.step % tc.log_every == 0 or st.step == s.plan.total_steps:
+                log_step(run, progress, st, loss, lr, grad_norm, trained)
+            stop_early, is_best = False, False
+            if st.step % s.eval_every == 0 or st.step == s.plan.total_steps:
+                val = evaluate(s)
+                if val is not None:
+                    stop_early = after_eval(s, run, st, val, progress)
+                    is_best = st.best_step == st.step
+            interrupted = should_stop()
+            if st.step % s.save_every == 0 or is_best or interrupted or stop_early:
+                save(s, run, st)
+            if stop_early:
+                reason = "early_stopped"
+                progress.write(f"early stopping at step {st.step}: no better validation loss in "
+                               f"{st.evals_since_best} evaluations (best {st.best_val:.4f} at step {st.best_step})")
+                break
+            if interrupted:
+                reason = "interrupted"
+                break
+    finally:
+        progress.close()
+    return st, reason
+
+
+def log_step(run: RunFolder, progress: Progress, st: LoopState, loss: float, lr: float,
+             grad_norm: float, trained: int) -> None:
+    tok_s = progress.tokens_per_second()
+    run.append_metrics({"kind": "train", "step": st.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                        "trained_tokens": trained, "tokens_per_s": round(tok_s, 1),
+                        "elapsed_s": round(st.elapsed, 2)})
+    progress.log_line(st.step, loss, lr, tok_s)
+
+
+def restore_best(s: Setup, run: RunFolder, st: LoopState) -> None:
+    """Put the best weights (lowest validation loss) back before the final save."""
+    if st.best_step is None or st.best_step == st.step:
+        return
+    folder = ckpt.step_dir(run.checkpoints, st.best_step)
+    weights, _, _ = ckpt.load_checkpoint(folder)
+    adapters.load_trainable_state(s.model, weights)

@@ -1,0 +1,136 @@
+"""The SFT loop on a tiny random model: exact resume, accumulation, NaN guard, early stopping, rotation."""
+
+from __future__ import annotations
+
+import torch
+from safetensors.torch import load_file
+
+import pytest
+from conftest import make_tiny_model
+from loop_helpers import synthetic_rows, tiny_config
+from tunery.errors import TuneryError
+from tunery.models import adapters
+from tunery.runfolder import RunFolder
+from tunery.trainers import checkpoint as ckpt
+from tunery.trainers import sft
+
+
+def fresh_setup(tok, cfg, n_train=10, n_val=4):
+    return sft.setup(cfg, make_tiny_model(len(tok)), tok, synthetic_rows(n_train), synthetic_rows(n_val, seed=1))
+
+
+def run_loop(s, root, stop_after=None, state=None):
+    steps = []
+
+    def should_stop():
+        steps.append(1)
+        return stop_after is not None and len(steps) >= stop_after
+
+    return sft.train(s, RunFolder(root), state or sft.LoopState(), should_stop)
+
+
+def weights(s):
+    return {k: v.clone() for k, v in adapters.trainable_state(s.model).items()}
+
+
+@pytest.mark.parametrize("adapter", ["lora", "full"])
+@pytest.mark.parametrize("kill_after", [1, 3, 5])
+def test_resumed_run_is_bitwise_equal_to_uninterrupted(smol_tokenizer, tmp_path, adapter, kill_after):
+    cfg = tiny_config(save_every=100)
+    cfg = cfg.model_copy(update={"adapter": adapter})
+    full = fresh_setup(smol_tokenizer, cfg)
+    st_full, reason = run_loop(full, tmp_path / "a")
+    assert reason == "finished" and st_full.step == 6
+
+    first = fresh_setup(smol_tokenizer, cfg)
+    st, reason = run_loop(first, tmp_path / "b", stop_after=kill_after)
+    assert reason == "interrupted" and st.step == kill_after
+    # A new process: fresh model and optimizer, everything else from the checkpoint on disk.
+    torch.manual_seed(12345)  # the resumed run must not depend on the RNG it starts with
+    second = fresh_setup(smol_tokenizer, cfg)
+    latest = ckpt.latest_checkpoint(tmp_path / "b" / "checkpoints")
+    assert latest.name == f"step-{kill_after:07d}"
+    resumed_state = sft.resume(second, latest)
+    st_resumed, reason = run_loop(second, tmp_path / "b", state=resumed_state)
+    assert reason == "finished" and st_resumed.step == 6
+
+    a, b = weights(full), weights(second)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    assert st_resumed.best_val == st_full.best_val and st_resumed.best_step == st_full.best_step
+
+
+def no_dropout(cfg):
+    return cfg.model_copy(update={"lora": cfg.lora.model_copy(update={"dropout": 0.0})})
+
+
+def test_accumulation_1x8_equals_8x1(smol_tokenizer):
+    # Dropout off: the two layouts draw different dropout masks, which is not what is compared here.
+    one_by_eight = fresh_setup(smol_tokenizer, no_dropout(tiny_config(batch_size=8, grad_accum=1)), n_train=8)
+    eight_by_one = fresh_setup(smol_tokenizer, no_dropout(tiny_config(batch_size=1, grad_accum=8)), n_train=8)
+    loss_a, trained_a, _ = sft.accumulate(one_by_eight, 0)
+    loss_b, trained_b, _ = sft.accumulate(eight_by_one, 0)
+    assert trained_a == trained_b > 0
+    assert loss_a == pytest.approx(loss_b, rel=1e-5)
+    grads_a = {n: p.grad for n, p in one_by_eight.model.named_parameters() if p.requires_grad}
+    grads_b = {n: p.grad for n, p in eight_by_one.model.named_parameters() if p.requires_grad}
+    nonzero = 0
+    for name, grad in grads_a.items():
+        torch.testing.assert_close(grad, grads_b[name], rtol=1e-4, atol=1e-7)
+        nonzero += int(grad.abs().sum() > 0)
+    assert nonzero > 0
+
+
+def poison_steps(model, bad_calls: set[int]):
+    """Make the forward pass return NaN on the given forward calls (0-based)."""
+    calls = {"n": 0}
+
+    def hook(_module, _inputs, output):
+        index = calls["n"]
+        calls["n"] += 1
+        return output * float("nan") if index in bad_calls else output
+
+    model.get_input_embeddings().register_forward_hook(hook)
+
+
+def test_nan_step_is_skipped_and_weights_stay_finite(smol_tokenizer, tmp_path):
+    cfg = tiny_config(max_steps=4, eval_every=100, save_every=1, max_bad_steps=3)
+    s = fresh_setup(smol_tokenizer, cfg, n_val=0)
+    before = weights(s)
+    poison_steps(s.model, {0})  # the first training forward
+    st, reason = run_loop(s, tmp_path)
+    assert reason == "finished" and st.step == 4
+    metrics = RunFolder(tmp_path).read_metrics()
+    assert metrics[0]["step"] == 1 and metrics[0]["loss"] is None  # NaN written as null
+    first_ckpt = load_file(str(tmp_path / "checkpoints" / "step-0000004" / ckpt.WEIGHTS))
+    assert all(torch.isfinite(t).all() for t in first_ckpt.values())
+    assert any(not torch.equal(before[k], v) for k, v in weights(s).items())
+
+
+def test_nan_steps_in_a_row_stop_the_run_with_a_clear_error(smol_tokenizer, tmp_path):
+    cfg = tiny_config(max_steps=10, eval_every=100, save_every=1, max_bad_steps=3)
+    s = fresh_setup(smol_tokenizer, cfg, n_val=0)
+    poison_steps(s.model, {2, 3, 4})  # steps 3, 4 and 5 (batch_size 2, one forward per step)
+    with pytest.raises(TuneryError, match="5: 3 steps in a row had a NaN/inf loss"):
+        run_loop(s, tmp_path)
+    saved = ckpt.complete_checkpoints(tmp_path / "checkpoints")
+    assert [p.name for p in saved][-1] == "step-0000004"
+    for folder in saved:
+        for tensor in load_file(str(folder / ckpt.WEIGHTS)).values():
+            assert torch.isfinite(tensor).all()
+
+
+def test_early_stopping_keeps_the_best_weights(smol_tokenizer, tmp_path):
+    # A learning rate this high makes validation loss rise after the first evaluation.
+    cfg = tiny_config(max_steps=30, eval_every=1, early_stopping_patience=2, lr=0.5, keep_checkpoints=1)
+    s = fresh_setup(smol_tokenizer, cfg)
+    st, reason = run_loop(s, tmp_path)
+    assert reason == "early_stopped"
+    assert st.step == st.best_step + 2 and st.evals_since_best == 2
+    evals = [m for m in RunFolder(tmp_path).read_metrics() if m["kind"] == "eval"]
+    assert min(e["val_loss"] for e in evals) == st.best_val
+    names = [p.name for p in ckpt.complete_checkpoints(tmp_path / "checkpoints")]
+    assert f"step-{st.best_step:07d}" in names and f"step-{st.step:07d}" in names
+    sft.restore_best(s, RunFolder(tmp_path), st)
+    assert sft.evaluate(s) == pytest.approx(st.best_val, rel=1e-6)
