@@ -1,0 +1,68 @@
+"""Bodies of `tunery data check` and `tunery data preview` (wired in cli/main.py)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from tunery.errors import TuneryError
+
+
+def run_check(
+    files: list[Path], model: str, validation: list[Path], max_length: int, train_on: str,
+    fmt: str, as_json: bool,
+) -> int:
+    """Lint ``files`` (and ``validation``) with ``model``'s tokenizer and print the report.
+
+    Returns 0 when there is no error, 1 otherwise. With ``as_json`` stdout holds only the JSON.
+    The method is inferred: raw-text-only training files are linted as continued pre-training.
+    """
+    from tunery.data.lint import check_files
+    from tunery.models.load import load_tokenizer
+
+    tokenizer = load_tokenizer(model)
+    report = check_files(
+        [str(f) for f in files], tokenizer, validation_paths=[str(v) for v in validation],
+        max_length=max_length, train_on=train_on, fmt=fmt, method="auto",
+    )
+    if as_json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print(report.format_text())
+    return 0 if report.ok else 1
+
+
+def run_preview(
+    file: Path, model: str, n: int, max_length: int, train_on: str, fmt: str, as_json: bool
+) -> int:
+    """Print the first ``n`` readable examples of ``file`` with trained tokens marked: green on a
+    terminal, ``[[ ]]`` otherwise. Returns 1 when the file has broken records (listed by
+    `tunery data check`), else 0."""
+    from tunery.data.dataset import load_file
+    from tunery.data.preview import ANSI_GREEN, BRACKETS, render_previews
+    from tunery.data.problems import errors_of, raise_if_errors
+    from tunery.models.load import load_tokenizer
+
+    examples, problems, _ = load_file(str(file), fmt)
+    if not examples:
+        raise_if_errors(problems, what=str(file))
+        raise TuneryError(f"{file} holds no example to preview")
+    tokenizer = load_tokenizer(model)
+    marks = ANSI_GREEN if sys.stdout.isatty() and not as_json else BRACKETS
+    previews = render_previews(examples, tokenizer, n, train_on, max_length, marks)
+    if as_json:
+        print(json.dumps(previews))
+    else:
+        for item in previews:
+            cut = ", truncated" + (" (answer cut)" if item["answer_cut"] else "") if item["truncated"] else ""
+            print(f"--- {item['source']}:{item['line']}: {item['tokens']} tokens, "
+                  f"{item['trained_tokens']} trained{cut} ---")
+            print(item["text"])
+        if marks == BRACKETS:
+            print("(trained tokens are shown inside [[ ]])")
+    errors = errors_of(problems)
+    if errors:
+        print(f"note: {len(errors)} record(s) of {file} have errors and were skipped; "
+              f"run `tunery data check {file}` to list them", file=sys.stderr)
+    return 1 if errors else 0

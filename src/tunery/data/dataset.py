@@ -1,0 +1,149 @@
+"""From files named in a config to rendered training and validation examples.
+
+`build_datasets` is what the trainer calls. It refuses to start on broken data: every problem of
+every file is listed in one error, so that one edit fixes them all.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from tunery.data.formats import convert_records
+from tunery.data.messages import Example
+from tunery.data.problems import Problem, raise_if_errors
+from tunery.data.readers import read_records
+from tunery.data.render import Rendered, render_example
+from tunery.errors import TuneryError
+
+if TYPE_CHECKING:
+    from tunery.config.schema import TrainConfig
+
+
+def load_examples(paths: list[str], fmt: str = "auto") -> tuple[list[Example], list["Problem"]]:
+    """Read and convert every record of ``paths``; returns the good examples and every problem.
+
+    ``fmt`` forces a format for all files; ``auto`` detects it per file from the records' keys.
+    """
+    examples: list[Example] = []
+    problems: list[Problem] = []
+    for path in paths:
+        converted, found, _ = load_file(str(path), fmt)
+        examples.extend(converted)
+        problems.extend(found)
+    return examples, problems
+
+
+def load_file(path: str, fmt: str = "auto") -> tuple[list[Example], list[Problem], str | None]:
+    """One file's examples, problems, and the format used (None when none could be told)."""
+    records, problems = read_records(path)
+    if not records:
+        if not problems:
+            problems.append(Problem(path, 0, "the file holds no records", kind="empty_file"))
+        return [], problems, None
+    examples, found, used = convert_records(path, records, fmt)
+    return examples, problems + found, used
+
+
+def method_problems(examples: list[Example], method: str) -> list[Problem]:
+    """SFT learns from answers, so raw text records are an error there (CPT takes both)."""
+    if method == "cpt":
+        return []
+    return [
+        Problem(
+            e.source, e.line, "raw text record, but method sft trains on conversations; "
+            "use method: cpt for raw text, or convert it to messages", kind="text_needs_cpt",
+        )
+        for e in examples
+        if e.messages is None
+    ]
+
+
+def split_validation(examples: list[Example], share: float, seed: int) -> tuple[list[Example], list[Example]]:
+    """Hold out ``round(share * n)`` examples (at least 1, and never all) chosen by a generator
+    seeded with ``seed``, so the same config always gives the same split. Order is kept."""
+    import torch
+
+    if share <= 0 or len(examples) < 2:
+        return examples, []
+    count = min(len(examples) - 1, max(1, round(share * len(examples))))
+    generator = torch.Generator().manual_seed(seed)
+    held = set(torch.randperm(len(examples), generator=generator)[:count].tolist())
+    train = [e for i, e in enumerate(examples) if i not in held]
+    return train, [e for i, e in enumerate(examples) if i in held]
+
+
+def render_all(
+    examples: list[Example], tokenizer, train_on: str, max_length: int
+) -> tuple[list[Rendered], list[str], list[Problem]]:
+    """Render each example; drop (with a warning) those left with no trained token.
+
+    Returns (rendered, warnings, problems); a problem is an example the template cannot render.
+    """
+    rendered: list[Rendered] = []
+    warnings: list[str] = []
+    problems: list[Problem] = []
+    for example in examples:
+        try:
+            item = render_example(example, tokenizer, train_on, max_length)
+        except TuneryError as exc:
+            reason = exc.what.removeprefix(f"{example.location}: ")
+            reason += f" ({exc.why})" if exc.why else ""
+            problems.append(Problem(example.source, example.line, reason, kind="render_error"))
+            continue
+        if item.num_trained == 0:
+            why = (
+                f"every trained token lies beyond max_length {max_length}" if item.answer_cut
+                else "it has no trained token (every assistant turn has weight 0?)"
+            )
+            warnings.append(f"{example.location}: dropped: {why}")
+            continue
+        if item.answer_cut and example.messages is not None:
+            warnings.append(f"{example.location}: cut at max_length {max_length}: part of the answer is lost")
+        rendered.append(item)
+    return rendered, warnings, problems
+
+
+def _overlap_warning(train: list[Example], validation: list[Example]) -> list[str]:
+    # `tunery data check` reports overlap as an error; training only warns, since overlap can be
+    # deliberate (a memorisation test) and the records themselves are well formed.
+    seen = {e.key() for e in train}
+    leaked = [e for e in validation if e.key() in seen]
+    if not leaked:
+        return []
+    return [
+        f"{len(leaked)} validation example(s) also appear in the training data (first: "
+        f"{leaked[0].location}); validation loss will look better than it is"
+    ]
+
+
+def build_datasets(cfg: "TrainConfig", tokenizer) -> tuple[list[Rendered], list[Rendered], list[str]]:
+    """Training and validation examples for a config: (train, validation, warnings).
+
+    Reads ``cfg.data.train`` / ``cfg.data.validation`` (absolute paths), with ``cfg.data.format``,
+    ``train_on`` and ``max_length``. Without validation files, ``cfg.data.val_split`` of the training
+    examples are held out, chosen with ``cfg.training.seed``. ``method: cpt`` trains every token and
+    takes raw text; ``sft`` needs conversations. Raises one `TuneryError` listing every bad record.
+    """
+    data = cfg.data
+    train_on = "all" if cfg.method == "cpt" else data.train_on
+    train, problems = load_examples(data.train, data.format)
+    validation, found = load_examples(data.validation, data.format)
+    problems += found + method_problems(train + validation, cfg.method)
+    raise_if_errors(problems)
+    warnings: list[str] = []
+    if data.validation and data.val_split > 0:
+        warnings.append("data.val_split is ignored because validation files are given")
+    elif data.val_split > 0:
+        train, validation = split_validation(train, data.val_split, cfg.training.seed)
+    warnings += _overlap_warning(train, validation)
+    train_rendered, found_warnings, problems = render_all(train, tokenizer, train_on, data.max_length)
+    val_rendered, more_warnings, more_problems = render_all(validation, tokenizer, train_on, data.max_length)
+    raise_if_errors(problems + more_problems)
+    warnings += found_warnings + more_warnings
+    if not train_rendered:
+        raise TuneryError(
+            "no training example is left to train on",
+            why="every example was dropped: " + "; ".join(found_warnings[:3]),
+            fix="raise data.max_length, or check that assistant turns are not all weight 0",
+        )
+    return train_rendered, val_rendered, warnings

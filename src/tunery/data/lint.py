@@ -1,0 +1,254 @@
+"""`check_files`: lint datasets before any compute is spent.
+
+Every bad record of every file is reported at once, with file, line and reason, plus the token
+statistics that decide `max_length` and batch size. Errors stop training; warnings do not.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from tunery.data.dataset import load_file, method_problems
+from tunery.data.messages import Example
+from tunery.data.problems import Problem
+from tunery.data.render import TRAIN_ON, render_example, truncate
+from tunery.errors import TuneryError
+
+# An example this many times longer than the median pads its whole batch to its length.
+LONG_TAIL_FACTOR = 4
+# Below this many examples a median says little, so long tails are not reported.
+LONG_TAIL_MIN_EXAMPLES = 5
+METHODS = ("sft", "cpt", "auto")
+
+
+@dataclass
+class LintReport:
+    """Errors and warnings (each a located `Problem`) and token statistics."""
+
+    errors: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """True when there is no error (warnings do not count)."""
+        return not self.errors
+
+    def to_json(self) -> dict:
+        """A JSON-ready dict: ok, errors, warnings (each with file, line, reason, severity, kind), stats."""
+        return {
+            "ok": self.ok,
+            "errors": [p.to_json() for p in self.errors],
+            "warnings": [p.to_json() for p in self.warnings],
+            "stats": self.stats,
+        }
+
+    def format_text(self) -> str:
+        """Human-readable report: one ``file:line: reason`` line per problem, then statistics."""
+        lines: list[str] = []
+        for title, problems in (("Errors", self.errors), ("Warnings", self.warnings)):
+            if problems:
+                lines.append(f"{title} ({len(problems)}):")
+                lines.extend(p.format() for p in problems)
+                lines.append("")
+        for split in ("train", "validation"):
+            if self.stats.get(split):
+                lines.extend(_format_stats(split, self.stats[split], self.stats["max_length"]))
+        verdict = "OK" if self.ok else "FAILED"
+        lines.append(f"{verdict}: {_plural(len(self.errors), 'error')}, {_plural(len(self.warnings), 'warning')}")
+        return "\n".join(lines)
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def _format_stats(split: str, stats: dict, max_length: int) -> list[str]:
+    files = ", ".join(
+        f"{path} ({info['format'] or 'unknown format'}, {_plural(info['examples'], 'example')})"
+        for path, info in stats["files"].items()
+    )
+    length = stats["length"]
+    share = 100.0 * stats["trained_tokens"] / stats["tokens"] if stats["tokens"] else 0.0
+    return [
+        f"{split}: {files}",
+        f"  {_plural(stats['examples'], 'example')}, {stats['tokens']} tokens, {stats['trained_tokens']} trained ({share:.1f}%)",
+        f"  length p50 {length['p50']}, p90 {length['p90']}, p99 {length['p99']}, max {length['max']} "
+        f"(max_length {max_length}; {stats['over_max_length']} longer)",
+    ]
+
+
+def percentile(sorted_values: list[int], p: float) -> int:
+    """Nearest-rank percentile of an ascending list (0 for an empty one)."""
+    if not sorted_values:
+        return 0
+    rank = max(1, math.ceil(p / 100.0 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+def special_tokens_of(tokenizer) -> set[str]:
+    """Strings the tokenizer turns into control tokens wherever they appear in text."""
+    tokens = set(getattr(tokenizer, "all_special_tokens", []) or [])
+    for added in getattr(tokenizer, "added_tokens_decoder", {}).values():
+        if getattr(added, "special", False):
+            tokens.add(added.content)
+    return tokens
+
+
+def _special_token_warnings(example: Example, specials: set[str]) -> list[Problem]:
+    texts = [(f"messages[{i}]", m.content) for i, m in enumerate(example.messages or [])]
+    if example.text is not None:
+        texts = [("text", example.text)]
+    found = []
+    for where, text in texts:
+        hits = sorted(token for token in specials if token in text)
+        if hits:
+            found.append(Problem(
+                example.source, example.line,
+                f"{where} contains {', '.join(hits)} as text; the tokenizer reads it as a control token",
+                "warning", "special_token_in_content"))
+    return found
+
+
+def _length_problems(example: Example, full_ids: list[int], trained: list[bool], max_length: int) -> list[Problem]:
+    if len(full_ids) <= max_length:
+        return []
+    cut = truncate(full_ids, trained, max_length)
+    lost = sum(trained) - cut.num_trained
+    where = (example.source, example.line)
+    if example.messages is None:
+        reason = f"text is {len(full_ids)} tokens, longer than max_length {max_length}: the last {len(full_ids) - max_length} are dropped"
+        return [Problem(*where, reason, "warning", "text_truncated")]
+    if lost:
+        reason = (f"example is {len(full_ids)} tokens, longer than max_length {max_length}: truncation cuts "
+                  f"{lost} of its {sum(trained)} trained tokens (raise max_length or shorten the example)")
+        return [Problem(*where, reason, "error", "too_long")]
+    reason = f"example is {len(full_ids)} tokens, longer than max_length {max_length}; only untrained tokens are cut"
+    return [Problem(*where, reason, "warning", "truncated")]
+
+
+Measured = tuple[Example, int, int]  # an example, its token count, its trained token count
+
+
+def _render_checks(examples: list[Example], tokenizer, train_on: str, max_length: int) -> tuple[list[Measured], list[Problem]]:
+    """Render every example in full; returns what was measured and the problems found."""
+    measured: list[Measured] = []
+    problems: list[Problem] = []
+    specials = special_tokens_of(tokenizer)
+    for example in examples:
+        problems += _special_token_warnings(example, specials)
+        try:
+            rendered = render_example(example, tokenizer, train_on, max_length=None)
+        except TuneryError as exc:
+            reason = exc.what.removeprefix(f"{example.location}: ") + (f" ({exc.why})" if exc.why else "")
+            problems.append(Problem(example.source, example.line, reason, "error", "render_error"))
+            continue
+        measured.append((example, len(rendered.ids), rendered.num_trained))
+        if rendered.num_trained == 0:
+            problems.append(Problem(example.source, example.line, "no trained token (every assistant turn has weight 0); the example is dropped", "warning", "no_trained_tokens"))
+        problems += _length_problems(example, rendered.ids, rendered.trained, max_length)
+    return measured, problems
+
+
+def _duplicates(examples: list[Example]) -> list[Problem]:
+    first: dict[tuple, Example] = {}
+    problems = []
+    for example in examples:
+        key = example.key()
+        if key in first:
+            problems.append(Problem(example.source, example.line, f"duplicate of {first[key].location}", "warning", "duplicate"))
+        else:
+            first.setdefault(key, example)
+    return problems
+
+
+def _overlap(train: list[Example], validation: list[Example]) -> list[Problem]:
+    # An error, not a warning: validation loss picks the kept checkpoint and stops training early,
+    # so an example seen in training makes both choices on a number that flatters the model.
+    # `tunery train` only warns about it (the records are well formed); this check is the gate.
+    seen = {}
+    for example in train:
+        seen.setdefault(example.key(), example)
+    return [
+        Problem(e.source, e.line, f"also in the training data ({seen[e.key()].location}); validation examples must be unseen", "error", "train_val_overlap")
+        for e in validation
+        if e.key() in seen
+    ]
+
+
+def _long_tails(measured: list[Measured]) -> list[Problem]:
+    if len(measured) < LONG_TAIL_MIN_EXAMPLES:
+        return []
+    median = percentile(sorted(n for _, n, _ in measured), 50)
+    return [
+        Problem(e.source, e.line, f"long tail: {n} tokens, {n / median:.1f}x the median {median}; it pads its whole batch to that length", "warning", "long_tail")
+        for e, n, _ in measured
+        if n > LONG_TAIL_FACTOR * median
+    ]
+
+
+def _split_stats(files: dict, measured: list[Measured], max_length: int) -> dict:
+    ordered = sorted(n for _, n, _ in measured)
+    return {
+        "files": files,
+        "examples": len(measured),
+        "tokens": sum(ordered),
+        "trained_tokens": sum(t for _, _, t in measured),
+        "length": {p: percentile(ordered, q) for p, q in (("p50", 50), ("p90", 90), ("p99", 99))} | {"max": ordered[-1] if ordered else 0},
+        "over_max_length": sum(n > max_length for n in ordered),
+    }
+
+
+def _check_split(paths: Iterable[str], tokenizer, fmt: str, method: str, train_on: str, max_length: int):
+    examples, problems, files = [], [], {}
+    for path in map(str, paths):
+        found_examples, found, used = load_file(path, fmt)
+        files[path] = {"format": used, "examples": len(found_examples)}
+        examples += found_examples
+        problems += found
+    problems += method_problems(examples, method)
+    measured, found = _render_checks(examples, tokenizer, train_on, max_length)
+    problems += found + _duplicates(examples) + _long_tails(measured)
+    return examples, problems, _split_stats(files, measured, max_length)
+
+
+def _guess_method(paths, fmt: str) -> str:
+    if fmt != "auto":
+        return "cpt" if fmt == "text" else "sft"
+    formats = {load_file(str(path), fmt)[2] for path in paths} - {None}
+    return "cpt" if formats == {"text"} else "sft"
+
+
+def check_files(
+    train_paths, tokenizer, *, validation_paths=(), max_length: int = 1024, train_on: str = "assistant",
+    fmt: str = "auto", method: str = "sft",
+) -> LintReport:
+    """Lint training (and validation) files as `tunery train` would read them.
+
+    Reports, each with file and line: unreadable or invalid records, wrong types, unknown roles,
+    missing or empty content, conversations with no assistant turn or ending on another turn, mixed
+    formats, examples whose answer ``max_length`` would cut (errors); duplicates, train/validation
+    overlap (an error, see `_overlap`), long tails, special tokens in text (warnings). ``method: cpt``
+    trains every token and accepts raw text; ``auto`` means cpt when every training file is raw
+    text (it can serve nothing else), sft otherwise. Statistics are per split.
+    """
+    if train_on not in TRAIN_ON or method not in METHODS:
+        raise TuneryError(f"unknown train_on '{train_on}' or method '{method}'",
+                          fix=f"train_on: {', '.join(TRAIN_ON)}; method: {', '.join(METHODS)}")
+    if method == "auto":
+        method = _guess_method(train_paths, fmt)
+    train_on = "all" if method == "cpt" else train_on
+    train, problems, train_stats = _check_split(train_paths, tokenizer, fmt, method, train_on, max_length)
+    stats = {"max_length": max_length, "train_on": train_on, "method": method, "train": train_stats, "validation": None}
+    if validation_paths:
+        validation, found, stats["validation"] = _check_split(validation_paths, tokenizer, fmt, method, train_on, max_length)
+        problems += found + _overlap(train, validation)
+    order = {path: i for i, path in enumerate(map(str, [*train_paths, *validation_paths]))}
+    problems.sort(key=lambda p: (order.get(p.file, len(order)), p.line))
+    return LintReport(
+        errors=[p for p in problems if p.severity == "error"],
+        warnings=[p for p in problems if p.severity == "warning"],
+        stats=stats,
+    )
