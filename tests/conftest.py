@@ -39,3 +39,12 @@ def make_tiny_model(vocab_size: int, seed: int = 0, layers: int = 2):
 @pytest.fixture()
 def tiny_model(smol_tokenizer):
     return make_tiny_model(len(smol_tokenizer))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, smol_tokenizer):
+    """A random 2-layer Llama with SmolLM2's tokenizer, saved like any local HF model folder."""
+    folder = tmp_path_factory.mktemp("tiny-model")
+    make_tiny_model(len(smol_tokenizer)).save_pretrained(folder)
+    smol_tokenizer.save_pretrained(folder)
+    return folder
