@@ -35,6 +35,7 @@ def run_training(cfg: TrainConfig, root: Path, resume: bool = False,
     With `resume`, continue from the newest complete checkpoint in `root` (or start if there is none).
     """
     from tunery.data.dataset import build_datasets
+    from tunery.data.render import chat_template_of
     from tunery.models.load import load_model, load_tokenizer
 
     run = RunFolder(root)
@@ -42,6 +43,8 @@ def run_training(cfg: TrainConfig, root: Path, resume: bool = False,
         torch.set_num_threads(cfg.training.threads)
     started = time.monotonic()
     tokenizer = load_tokenizer(cfg.base_model)
+    # Pin the template used for rendering, so the saved tokenizer/ carries exactly that one.
+    tokenizer.chat_template = chat_template_of(tokenizer)
     model = load_model(cfg.base_model, cfg.dtype)
     log(f"loaded {cfg.base_model} in {time.monotonic() - started:.1f} s")
     train, val, warnings = build_datasets(cfg, tokenizer)
