@@ -104,7 +104,9 @@ def with_template(tokenizer, template, specials=(), bos=None, eos=None):
 @pytest.fixture(scope="module")
 def llama3_tok(smol_tokenizer):
     specials = ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
-    return with_template(smol_tokenizer, LLAMA3_TEMPLATE, specials, "<|begin_of_text|>", "<|eot_id|>")
+    return with_template(
+        smol_tokenizer, LLAMA3_TEMPLATE, specials, "<|begin_of_text|>", "<|eot_id|>"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +116,9 @@ def llama3_default_system_tok(llama3_tok):
 
 @pytest.fixture(scope="module")
 def inst_tok(smol_tokenizer):
-    return with_template(smol_tokenizer, INST_TEMPLATE, ["<s>", "</s>", "[INST]", "[/INST]"], "<s>", "</s>")
+    return with_template(
+        smol_tokenizer, INST_TEMPLATE, ["<s>", "</s>", "[INST]", "[/INST]"], "<s>", "</s>"
+    )
 
 
 PARIS = conv(("user", "Capital of France?"), ("assistant", "Paris."))
@@ -157,7 +161,10 @@ def test_smol_ids_are_the_templates_own_tokenisation(smol_tokenizer):
 
 def test_smol_multi_turn_trains_every_assistant_turn(smol_tokenizer):
     rendered = render_example(TWO_TURNS, smol_tokenizer)
-    assert trained_runs(rendered, smol_tokenizer) == ["Paris.<|im_end|>", "Rome, since 1871.<|im_end|>"]
+    assert trained_runs(rendered, smol_tokenizer) == [
+        "Paris.<|im_end|>",
+        "Rome, since 1871.<|im_end|>",
+    ]
 
 
 def test_smol_weight_zero_turn_is_not_trained(smol_tokenizer):
@@ -165,7 +172,9 @@ def test_smol_weight_zero_turn_is_not_trained(smol_tokenizer):
     rendered = render_example(example, smol_tokenizer)
     assert trained_runs(rendered, smol_tokenizer) == ["Rome, since 1871.<|im_end|>"]
     explicit = conv(*[(m.role, m.content) for m in TWO_TURNS.messages], weights={2: 1, 4: 0})
-    assert trained_runs(render_example(explicit, smol_tokenizer), smol_tokenizer) == ["Paris.<|im_end|>"]
+    assert trained_runs(render_example(explicit, smol_tokenizer), smol_tokenizer) == [
+        "Paris.<|im_end|>"
+    ]
 
 
 def test_smol_train_on_last_trains_only_the_final_turn(smol_tokenizer):
@@ -181,12 +190,17 @@ def test_smol_train_on_last_respects_weight_zero(smol_tokenizer):
 def test_smol_train_on_all_trains_every_token(smol_tokenizer):
     rendered = render_example(TWO_TURNS, smol_tokenizer, train_on="all", max_length=None)
     assert rendered.trained == [True] * len(rendered.ids)
-    assert smol_tokenizer.decode(rendered.ids, skip_special_tokens=False).startswith("<|im_start|>system\nBe brief.")
+    assert smol_tokenizer.decode(rendered.ids, skip_special_tokens=False).startswith(
+        "<|im_start|>system\nBe brief."
+    )
 
 
 def test_smol_multibyte_answer(smol_tokenizer):
     example = conv(("user", "Say it in French"), ("assistant", "Très bien, l'été."))
-    assert trained_text(render_example(example, smol_tokenizer), smol_tokenizer) == "Très bien, l'été.<|im_end|>"
+    assert (
+        trained_text(render_example(example, smol_tokenizer), smol_tokenizer)
+        == "Très bien, l'été.<|im_end|>"
+    )
 
 
 # --- truncation --------------------------------------------------------------------------------
@@ -227,7 +241,9 @@ def test_llama3_trains_answer_and_eot(llama3_tok):
     rendered = render_example(TWO_TURNS, llama3_tok)
     assert trained_runs(rendered, llama3_tok) == ["Paris.<|eot_id|>", "Rome, since 1871.<|eot_id|>"]
     text = llama3_tok.decode(rendered.ids, skip_special_tokens=False)
-    assert text.startswith("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>")
+    assert text.startswith(
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+    )
     eot = llama3_tok.convert_tokens_to_ids("<|eot_id|>")
     assert rendered.ids[-1] == eot and rendered.trained[-1] is True
 
@@ -264,8 +280,12 @@ def test_inst_template_trains_spaced_answer_and_eos(inst_tok):
     rendered = render_example(TWO_TURNS, inst_tok)
     # The space before the answer belongs to the answer's first token (" Paris"), so it is trained.
     assert trained_runs(rendered, inst_tok) == [" Paris.</s>", " Rome, since 1871.</s>"]
-    untrained = inst_tok.decode([i for i, on in zip(rendered.ids, rendered.trained) if not on], skip_special_tokens=False)
-    assert untrained == "<s>[INST] Be brief.\n\nCapital of France? [/INST][INST] And of Italy? [/INST]"
+    untrained = inst_tok.decode(
+        [i for i, on in zip(rendered.ids, rendered.trained) if not on], skip_special_tokens=False
+    )
+    assert (
+        untrained == "<s>[INST] Be brief.\n\nCapital of France? [/INST][INST] And of Italy? [/INST]"
+    )
 
 
 # --- no template, broken templates ---------------------------------------------------------------
@@ -294,7 +314,9 @@ def test_prefix_unstable_template_is_an_error(smol_tokenizer):
 def test_template_exception_names_the_example(smol_tokenizer):
     tok = with_template(smol_tokenizer, STRICT_TEMPLATE)
     bad = conv(("user", "a"), ("user", "b"), ("assistant", "c"))
-    with pytest.raises(TuneryError, match=r"mem.jsonl:7: the chat template failed .*roles must alternate"):
+    with pytest.raises(
+        TuneryError, match=r"mem.jsonl:7: the chat template failed .*roles must alternate"
+    ):
         render_example(bad, tok)
 
 
@@ -314,7 +336,9 @@ def test_trained_spans_are_character_offsets(smol_tokenizer):
 def test_raw_text_is_fully_trained_and_ends_with_eos(smol_tokenizer):
     example = Example("corpus.jsonl", 1, text="The Seine flows through Paris.")
     rendered = render_example(example, smol_tokenizer)
-    expected = smol_tokenizer("The Seine flows through Paris.")["input_ids"] + [smol_tokenizer.eos_token_id]
+    expected = smol_tokenizer("The Seine flows through Paris.")["input_ids"] + [
+        smol_tokenizer.eos_token_id
+    ]
     assert rendered.ids == expected and rendered.trained == [True] * len(expected)
     cut = render_example(example, smol_tokenizer, max_length=3)
     assert cut.ids == expected[:3] and cut.truncated and cut.answer_cut
@@ -325,8 +349,13 @@ def test_raw_text_is_fully_trained_and_ends_with_eos(smol_tokenizer):
 _content = st.text(alphabet="abcXYZ 019.,?!é'", min_size=1, max_size=20).filter(lambda s: s.strip())
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(turns=st.lists(st.tuples(_content, _content), min_size=1, max_size=3), system=st.none() | _content)
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    turns=st.lists(st.tuples(_content, _content), min_size=1, max_size=3),
+    system=st.none() | _content,
+)
 def test_any_chatml_conversation_trains_exactly_the_answers(smol_tokenizer, turns, system):
     pairs = [("system", system)] if system else []
     for question, answer in turns:

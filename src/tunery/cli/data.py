@@ -10,8 +10,13 @@ from tunery.errors import TuneryError
 
 
 def run_check(
-    files: list[Path], model: str, validation: list[Path], max_length: int, train_on: str,
-    fmt: str, as_json: bool,
+    files: list[Path],
+    model: str,
+    validation: list[Path],
+    max_length: int,
+    train_on: str,
+    fmt: str,
+    as_json: bool,
 ) -> int:
     """Lint ``files`` (and ``validation``) with ``model``'s tokenizer and print the report.
 
@@ -23,8 +28,13 @@ def run_check(
 
     tokenizer = load_tokenizer(model)
     report = check_files(
-        [str(f) for f in files], tokenizer, validation_paths=[str(v) for v in validation],
-        max_length=max_length, train_on=train_on, fmt=fmt, method="auto",
+        [str(f) for f in files],
+        tokenizer,
+        validation_paths=[str(v) for v in validation],
+        max_length=max_length,
+        train_on=train_on,
+        fmt=fmt,
+        method="auto",
     )
     if as_json:
         print(json.dumps(report.to_json(), indent=2))
@@ -55,14 +65,23 @@ def run_preview(
         print(json.dumps(previews))
     else:
         for item in previews:
-            cut = ", truncated" + (" (answer cut)" if item["answer_cut"] else "") if item["truncated"] else ""
-            print(f"--- {item['source']}:{item['line']}: {item['tokens']} tokens, "
-                  f"{item['trained_tokens']} trained{cut} ---")
+            cut = (
+                ", truncated" + (" (answer cut)" if item["answer_cut"] else "")
+                if item["truncated"]
+                else ""
+            )
+            print(
+                f"--- {item['source']}:{item['line']}: {item['tokens']} tokens, "
+                f"{item['trained_tokens']} trained{cut} ---"
+            )
             print(item["text"])
         if marks == BRACKETS:
             print("(trained tokens are shown inside [[ ]])")
     errors = errors_of(problems)
     if errors:
-        print(f"note: {len(errors)} record(s) of {file} have errors and were skipped; "
-              f"run `tunery data check {file}` to list them", file=sys.stderr)
+        print(
+            f"note: {len(errors)} record(s) of {file} have errors and were skipped; "
+            f"run `tunery data check {file}` to list them",
+            file=sys.stderr,
+        )
     return 1 if errors else 0

@@ -6,6 +6,7 @@ every file is listed in one error, so that one edit fixes them all.
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING
 
 from tunery.data.formats import convert_records
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
     from tunery.config.schema import TrainConfig
 
 
-def load_examples(paths: list[str], fmt: str = "auto") -> tuple[list[Example], list["Problem"]]:
+def load_examples(paths: list[str], fmt: str = "auto") -> tuple[list[Example], list[Problem]]:
     """Read and convert every record of ``paths``; returns the good examples and every problem.
 
     ``fmt`` forces a format for all files; ``auto`` detects it per file from the records' keys.
@@ -50,15 +51,20 @@ def method_problems(examples: list[Example], method: str) -> list[Problem]:
         return []
     return [
         Problem(
-            e.source, e.line, "raw text record, but method sft trains on conversations; "
-            "use method: cpt for raw text, or convert it to messages", kind="text_needs_cpt",
+            e.source,
+            e.line,
+            "raw text record, but method sft trains on conversations; "
+            "use method: cpt for raw text, or convert it to messages",
+            kind="text_needs_cpt",
         )
         for e in examples
         if e.messages is None
     ]
 
 
-def split_validation(examples: list[Example], share: float, seed: int) -> tuple[list[Example], list[Example]]:
+def split_validation(
+    examples: list[Example], share: float, seed: int
+) -> tuple[list[Example], list[Example]]:
     """Hold out ``round(share * n)`` examples (at least 1, and never all) chosen by a generator
     seeded with ``seed``, so the same config always gives the same split. Order is kept."""
     import torch
@@ -72,6 +78,15 @@ def split_validation(examples: list[Example], share: float, seed: int) -> tuple[
     return train, [e for i, e in enumerate(examples) if i in held]
 
 
+def progress(items: list, desc: str):
+    """``items`` wrapped in a progress bar on a terminal only (logs and captured output stay clean),
+    and only when there are enough of them to take a noticeable time."""
+    from tqdm import tqdm
+
+    quiet = not sys.stderr.isatty() or len(items) < 500
+    return tqdm(items, desc=desc, unit="ex", leave=False, disable=quiet, file=sys.stderr)
+
+
 def render_all(
     examples: list[Example], tokenizer, train_on: str, max_length: int
 ) -> tuple[list[Rendered], list[str], list[Problem]]:
@@ -82,7 +97,8 @@ def render_all(
     rendered: list[Rendered] = []
     warnings: list[str] = []
     problems: list[Problem] = []
-    for example in examples:
+    texts_cut = 0
+    for example in progress(examples, "tokenizing"):
         try:
             item = render_example(example, tokenizer, train_on, max_length)
         except TuneryError as exc:
@@ -92,14 +108,25 @@ def render_all(
             continue
         if item.num_trained == 0:
             why = (
-                f"every trained token lies beyond max_length {max_length}" if item.answer_cut
+                f"every trained token lies beyond max_length {max_length}"
+                if item.answer_cut
                 else "it has no trained token (every assistant turn has weight 0?)"
             )
             warnings.append(f"{example.location}: dropped: {why}")
             continue
-        if item.answer_cut and example.messages is not None:
-            warnings.append(f"{example.location}: cut at max_length {max_length}: part of the answer is lost")
+        if item.answer_cut and example.messages is None:
+            texts_cut += 1
+        elif item.answer_cut:
+            warnings.append(
+                f"{example.location}: cut at max_length {max_length}: part of the answer is lost"
+            )
         rendered.append(item)
+    if texts_cut:
+        # One line, not one per document: long documents are common in a pre-training corpus.
+        warnings.append(
+            f"{texts_cut} raw text example(s) are longer than max_length {max_length}; "
+            "only their first max_length tokens are trained (split long documents to keep the rest)"
+        )
     return rendered, warnings, problems
 
 
@@ -116,7 +143,7 @@ def _overlap_warning(train: list[Example], validation: list[Example]) -> list[st
     ]
 
 
-def build_datasets(cfg: "TrainConfig", tokenizer) -> tuple[list[Rendered], list[Rendered], list[str]]:
+def build_datasets(cfg: TrainConfig, tokenizer) -> tuple[list[Rendered], list[Rendered], list[str]]:
     """Training and validation examples for a config: (train, validation, warnings).
 
     Reads ``cfg.data.train`` / ``cfg.data.validation`` (absolute paths), with ``cfg.data.format``,
@@ -136,8 +163,12 @@ def build_datasets(cfg: "TrainConfig", tokenizer) -> tuple[list[Rendered], list[
     elif data.val_split > 0:
         train, validation = split_validation(train, data.val_split, cfg.training.seed)
     warnings += _overlap_warning(train, validation)
-    train_rendered, found_warnings, problems = render_all(train, tokenizer, train_on, data.max_length)
-    val_rendered, more_warnings, more_problems = render_all(validation, tokenizer, train_on, data.max_length)
+    train_rendered, found_warnings, problems = render_all(
+        train, tokenizer, train_on, data.max_length
+    )
+    val_rendered, more_warnings, more_problems = render_all(
+        validation, tokenizer, train_on, data.max_length
+    )
     raise_if_errors(problems + more_problems)
     warnings += found_warnings + more_warnings
     if not train_rendered:

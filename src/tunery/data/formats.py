@@ -60,6 +60,7 @@ class _Collector:
         self.problems: list[Problem] = []
 
     def add(self, kind: str, reason: str) -> None:
+        """Record an error of this record."""
         self.problems.append(Problem(self.source, self.line, reason, "error", kind))
 
     def text(self, value: Any, name: str, *, missing: str = "missing_key") -> str | None:
@@ -76,7 +77,15 @@ class _Collector:
 
 
 def _type_name(value: Any) -> str:
-    names = {dict: "an object", list: "a list", type(None): "null", bool: "a boolean", int: "a number", float: "a number"}
+    names = {
+        dict: "an object",
+        list: "a list",
+        type(None): "null",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        str: "a string",
+    }
     return names.get(type(value), type(value).__name__)
 
 
@@ -85,7 +94,10 @@ def _weight(c: _Collector, item: dict, role: str | None, where: str) -> int | No
     if weight is None:
         return None
     if role is not None and role != "assistant":
-        c.add("bad_weight", f"{where}: 'weight' is only allowed on assistant messages (role is {role})")
+        c.add(
+            "bad_weight",
+            f"{where}: 'weight' is only allowed on assistant messages (role is {role})",
+        )
     elif isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight not in (0, 1):
         c.add("bad_weight", f"{where}: 'weight' must be 0 or 1, got {weight!r}")
     else:
@@ -94,7 +106,11 @@ def _weight(c: _Collector, item: dict, role: str | None, where: str) -> int | No
 
 
 def _messages(
-    c: _Collector, items: Any, name: str, role_key: str = "role", content_key: str = "content",
+    c: _Collector,
+    items: Any,
+    name: str,
+    role_key: str = "role",
+    content_key: str = "content",
     role_map: dict[str, str] | None = None,
 ) -> list[Message] | None:
     """Convert a list of message objects, recording every problem of every message."""
@@ -116,7 +132,10 @@ def _messages(
         if role is None:
             c.add("missing_role", f"{where}: missing '{role_key}'")
         elif not isinstance(role, str) or role not in known:
-            c.add("unknown_role", f"{where}: unknown role {role!r} (expected one of {', '.join(known)})")
+            c.add(
+                "unknown_role",
+                f"{where}: unknown role {role!r} (expected one of {', '.join(known)})",
+            )
             role = None
         else:
             role = known[role]
@@ -124,7 +143,10 @@ def _messages(
         if content is None:
             c.add("missing_content", f"{where}: missing '{content_key}'")
         elif not isinstance(content, str):
-            c.add("wrong_type", f"{where}: '{content_key}' must be a string, got {_type_name(content)}")
+            c.add(
+                "wrong_type",
+                f"{where}: '{content_key}' must be a string, got {_type_name(content)}",
+            )
             content = None
         elif not content.strip():
             c.add("empty_content", f"{where}: '{content_key}' is empty")
@@ -153,7 +175,9 @@ def _from_messages(c: _Collector, record: dict) -> list[Message] | None:
 
 
 def _from_sharegpt(c: _Collector, record: dict) -> list[Message] | None:
-    return _messages(c, record.get("conversations"), "conversations", "from", "value", SHAREGPT_ROLES)
+    return _messages(
+        c, record.get("conversations"), "conversations", "from", "value", SHAREGPT_ROLES
+    )
 
 
 def _from_alpaca(c: _Collector, record: dict) -> list[Message] | None:
@@ -196,7 +220,9 @@ CONVERTERS = {
 }
 
 
-def to_example(record: Any, fmt: str, source: str, line: int) -> tuple[Example | None, list[Problem]]:
+def to_example(
+    record: Any, fmt: str, source: str, line: int
+) -> tuple[Example | None, list[Problem]]:
     """Convert one record of format ``fmt``; the example is None when the record has any problem."""
     c = _Collector(source, line)
     if not isinstance(record, dict):
@@ -218,7 +244,7 @@ def file_format(source: str, records: list[Record]) -> tuple[str | None, list[Pr
     (or none that is known). Ties go to the format seen first."""
     problems: list[Problem] = []
     seen: Counter[str] = Counter()
-    for line, record in records:
+    for _line, record in records:
         fmt = detect_format(record) if isinstance(record, dict) else None
         if fmt is not None:
             seen[fmt] += 1
@@ -231,21 +257,39 @@ def file_format(source: str, records: list[Record]) -> tuple[str | None, list[Pr
         fmt = detect_format(record)
         keys = ", ".join(sorted(record)) or "none"
         if fmt is None:
-            problems.append(Problem(
-                source, line, f"unknown record format (keys: {keys}); expected messages, conversations, "
-                "instruction/output, prompt/completion or text", kind="unknown_format"))
+            problems.append(
+                Problem(
+                    source,
+                    line,
+                    f"unknown record format (keys: {keys}); expected messages, conversations, "
+                    "instruction/output, prompt/completion or text",
+                    kind="unknown_format",
+                )
+            )
         elif fmt != majority:
-            problems.append(Problem(
-                source, line, f"mixed formats: this record is {fmt} (keys: {keys}) but {seen[majority]} of "
-                f"{len(records)} records in this file are {majority}; keep one format per file",
-                kind="mixed_formats"))
+            problems.append(
+                Problem(
+                    source,
+                    line,
+                    f"mixed formats: this record is {fmt} (keys: {keys}) but {seen[majority]} of "
+                    f"{len(records)} records in this file are {majority}; keep one format per file",
+                    kind="mixed_formats",
+                )
+            )
     return majority, problems
 
 
-def convert_records(source: str, records: list[Record], fmt: str = "auto") -> tuple[list[Example], list[Problem], str | None]:
+def convert_records(
+    source: str, records: list[Record], fmt: str = "auto"
+) -> tuple[list[Example], list[Problem], str | None]:
     """Convert every record of one file. Returns (examples, problems, the format used)."""
     if fmt != "auto" and fmt not in FORMATS:
-        problem = Problem(source, 0, f"unknown format '{fmt}' (use auto or one of {', '.join(FORMATS)})", kind="unknown_format")
+        problem = Problem(
+            source,
+            0,
+            f"unknown format '{fmt}' (use auto or one of {', '.join(FORMATS)})",
+            kind="unknown_format",
+        )
         return [], [problem], None
     problems: list[Problem] = []
     used = fmt

@@ -7,10 +7,10 @@ statistics that decide `max_length` and batch size. Errors stop training; warnin
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
-from tunery.data.dataset import load_file, method_problems
+from tunery.data.dataset import load_file, method_problems, progress
 from tunery.data.messages import Example
 from tunery.data.problems import Problem
 from tunery.data.render import TRAIN_ON, render_example, truncate
@@ -37,7 +37,7 @@ class LintReport:
         return not self.errors
 
     def to_json(self) -> dict:
-        """A JSON-ready dict: ok, errors, warnings (each with file, line, reason, severity, kind), stats."""
+        """A JSON-ready dict: ok, errors and warnings (file, line, reason, severity, kind), stats."""
         return {
             "ok": self.ok,
             "errors": [p.to_json() for p in self.errors],
@@ -56,8 +56,8 @@ class LintReport:
         for split in ("train", "validation"):
             if self.stats.get(split):
                 lines.extend(_format_stats(split, self.stats[split], self.stats["max_length"]))
-        verdict = "OK" if self.ok else "FAILED"
-        lines.append(f"{verdict}: {_plural(len(self.errors), 'error')}, {_plural(len(self.warnings), 'warning')}")
+        counts = f"{_plural(len(self.errors), 'error')}, {_plural(len(self.warnings), 'warning')}"
+        lines.append(f"{'OK' if self.ok else 'FAILED'}: {counts}")
         return "\n".join(lines)
 
 
@@ -71,12 +71,13 @@ def _format_stats(split: str, stats: dict, max_length: int) -> list[str]:
         for path, info in stats["files"].items()
     )
     length = stats["length"]
-    share = 100.0 * stats["trained_tokens"] / stats["tokens"] if stats["tokens"] else 0.0
+    tokens, trained = stats["tokens"], stats["trained_tokens"]
+    share = 100.0 * trained / tokens if tokens else 0.0
     return [
         f"{split}: {files}",
-        f"  {_plural(stats['examples'], 'example')}, {stats['tokens']} tokens, {stats['trained_tokens']} trained ({share:.1f}%)",
-        f"  length p50 {length['p50']}, p90 {length['p90']}, p99 {length['p99']}, max {length['max']} "
-        f"(max_length {max_length}; {stats['over_max_length']} longer)",
+        f"  {_plural(stats['examples'], 'example')}, {tokens} tokens, {trained} trained ({share:.1f}%)",
+        f"  length p50 {length['p50']}, p90 {length['p90']}, p99 {length['p99']}, "
+        f"max {length['max']} (max_length {max_length}; {stats['over_max_length']} longer)",
     ]
 
 
@@ -97,57 +98,69 @@ def special_tokens_of(tokenizer) -> set[str]:
     return tokens
 
 
+def _at(example: Example, reason: str, kind: str, severity: str = "warning") -> Problem:
+    return Problem(example.source, example.line, reason, severity, kind)
+
+
 def _special_token_warnings(example: Example, specials: set[str]) -> list[Problem]:
     texts = [(f"messages[{i}]", m.content) for i, m in enumerate(example.messages or [])]
     if example.text is not None:
         texts = [("text", example.text)]
     found = []
     for where, text in texts:
-        hits = sorted(token for token in specials if token in text)
+        hits = ", ".join(sorted(token for token in specials if token in text))
         if hits:
-            found.append(Problem(
-                example.source, example.line,
-                f"{where} contains {', '.join(hits)} as text; the tokenizer reads it as a control token",
-                "warning", "special_token_in_content"))
+            reason = f"{where} contains {hits} as text; the tokenizer reads it as a control token"
+            found.append(_at(example, reason, "special_token_in_content"))
     return found
 
 
-def _length_problems(example: Example, full_ids: list[int], trained: list[bool], max_length: int) -> list[Problem]:
-    if len(full_ids) <= max_length:
+def _length_problems(
+    example: Example, full_ids: list[int], trained: list[bool], max_length: int
+) -> list[Problem]:
+    length = len(full_ids)
+    if length <= max_length:
         return []
-    cut = truncate(full_ids, trained, max_length)
-    lost = sum(trained) - cut.num_trained
-    where = (example.source, example.line)
+    lost = sum(trained) - truncate(full_ids, trained, max_length).num_trained
     if example.messages is None:
-        reason = f"text is {len(full_ids)} tokens, longer than max_length {max_length}: the last {len(full_ids) - max_length} are dropped"
-        return [Problem(*where, reason, "warning", "text_truncated")]
+        reason = (
+            f"text is {length} tokens, longer than max_length {max_length}: "
+            f"the last {length - max_length} are dropped"
+        )
+        return [_at(example, reason, "text_truncated")]
+    head = f"example is {length} tokens, longer than max_length {max_length}"
     if lost:
-        reason = (f"example is {len(full_ids)} tokens, longer than max_length {max_length}: truncation cuts "
-                  f"{lost} of its {sum(trained)} trained tokens (raise max_length or shorten the example)")
-        return [Problem(*where, reason, "error", "too_long")]
-    reason = f"example is {len(full_ids)} tokens, longer than max_length {max_length}; only untrained tokens are cut"
-    return [Problem(*where, reason, "warning", "truncated")]
+        reason = (
+            f"{head}: truncation cuts {lost} of its {sum(trained)} trained tokens "
+            "(raise max_length or shorten the example)"
+        )
+        return [_at(example, reason, "too_long", "error")]
+    return [_at(example, f"{head}; only untrained tokens are cut", "truncated")]
 
 
 Measured = tuple[Example, int, int]  # an example, its token count, its trained token count
 
 
-def _render_checks(examples: list[Example], tokenizer, train_on: str, max_length: int) -> tuple[list[Measured], list[Problem]]:
+def _render_checks(
+    examples: list[Example], tokenizer, train_on: str, max_length: int
+) -> tuple[list[Measured], list[Problem]]:
     """Render every example in full; returns what was measured and the problems found."""
     measured: list[Measured] = []
     problems: list[Problem] = []
     specials = special_tokens_of(tokenizer)
-    for example in examples:
+    for example in progress(examples, "checking"):
         problems += _special_token_warnings(example, specials)
         try:
             rendered = render_example(example, tokenizer, train_on, max_length=None)
         except TuneryError as exc:
-            reason = exc.what.removeprefix(f"{example.location}: ") + (f" ({exc.why})" if exc.why else "")
-            problems.append(Problem(example.source, example.line, reason, "error", "render_error"))
+            reason = exc.what.removeprefix(f"{example.location}: ")
+            reason += f" ({exc.why})" if exc.why else ""
+            problems.append(_at(example, reason, "render_error", "error"))
             continue
         measured.append((example, len(rendered.ids), rendered.num_trained))
         if rendered.num_trained == 0:
-            problems.append(Problem(example.source, example.line, "no trained token (every assistant turn has weight 0); the example is dropped", "warning", "no_trained_tokens"))
+            reason = "no trained token (every assistant turn has weight 0); the example is dropped"
+            problems.append(_at(example, reason, "no_trained_tokens"))
         problems += _length_problems(example, rendered.ids, rendered.trained, max_length)
     return measured, problems
 
@@ -156,11 +169,9 @@ def _duplicates(examples: list[Example]) -> list[Problem]:
     first: dict[tuple, Example] = {}
     problems = []
     for example in examples:
-        key = example.key()
-        if key in first:
-            problems.append(Problem(example.source, example.line, f"duplicate of {first[key].location}", "warning", "duplicate"))
-        else:
-            first.setdefault(key, example)
+        earlier = first.setdefault(example.key(), example)
+        if earlier is not example:
+            problems.append(_at(example, f"duplicate of {earlier.location}", "duplicate"))
     return problems
 
 
@@ -168,11 +179,16 @@ def _overlap(train: list[Example], validation: list[Example]) -> list[Problem]:
     # An error, not a warning: validation loss picks the kept checkpoint and stops training early,
     # so an example seen in training makes both choices on a number that flatters the model.
     # `tunery train` only warns about it (the records are well formed); this check is the gate.
-    seen = {}
+    seen: dict[tuple, Example] = {}
     for example in train:
         seen.setdefault(example.key(), example)
     return [
-        Problem(e.source, e.line, f"also in the training data ({seen[e.key()].location}); validation examples must be unseen", "error", "train_val_overlap")
+        _at(
+            e,
+            f"also in the training data ({seen[e.key()].location}); validation examples must be unseen",
+            "train_val_overlap",
+            "error",
+        )
         for e in validation
         if e.key() in seen
     ]
@@ -183,7 +199,12 @@ def _long_tails(measured: list[Measured]) -> list[Problem]:
         return []
     median = percentile(sorted(n for _, n, _ in measured), 50)
     return [
-        Problem(e.source, e.line, f"long tail: {n} tokens, {n / median:.1f}x the median {median}; it pads its whole batch to that length", "warning", "long_tail")
+        _at(
+            e,
+            f"long tail: {n} tokens, {n / median:.1f}x the median {median}; "
+            "it pads its whole batch to that length",
+            "long_tail",
+        )
         for e, n, _ in measured
         if n > LONG_TAIL_FACTOR * median
     ]
@@ -196,55 +217,81 @@ def _split_stats(files: dict, measured: list[Measured], max_length: int) -> dict
         "examples": len(measured),
         "tokens": sum(ordered),
         "trained_tokens": sum(t for _, _, t in measured),
-        "length": {p: percentile(ordered, q) for p, q in (("p50", 50), ("p90", 90), ("p99", 99))} | {"max": ordered[-1] if ordered else 0},
+        "length": {
+            "p50": percentile(ordered, 50),
+            "p90": percentile(ordered, 90),
+            "p99": percentile(ordered, 99),
+            "max": ordered[-1] if ordered else 0,
+        },
         "over_max_length": sum(n > max_length for n in ordered),
     }
 
 
-def _check_split(paths: Iterable[str], tokenizer, fmt: str, method: str, train_on: str, max_length: int):
-    examples, problems, files = [], [], {}
+@dataclass
+class _Split:
+    """One side (train or validation) as read: examples, read problems, per-file format/count."""
+
+    examples: list[Example]
+    problems: list[Problem]
+    files: dict[str, dict]
+
+
+def _load_split(paths: Iterable[str], fmt: str) -> _Split:
+    split = _Split([], [], {})
     for path in map(str, paths):
-        found_examples, found, used = load_file(path, fmt)
-        files[path] = {"format": used, "examples": len(found_examples)}
-        examples += found_examples
-        problems += found
-    problems += method_problems(examples, method)
-    measured, found = _render_checks(examples, tokenizer, train_on, max_length)
-    problems += found + _duplicates(examples) + _long_tails(measured)
-    return examples, problems, _split_stats(files, measured, max_length)
+        examples, problems, used = load_file(path, fmt)
+        split.files[path] = {"format": used, "examples": len(examples)}
+        split.examples += examples
+        split.problems += problems
+    return split
 
 
-def _guess_method(paths, fmt: str) -> str:
-    if fmt != "auto":
-        return "cpt" if fmt == "text" else "sft"
-    formats = {load_file(str(path), fmt)[2] for path in paths} - {None}
-    return "cpt" if formats == {"text"} else "sft"
+def _check_split(split: _Split, tokenizer, method: str, train_on: str, max_length: int):
+    """Every problem of one split and its statistics."""
+    measured, found = _render_checks(split.examples, tokenizer, train_on, max_length)
+    problems = split.problems + method_problems(split.examples, method) + found
+    problems += _duplicates(split.examples) + _long_tails(measured)
+    return problems, _split_stats(split.files, measured, max_length)
 
 
 def check_files(
-    train_paths, tokenizer, *, validation_paths=(), max_length: int = 1024, train_on: str = "assistant",
-    fmt: str = "auto", method: str = "sft",
+    train_paths,
+    tokenizer,
+    *,
+    validation_paths=(),
+    max_length: int = 1024,
+    train_on: str = "assistant",
+    fmt: str = "auto",
+    method: str = "sft",
 ) -> LintReport:
     """Lint training (and validation) files as `tunery train` would read them.
 
     Reports, each with file and line: unreadable or invalid records, wrong types, unknown roles,
     missing or empty content, conversations with no assistant turn or ending on another turn, mixed
     formats, examples whose answer ``max_length`` would cut (errors); duplicates, train/validation
-    overlap (an error, see `_overlap`), long tails, special tokens in text (warnings). ``method: cpt``
-    trains every token and accepts raw text; ``auto`` means cpt when every training file is raw
-    text (it can serve nothing else), sft otherwise. Statistics are per split.
+    overlap (an error, see `_overlap`), long tails, special tokens in text (warnings).
+    ``method: cpt`` trains every token and accepts raw text; ``auto`` means cpt when every training
+    file is raw text (it can serve nothing else), sft otherwise. Statistics are per split.
     """
     if train_on not in TRAIN_ON or method not in METHODS:
-        raise TuneryError(f"unknown train_on '{train_on}' or method '{method}'",
-                          fix=f"train_on: {', '.join(TRAIN_ON)}; method: {', '.join(METHODS)}")
+        raise TuneryError(
+            f"unknown train_on '{train_on}' or method '{method}'",
+            fix=f"train_on: {', '.join(TRAIN_ON)}; method: {', '.join(METHODS)}",
+        )
+    train = _load_split(train_paths, fmt)
     if method == "auto":
-        method = _guess_method(train_paths, fmt)
+        formats = {info["format"] for info in train.files.values()} - {None}
+        method = "cpt" if formats == {"text"} else "sft"
     train_on = "all" if method == "cpt" else train_on
-    train, problems, train_stats = _check_split(train_paths, tokenizer, fmt, method, train_on, max_length)
-    stats = {"max_length": max_length, "train_on": train_on, "method": method, "train": train_stats, "validation": None}
+    problems, train_stats = _check_split(train, tokenizer, method, train_on, max_length)
+    stats = {"max_length": max_length, "train_on": train_on, "method": method}
+    stats |= {"train": train_stats, "validation": None}
     if validation_paths:
-        validation, found, stats["validation"] = _check_split(validation_paths, tokenizer, fmt, method, train_on, max_length)
-        problems += found + _overlap(train, validation)
+        validation = _load_split(validation_paths, fmt)
+        found, stats["validation"] = _check_split(
+            validation, tokenizer, method, train_on, max_length
+        )
+        problems += found + _overlap(train.examples, validation.examples)
     order = {path: i for i, path in enumerate(map(str, [*train_paths, *validation_paths]))}
     problems.sort(key=lambda p: (order.get(p.file, len(order)), p.line))
     return LintReport(

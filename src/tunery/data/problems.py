@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Iterable, Literal
+from typing import Literal
 
 from tunery.errors import TuneryError
 
@@ -28,6 +29,7 @@ class Problem:
         return f"{where}: {self.reason}"
 
     def to_json(self) -> dict:
+        """file, line, reason, severity and kind as a plain dict."""
         return asdict(self)
 
 

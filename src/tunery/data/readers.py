@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tunery.data.problems import Problem
 
@@ -30,12 +31,24 @@ def read_records(path: str) -> ReadResult:
     if reader is None:
         known = ", ".join(sorted(READERS))
         return [], [
-            Problem(path, 0, f"unknown file type '{file.suffix}': use one of {known}", kind="unknown_file_type")
+            Problem(
+                path,
+                0,
+                f"unknown file type '{file.suffix}': use one of {known}",
+                kind="unknown_file_type",
+            )
         ]
     try:
         return reader(path)
     except UnicodeDecodeError as exc:
-        return [], [Problem(path, 0, f"file is not UTF-8 text ({exc.reason} at byte {exc.start})", kind="encoding")]
+        return [], [
+            Problem(
+                path,
+                0,
+                f"file is not UTF-8 text ({exc.reason} at byte {exc.start})",
+                kind="encoding",
+            )
+        ]
 
 
 def _json_problem(path: str, line: int, exc: json.JSONDecodeError) -> Problem:
@@ -85,7 +98,14 @@ def read_json(path: str) -> ReadResult:
                 )
             ]
     if not isinstance(value, list):
-        return [], [Problem(path, 0, f"a JSON file must hold an array of records, not a {type(value).__name__}", kind="wrong_type")]
+        return [], [
+            Problem(
+                path,
+                0,
+                f"a JSON file must hold an array of records, not a {type(value).__name__}",
+                kind="wrong_type",
+            )
+        ]
     return [(index + 1, item) for index, item in enumerate(value)], []
 
 
@@ -98,7 +118,10 @@ def _decode_nested(path: str, line: int, row: dict) -> Problem | None:
                 row[column] = json.loads(cell)
             except json.JSONDecodeError as exc:
                 return Problem(
-                    path, line, f"column '{column}' is not valid JSON: {exc.msg} (column {exc.colno})", kind="invalid_json"
+                    path,
+                    line,
+                    f"column '{column}' is not valid JSON: {exc.msg} (column {exc.colno})",
+                    kind="invalid_json",
                 )
     return None
 
@@ -127,7 +150,12 @@ def read_csv(path: str) -> ReadResult:
                 continue
             if len(cells) != len(header):
                 problems.append(
-                    Problem(path, start, f"row has {len(cells)} cells but the header has {len(header)}", kind="invalid_csv")
+                    Problem(
+                        path,
+                        start,
+                        f"row has {len(cells)} cells but the header has {len(header)}",
+                        kind="invalid_csv",
+                    )
                 )
                 continue
             row = {name: (cell if cell != "" else None) for name, cell in zip(header, cells)}

@@ -42,6 +42,7 @@ class Rendered:
 
     @property
     def num_trained(self) -> int:
+        """How many tokens carry loss."""
         return sum(self.trained)
 
 
@@ -83,7 +84,7 @@ def _prefix_length(full: str, part: str, turn: int, template_role: str) -> int:
         f"the chat template is not prefix-stable, so tunery cannot locate assistant turn {turn}",
         why=f"rendering the conversation up to that turn ({template_role}) does not give the start of "
         f"the whole conversation's text; they differ at character {at}: "
-        f"{part[at:at + 40]!r} vs {full[at:at + 40]!r}",
+        f"{part[at : at + 40]!r} vs {full[at : at + 40]!r}",
         fix="set a chat template that renders earlier turns the same way whatever follows them, "
         "or use train_on: all",
     )
