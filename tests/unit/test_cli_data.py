@@ -203,3 +203,14 @@ def test_unknown_model_is_a_clear_error(tmp_path):
     train = write(tmp_path / "t.jsonl", [PARIS])
     result = runner.invoke(app, ["data", "check", train, "--model", "./no/such/model"])
     assert "model not found: './no/such/model'" in str(result.exception)
+
+
+def test_method_option_decides_whether_raw_text_is_allowed(tmp_path):
+    path = write(tmp_path / "text.jsonl", [{"text": "Plain prose for continued pre-training."}])
+    as_cpt = runner.invoke(app, ["data", "check", path, "--method", "cpt", "--json"])
+    assert as_cpt.exit_code == 0, as_cpt.output
+    assert json.loads(as_cpt.stdout)["stats"]["method"] == "cpt"
+    as_sft = runner.invoke(app, ["data", "check", path, "--method", "sft", "--json"])
+    assert as_sft.exit_code == 1
+    kinds = [e["kind"] for e in json.loads(as_sft.stdout)["errors"]]
+    assert kinds == ["text_needs_cpt"]

@@ -17,11 +17,12 @@ def run_check(
     train_on: str,
     fmt: str,
     as_json: bool,
+    method: str = "auto",
 ) -> int:
     """Lint ``files`` (and ``validation``) with ``model``'s tokenizer and print the report.
 
     Returns 0 when there is no error, 1 otherwise. With ``as_json`` stdout holds only the JSON.
-    The method is inferred: raw-text-only training files are linted as continued pre-training.
+    With ``method`` auto, raw-text-only training files are linted as continued pre-training.
     """
     from tunery.data.lint import check_files
     from tunery.models.load import load_tokenizer
@@ -34,7 +35,7 @@ def run_check(
         max_length=max_length,
         train_on=train_on,
         fmt=fmt,
-        method="auto",
+        method=method,
     )
     if as_json:
         print(json.dumps(report.to_json(), indent=2))

@@ -53,6 +53,7 @@ def data_check(
     max_length: int = typer.Option(1024, "--max-length", help="Longest example in tokens."),
     train_on: str = typer.Option("assistant", "--train-on", help="assistant | all | last"),
     fmt: str = typer.Option("auto", "--format", help="auto | messages | alpaca | sharegpt | prompt_completion | text"),
+    method: str = typer.Option("auto", "--method", help="sft | cpt | auto (cpt when every file is raw text)"),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Lint datasets: every bad record with file, line and reason, plus token statistics.
@@ -65,7 +66,7 @@ def data_check(
     from tunery.cli.data import run_check
 
     raise typer.Exit(
-        run_check(files, model, validation or [], max_length, train_on, fmt, as_json)
+        run_check(files, model, validation or [], max_length, train_on, fmt, as_json, method)
     )
 
 
