@@ -41,13 +41,13 @@ def test_config_data_passes_the_data_check(config, capsys):
     cfg = load_config(config).config
     code = run_check(
         [Path(p) for p in cfg.data.train], cfg.base_model, [Path(p) for p in cfg.data.validation],
-        cfg.data.max_length, cfg.data.train_on, cfg.data.format, True,
+        cfg.data.max_length, cfg.data.train_on, cfg.data.format, as_json=True, method=cfg.method,
     )
     assert code == 0, capsys.readouterr().out
 
 
-def _load_generator(path: Path):
-    spec = importlib.util.spec_from_file_location(f"make_data_{path.parent.name}", path)
+def _load_script(path: Path):
+    spec = importlib.util.spec_from_file_location(f"{path.parent.name}_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -55,7 +55,7 @@ def _load_generator(path: Path):
 
 @pytest.mark.parametrize("generator", GENERATORS, ids=_ids(GENERATORS))
 def test_generated_data_is_reproduced_byte_for_byte(generator, tmp_path):
-    _load_generator(generator).main(["--out", str(tmp_path)])
+    _load_script(generator).main(["--out", str(tmp_path)])
     written = sorted(p.name for p in tmp_path.iterdir())
     assert written, f"{generator} wrote nothing"
     for name in written:
@@ -84,3 +84,20 @@ def test_quickstart_splits_are_disjoint_and_well_formed():
         assert answer["name"] in messages[1]["content"] and answer["city"] in messages[1]["content"]
         # The exact compact shape the task scores: default json separators, no spaces added or lost.
         assert messages[2]["content"] == json.dumps(answer, ensure_ascii=False)
+
+
+def test_quickstart_demo_prints_answers_side_by_side():
+    demo = _load_script(EXAMPLES / "quickstart" / "demo.py")
+    example = lambda answer: {"prompt": "Book Oslo, 2 nights, Ada Berg.", "reference": "R", "answer": answer}  # noqa: E731
+    rows = [
+        {"target": demo.BASE, "examples": [example("Sure!\nHere is a hotel"), example("x"), example("y")]},
+        {"target": "runs/quickstart", "examples": [example("R"), example("R"), example("R")]},
+    ]
+    first = demo.side_by_side(rows, count=2).split("\n\n")[0].splitlines()
+    assert first == [
+        "request:   Book Oslo, 2 nights, Ada Berg.",
+        "expected:  R",
+        "base:      Sure! Here is a hotel",
+        "tuned:     R",
+    ]
+    assert demo.run_dir() == Path("runs") / "quickstart"
