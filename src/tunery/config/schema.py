@@ -85,6 +85,11 @@ class TrainingSection(Section):
         0.03, ge=0.0, lt=1.0, description="Share of the steps spent warming up linearly from 0."
     )
     batch_size: int = Field(4, ge=1, description="Examples per micro-batch.")
+    packing: bool = Field(
+        True,
+        description="Padding-free batches: the examples of a micro-batch are concatenated into one "
+        "sequence with positions restarting per example, so no work is spent on padding.",
+    )
     grad_accum: int = Field(
         1, ge=1, description="Micro-batches per optimizer step (loss normalised by trained tokens)."
     )

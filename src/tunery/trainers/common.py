@@ -74,9 +74,38 @@ def collate(rows, pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": attention, "labels": labels}
 
 
+def pack(rows) -> dict[str, torch.Tensor]:
+    """Padding-free batch: every row concatenated into one sequence, positions restarting per row.
+
+    With `position_ids` restarting and no attention mask, transformers keeps attention inside each
+    sequence (only with `use_cache=False`), so the loss equals the padded batch's, without the work
+    spent on padding. The first token of each row gets no label: the token before it belongs to
+    another sequence.
+    """
+    ids = torch.tensor([t for r in rows for t in r.ids], dtype=torch.long).unsqueeze(0)
+    positions = torch.cat([torch.arange(len(r.ids)) for r in rows]).unsqueeze(0)
+    labels = torch.cat([
+        torch.tensor([IGNORE] + [t if m else IGNORE for t, m in zip(r.ids[1:], r.trained[1:])])
+        for r in rows
+    ]).unsqueeze(0)
+    return {"input_ids": ids, "position_ids": positions, "labels": labels}
+
+
 def count_trained(batch: dict[str, torch.Tensor]) -> int:
     """Tokens that carry loss: labels set at positions 1.. (position 0 has nothing to predict it)."""
     return int((batch["labels"][:, 1:] != IGNORE).sum())
+
+
+def count_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Real (non-padding) tokens of a batch, packed or padded."""
+    if "attention_mask" in batch:
+        return int(batch["attention_mask"].sum())
+    return int(batch["input_ids"].numel())
+
+
+def make_batch(rows, pad_id: int, packed: bool) -> dict[str, torch.Tensor]:
+    """The one place batches are built: padding-free (packed) or right-padded."""
+    return pack(rows) if packed else collate(rows, pad_id)
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:

@@ -24,19 +24,24 @@ def causal_lm_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Ten
     Position t predicts token t+1 (the standard causal LM objective, Radford et al. 2018).
     Returns (summed loss, number of trained tokens).
     """
-    shifted_logits = logits[:, :-1, :]
     targets = labels[:, 1:]
     keep = targets != IGNORE
-    n = int(keep.sum())
-    if n == 0:
-        return shifted_logits.sum() * 0.0, 0
     # Only the trained positions go through log-softmax: most chat positions are prompt tokens.
-    picked = shifted_logits[keep].float()
-    loss = F.cross_entropy(picked, targets[keep], reduction="sum")
-    return loss, n
+    return token_ce_sum(logits[:, :-1, :][keep], targets[keep])
 
 
-LOSSES: dict[str, LossFn] = {"causal_lm": causal_lm_sum}
+def token_ce_sum(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Cross-entropy summed over already-selected positions: logits [n, vocab], targets [n].
+
+    loss = - sum_i log softmax(logits[i])[targets[i]], computed in fp32 whatever the logits' dtype.
+    """
+    n = int(targets.numel())
+    if n == 0:
+        return logits.sum() * 0.0, 0
+    return F.cross_entropy(logits.float(), targets, reduction="sum"), n
+
+
+LOSSES: dict[str, LossFn] = {"causal_lm": causal_lm_sum, "token_ce": token_ce_sum}
 
 
 def get_loss(name: str) -> LossFn:

@@ -20,7 +20,7 @@ from tunery.models import adapters
 from tunery.runfolder import RunFolder
 from tunery.trainers import checkpoint as ckpt
 from tunery.trainers import common
-from tunery.trainers.losses import get_loss
+from tunery.trainers.forward import forward_loss
 from tunery.trainers.progress import Progress
 
 
@@ -67,25 +67,23 @@ def setup(cfg: TrainConfig, model, tokenizer, train: list, val: list) -> Setup:
     return Setup(cfg, model, tokenizer, train, val, optimizer, plan, eval_every, save_every)
 
 
-def forward_loss(model, batch: dict[str, torch.Tensor], loss_name: str = "causal_lm") -> tuple[torch.Tensor, int]:
-    """Summed loss over trained tokens of one micro-batch, and their count."""
-    # use_cache=False: no KV cache is needed in training, and it costs memory.
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-    return get_loss(loss_name)(out.logits, batch["labels"])
+def batches_for_step(s: Setup, step: int) -> list[dict[str, torch.Tensor]]:
+    """The micro-batches of optimizer step `step`, built in one place."""
+    rows = [[s.train[i] for i in idx] for idx in common.micro_batches_for_step(s.plan, step)]
+    return [common.make_batch(r, s.tokenizer.pad_token_id, s.cfg.training.packing) for r in rows]
 
 
 def accumulate(s: Setup, step: int) -> tuple[float, int, int]:
     """Forward and backward every micro-batch of `step`; gradients are normalised by the step's
     trained tokens, so 1 x 8 and 8 x 1 give the same update. Returns (mean loss, trained, tokens)."""
-    pad = s.tokenizer.pad_token_id
-    batches = [common.collate([s.train[i] for i in idx], pad) for idx in common.micro_batches_for_step(s.plan, step)]
+    batches = batches_for_step(s, step)
     total_trained = sum(common.count_trained(b) for b in batches)
     loss_total, tokens = 0.0, 0
     for batch in batches:
         loss_sum, _ = forward_loss(s.model, batch)
         (loss_sum / max(total_trained, 1)).backward()
         loss_total += float(loss_sum.detach())
-        tokens += int(batch["attention_mask"].sum())
+        tokens += common.count_tokens(batch)
     return loss_total / max(total_trained, 1), total_trained, tokens
 
 
@@ -115,7 +113,7 @@ def evaluate(s: Setup) -> float | None:
     total, count = 0.0, 0
     bs = s.cfg.training.batch_size
     for start in range(0, len(s.val), bs):
-        batch = common.collate(s.val[start:start + bs], s.tokenizer.pad_token_id)
+        batch = common.make_batch(s.val[start:start + bs], s.tokenizer.pad_token_id, s.cfg.training.packing)
         loss_sum, n = forward_loss(s.model, batch)
         total, count = total + float(loss_sum), count + n
     s.model.train()
