@@ -26,6 +26,14 @@ BASE = "smollm2-135m-instruct"
 MAX_NEW_TOKENS = 40
 
 
+def shown(path: Path) -> str:
+    """`path` relative to the current folder when it lies inside it (what a user would type)."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def tunery(*args: str) -> int:
     """Run a `tunery` command in a child process, its output going straight to the terminal."""
     command = [sys.executable, "-m", "tunery.cli.main", *args]
@@ -66,10 +74,10 @@ def compare(run: Path) -> None:
 
 
 def main() -> int:
-    if tunery("data", "check", str(TRAIN), "--validation", str(HELDOUT), "--model", BASE) != 0:
+    if tunery("data", "check", shown(TRAIN), "--validation", shown(HELDOUT), "--model", BASE) != 0:
         print("the data check failed; fix the files above (or regenerate them with make_data.py)")
         return 1
-    code = tunery("train", str(CONFIG), "--resume")
+    code = tunery("train", shown(CONFIG), "--resume")
     if code != 0:
         print(f"training stopped (exit code {code}); run the demo again to resume it")
         return code
