@@ -53,7 +53,7 @@ def run_training(cfg: TrainConfig, root: Path, resume: bool = False,
     s = sft.setup(cfg, model, tokenizer, train, val)
     st = _start_or_resume(s, run, cfg, resume, log)
     trainable, total = adapters.count_parameters(s.model)
-    run.update_info(base_model=cfg.base_model, adapter=cfg.adapter, dtype=cfg.dtype, method=cfg.method,
+    run.update_info(base_model=portable_spec(cfg.base_model), adapter=cfg.adapter, dtype=cfg.dtype, method=cfg.method,
                     status="running", tunery_version=__version__, total_steps=s.plan.total_steps,
                     train_examples=len(train), val_examples=len(val),
                     trainable_params=trainable, total_params=total)
@@ -71,6 +71,12 @@ def run_training(cfg: TrainConfig, root: Path, resume: bool = False,
     report.write_summary(run, info)
     log(f"saved {target} (best validation loss {_fmt(st.best_val)} at step {st.best_step})")
     return info
+
+
+def portable_spec(spec: str) -> str:
+    """A base-model spec that later commands can read from any folder: local paths made absolute."""
+    path = Path(spec).expanduser()
+    return str(path.resolve()) if path.exists() else spec
 
 
 def _start_or_resume(s: sft.Setup, run: RunFolder, cfg: TrainConfig, resume: bool, log) -> sft.LoopState:
