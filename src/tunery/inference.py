@@ -14,20 +14,14 @@ import torch
 
 from tunery.errors import TuneryError
 from tunery.models.load import DTYPES, load_model, load_tokenizer
-
-RUN_FILE = "run.json"
-
-
-def is_run_dir(target: str | Path) -> bool:
-    """True when `target` is a folder written by `tunery train` (it holds run.json)."""
-    return (Path(target).expanduser() / RUN_FILE).is_file()
+from tunery.runfolder import RunFolder, is_run_folder
 
 
 def read_run_info(run_dir: Path) -> dict:
     """The run's run.json as a dict, with a clear error when it is unreadable."""
-    path = run_dir / RUN_FILE
+    path = RunFolder(run_dir).info
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
+        info = RunFolder(run_dir).read_info()
     except (OSError, json.JSONDecodeError) as exc:
         raise TuneryError(f"cannot read {path}", why=str(exc)) from exc
     if not isinstance(info, dict) or "base_model" not in info:
@@ -50,14 +44,15 @@ def load_run(run_dir: Path, dtype: str = "float32"):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     info = read_run_info(run_dir)
+    folder = RunFolder(run_dir)
     adapter = info.get("adapter", "lora")
     if adapter not in ("lora", "full"):
-        raise TuneryError(f"{run_dir / RUN_FILE} names an unknown adapter kind '{adapter}'")
-    weights = run_dir / ("adapter" if adapter == "lora" else "model")
+        raise TuneryError(f"{folder.info} names an unknown adapter kind '{adapter}'")
+    weights = folder.adapter if adapter == "lora" else folder.model
     marker = "adapter_config.json" if adapter == "lora" else "config.json"
     if not (weights / marker).is_file():
         raise _unfinished(run_dir, info, weights)
-    tok_dir = run_dir / "tokenizer"
+    tok_dir = folder.tokenizer
     if not tok_dir.is_dir():
         raise TuneryError(
             f"{run_dir} has weights but no tokenizer/ folder",
@@ -82,7 +77,7 @@ def load_for_inference(target: str | Path, dtype: str = "float32"):
     """(model, tokenizer) for a run folder or a base-model spec (alias, folder, .gguf, hub id)."""
     if dtype not in DTYPES:
         raise TuneryError(f"unknown dtype '{dtype}'", fix=f"use one of {', '.join(DTYPES)}")
-    if is_run_dir(target):
+    if is_run_folder(Path(target).expanduser()):
         return load_run(Path(target).expanduser(), dtype)
     return load_model(str(target), dtype), load_tokenizer(str(target))
 
