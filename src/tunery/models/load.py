@@ -78,10 +78,22 @@ def load_tokenizer(spec: str):
     return tokenizer
 
 
+def quiet_transformers() -> None:
+    """Hide transformers' per-tensor loading bars and a deprecation notice PEFT triggers: tunery prints
+    its own one-line summary of each load."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+
+
 def load_model(spec: str, dtype: str = "float32"):
     """The causal LM of a model spec, in `dtype`, in eval mode."""
     from transformers import AutoModelForCausalLM
 
+    quiet_transformers()
     source = resolve_model_source(spec)
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype])
