@@ -46,10 +46,11 @@ def load_run(run_dir: Path, dtype: str = "float32"):
     info = read_run_info(run_dir)
     folder = RunFolder(run_dir)
     adapter = info.get("adapter", "lora")
-    if adapter not in ("lora", "full"):
+    if adapter not in ("lora", "qlora", "full"):
         raise TuneryError(f"{folder.info} names an unknown adapter kind '{adapter}'")
-    weights = folder.adapter if adapter == "lora" else folder.model
-    marker = "adapter_config.json" if adapter == "lora" else "config.json"
+    is_adapter = adapter in ("lora", "qlora")
+    weights = folder.adapter if is_adapter else folder.model
+    marker = "adapter_config.json" if is_adapter else "config.json"
     if not (weights / marker).is_file():
         raise _unfinished(run_dir, info, weights)
     tok_dir = folder.tokenizer
@@ -62,10 +63,12 @@ def load_run(run_dir: Path, dtype: str = "float32"):
     tokenizer = AutoTokenizer.from_pretrained(tok_dir)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if adapter == "lora":
+    if is_adapter:
         from peft import PeftModel
 
-        base = load_model(info["base_model"], dtype)
+        from tunery.models.quant import load_base_for_run
+
+        base = load_base_for_run(info, run_dir, dtype)  # 4-bit for QLoRA, as in training
         model = PeftModel.from_pretrained(base, str(weights))
     else:
         model = AutoModelForCausalLM.from_pretrained(weights, dtype=DTYPES[dtype])

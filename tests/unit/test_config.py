@@ -63,7 +63,7 @@ def test_bad_values_name_the_key_and_the_reason(tmp_path):
         load_config(path, ["lora.rank=0", "adapter=lroa", "training.batch_size=two"])
     text = str(err.value)
     assert "lora.rank: Input should be greater than or equal to 1 (got 0)" in text
-    assert "adapter: Input should be 'lora' or 'full'" in text
+    assert "adapter: Input should be 'lora', 'qlora' or 'full'" in text
     assert "training.batch_size: Input should be a valid integer" in text
 
 

@@ -31,6 +31,7 @@ def train(
     overrides: Optional[List[str]] = typer.Argument(None, help="Dotted overrides: training.lr=1e-4"),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete an existing run folder first."),
+    nproc: int = typer.Option(1, "--nproc", help="Data-parallel processes on this machine (torchrun)."),
 ) -> None:
     """Train a model from a YAML config.
 
@@ -38,10 +39,11 @@ def train(
       tunery train examples/quickstart/config.yaml
       tunery train examples/quickstart/config.yaml training.lr=1e-4 lora.rank=8
       tunery train examples/quickstart/config.yaml --resume
+      tunery train examples/quickstart/config.yaml --nproc 2
     """
     from tunery.trainers.run import train_from_config
 
-    code = train_from_config(config, overrides or [], resume=resume, overwrite=overwrite)
+    code = train_from_config(config, overrides or [], resume=resume, overwrite=overwrite, nproc=nproc)
     raise typer.Exit(code)
 
 
@@ -127,6 +129,25 @@ def chat(
     from tunery.cli.chat import run_chat
 
     raise typer.Exit(run_chat(target, system, max_new_tokens, temperature))
+
+
+@app.command()
+def merge(
+    run: str = typer.Argument(..., help="A finished run folder (LoRA, QLoRA or full)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to write the merged model to."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing, different --out."),
+    as_json: bool = typer.Option(False, "--json", help="Print the merge record as JSON."),
+) -> None:
+    """Merge the run's adapter into its base model: a plain HF folder (safetensors, tokenizer, chat
+    template) that AutoModelForCausalLM loads alone. Checked for NaN; running it twice does nothing.
+
+    Example:
+      tunery merge runs/quickstart --out merged/quickstart
+    """
+    from tunery.cli.export import run_merge
+
+    raise typer.Exit(run_merge(run, str(out), dtype, overwrite, as_json))
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ and a test fails when it is stale.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -21,18 +22,55 @@ class Section(BaseModel):
 
 
 class LoraSection(Section):
-    """Low-rank adapter settings, used when `adapter: lora`."""
+    """Low-rank adapter settings, used when `adapter: lora` or `adapter: qlora`."""
 
     rank: int = Field(16, ge=1, le=1024, description="Rank r of the low-rank update.")
     alpha: float = Field(
         32.0, gt=0, description="Scaling numerator: the update is scaled by alpha / rank."
     )
     dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the adapter's input.")
-    target_modules: list[str] | Literal["all-linear"] = Field(
+    target_modules: list[str] | str = Field(
         "all-linear",
         description="Module names to adapt (e.g. [q_proj, v_proj]) or `all-linear` for every "
-        "linear layer except the output head.",
+        "linear layer except the output head. A single string other than `all-linear` is a "
+        "regular expression matched against whole module names, e.g. "
+        "`.*layers\\.(0|1)\\..*(q|v)_proj`.",
     )
+    modules_to_save: list[str] = Field(
+        default_factory=list,
+        description="Modules trained in full next to the adapter and saved with it, e.g. [lm_head] "
+        "(a tied head then gets its own copy; merges and exports store it untied).",
+    )
+    dora: bool = Field(
+        False,
+        description="DoRA (weight-decomposed LoRA): also learn a magnitude per output row. "
+        "Costs about one extra weight-norm per adapted layer and step.",
+    )
+    rslora: bool = Field(
+        False, description="rsLoRA: scale the update by alpha / sqrt(rank) instead of alpha / rank."
+    )
+    qlora_quant_type: Literal["nf4", "fp4"] = Field(
+        "nf4", description="4-bit data type of the frozen base when `adapter: qlora`."
+    )
+    qlora_double_quant: bool = Field(
+        True,
+        description="Quantize the 4-bit blocks' scales too (saves about 0.4 bit per weight) "
+        "when `adapter: qlora`.",
+    )
+    qlora_compute_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="Dtype the 4-bit weights are dequantized to for each matmul when "
+        "`adapter: qlora`; float32 is the fast one on CPUs without bf16 units.",
+    )
+
+    @model_validator(mode="after")
+    def _pattern_compiles(self) -> "LoraSection":
+        if isinstance(self.target_modules, str) and self.target_modules != "all-linear":
+            try:
+                re.compile(self.target_modules)
+            except re.error as exc:
+                raise ValueError(f"lora.target_modules is not a valid regular expression: {exc}") from exc
+        return self
 
 
 class DataSection(Section):
@@ -152,8 +190,10 @@ class TrainConfig(Section):
         description="The alias `smollm2-135m-instruct` (embedded, offline), a local HF folder, "
         "a `.gguf` file, or a hub id.",
     )
-    adapter: Literal["lora", "full"] = Field(
-        "lora", description="`lora`: train a low-rank adapter; `full`: train every weight."
+    adapter: Literal["lora", "qlora", "full"] = Field(
+        "lora",
+        description="`lora`: train a low-rank adapter; `qlora`: the same on a 4-bit NF4 base "
+        "(bitsandbytes; see lora.qlora_*); `full`: train every weight.",
     )
     dtype: Literal["float32", "bfloat16"] = Field(
         "float32",
@@ -174,4 +214,4 @@ class TrainConfig(Section):
         """The learning rate in force: the configured one, or the practice default for the adapter."""
         if self.training.lr is not None:
             return self.training.lr
-        return 2e-4 if self.adapter == "lora" else 2e-5
+        return 2e-5 if self.adapter == "full" else 2e-4

@@ -4,38 +4,58 @@ from __future__ import annotations
 
 import torch
 
-from tunery.config.schema import TrainConfig
+from tunery.config.schema import LoraSection, TrainConfig
 from tunery.errors import TuneryError
 
 
 def prepare_trainable(model, cfg: TrainConfig):
     """Wrap `model` with a LoRA adapter (PEFT) or mark every weight trainable, per `cfg.adapter`.
 
-    The adapter's initial weights come from `cfg.training.seed`, so two runs with one seed agree.
+    `qlora` expects a base loaded in 4 bits (`models.quant.load_for_training`) and puts the same LoRA
+    (or DoRA / rsLoRA) on top; the 4-bit weights stay frozen. The adapter's initial weights come from
+    `cfg.training.seed`, so two runs with one seed agree.
     """
     if cfg.adapter == "full":
         for param in model.parameters():
             param.requires_grad_(True)
         return model
-    from peft import LoraConfig, get_peft_model
+    if cfg.adapter == "qlora":
+        from tunery.models.quant import count_4bit_layers
 
-    lora = cfg.lora
+        if count_4bit_layers(model) == 0:
+            raise TuneryError(
+                "adapter: qlora needs a base model loaded in 4 bits",
+                why="no bitsandbytes 4-bit layer was found in the model",
+                fix="load it with tunery.models.quant.load_for_training(cfg)",
+            )
+    from peft import get_peft_model
+
     torch.manual_seed(cfg.training.seed)
-    peft_config = LoraConfig(
-        r=lora.rank,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        target_modules=lora.target_modules,
-        task_type="CAUSAL_LM",
-    )
     try:
-        return get_peft_model(model, peft_config)
+        return get_peft_model(model, peft_lora_config(cfg.lora))
     except ValueError as exc:
         raise TuneryError(
             "the LoRA target modules do not match this model",
             why=str(exc),
-            fix="use lora.target_modules=all-linear or names such as [q_proj, v_proj]",
+            fix="use lora.target_modules=all-linear, names such as [q_proj, v_proj], or a regular "
+            "expression over whole module names",
         ) from exc
+
+
+def peft_lora_config(lora: LoraSection):
+    """PEFT's LoraConfig for a `lora:` section (target names, pattern or all-linear; DoRA; rsLoRA)."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=lora.rank,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        modules_to_save=list(lora.modules_to_save) or None,
+        use_dora=lora.dora,
+        use_rslora=lora.rslora,
+        task_type="CAUSAL_LM",
+    )
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:

@@ -13,7 +13,7 @@ from tunery.trainers.common import assert_finite_state
 
 def save_final(model, tokenizer, run: RunFolder, adapter_kind: str) -> Path:
     """Write `adapter/` (PEFT format) or `model/` (HF format) atomically, plus `tokenizer/`."""
-    target = run.adapter if adapter_kind == "lora" else run.model
+    target = run.model if adapter_kind == "full" else run.adapter
     assert_finite_state(adapters.trainable_state(model), "the final weights")
     tmp = target.with_name(f".tmp-{target.name}")
     shutil.rmtree(tmp, ignore_errors=True)

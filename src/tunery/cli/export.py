@@ -1,0 +1,26 @@
+"""Bodies of `tunery merge`, `tunery export` and `tunery combine`.
+
+Progress messages go to stderr so that `--json` writes nothing but JSON on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def _log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _emit(record: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(record, indent=2, sort_keys=True, default=str))
+
+
+def run_merge(run_dir: str, out: str, dtype: str, overwrite: bool, as_json: bool) -> int:
+    """Merge a run's adapter into its base; exit code 0 on success."""
+    from tunery.export.merge import merge_run
+
+    _emit(merge_run(run_dir, out, dtype=dtype, overwrite=overwrite, log=_log), as_json)
+    return 0
