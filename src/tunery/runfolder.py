@@ -21,6 +21,7 @@ from pathlib import Path
 @dataclass(frozen=True)
 class RunFolder:
     root: Path
+    writable: bool = True  # False on the non-zero ranks of a multi-process run
 
     @property
     def config(self) -> Path:
@@ -69,6 +70,8 @@ class RunFolder:
 
     def append_metrics(self, record: dict) -> None:
         """Append one JSON line; non-finite numbers are written as null (JSON has no NaN)."""
+        if not self.writable:
+            return
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
         with open(self.metrics, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(clean) + "\n")

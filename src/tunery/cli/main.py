@@ -150,6 +150,28 @@ def merge(
     raise typer.Exit(run_merge(run, str(out), dtype, overwrite, as_json))
 
 
+@app.command()
+def export(
+    run: str = typer.Argument(..., help="A finished run folder."),
+    fmt: str = typer.Option("gguf", "--format", "-f", help="hf | gguf | ollama"),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to write the export to."),
+    gguf_type: str = typer.Option("f16", "--type", help="GGUF tensor type: f32 | f16 | q8_0"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Write into a folder that holds other files."),
+    as_json: bool = typer.Option(False, "--json", help="Print the verification record as JSON."),
+) -> None:
+    """Export a run (adapter merged into its base) as a HF folder, a GGUF file, or GGUF + Ollama
+    Modelfile, with the run's chat template and end tokens. Each export is read back by an
+    independent reader and compared on fixed prompts; exit code 1 when that check fails.
+
+    Examples:
+      tunery export runs/quickstart --format gguf --type q8_0 --out exports/quickstart
+      tunery export runs/quickstart --format ollama --out exports/quickstart-ollama
+    """
+    from tunery.cli.export import run_export
+
+    raise typer.Exit(run_export(run, fmt, str(out), gguf_type, overwrite, as_json))
+
+
 def main() -> None:
     """Entry point: run the app and print `TuneryError`s as short messages."""
     from tunery.errors import TuneryError

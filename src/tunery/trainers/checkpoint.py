@@ -69,8 +69,8 @@ def rng_snapshot() -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, {"python": [version, list(internal), gauss]}
 
 
-def restore_rng(tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    torch.set_rng_state(tensors["torch_cpu"])
+def restore_rng(tensors: dict[str, torch.Tensor], meta: dict, rank: int = 0) -> None:
+    torch.set_rng_state(tensors.get(f"rank{rank}.torch_cpu", tensors["torch_cpu"]))
     cuda = [tensors[k] for k in sorted(tensors) if k.startswith("torch_cuda_")]
     if cuda and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda)
@@ -79,8 +79,11 @@ def restore_rng(tensors: dict[str, torch.Tensor], meta: dict) -> None:
 
 
 def save_checkpoint(root: Path, step: int, weights: dict[str, torch.Tensor],
-                    optimizer: torch.optim.Optimizer, loop_state: dict) -> Path:
-    """Write checkpoint `step` atomically and return its folder."""
+                    optimizer: torch.optim.Optimizer, loop_state: dict,
+                    rank_rng: list[torch.Tensor] | None = None) -> Path:
+    """Write checkpoint `step` atomically and return its folder.
+
+    `rank_rng`: each rank's torch RNG state in a multi-process run (rank 0's own is saved anyway)."""
     assert_finite_state(weights, f"checkpoint step {step}")
     root.mkdir(parents=True, exist_ok=True)
     final = step_dir(root, step)
@@ -90,6 +93,9 @@ def save_checkpoint(root: Path, step: int, weights: dict[str, torch.Tensor],
     save_file({k: v.detach().contiguous() for k, v in weights.items()}, str(tmp / WEIGHTS))
     opt_tensors, opt_meta = optimizer_tensors(optimizer)
     rng_tensors, rng_meta = rng_snapshot()
+    for rank, state in enumerate(rank_rng or []):
+        rng_tensors[f"rank{rank}.torch_cpu"] = state
+    rng_meta["world"] = len(rank_rng) if rank_rng else 1
     both = {f"opt.{k}": v for k, v in opt_tensors.items()} | {f"rng.{k}": v for k, v in rng_tensors.items()}
     save_file(both, str(tmp / OPTIMIZER))
     state = {"step": step, "loop": loop_state, "optimizer": opt_meta, "rng": rng_meta}
@@ -124,12 +130,16 @@ def load_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, to
     return weights, extra, state
 
 
-def restore_training_state(folder: Path, optimizer: torch.optim.Optimizer, extra: dict, state: dict) -> None:
-    """Put optimizer moments and RNG streams back as they were when `folder` was written."""
+def restore_training_state(folder: Path, optimizer: torch.optim.Optimizer, extra: dict, state: dict,
+                           rank: int = 0) -> None:
+    """Put optimizer moments and RNG streams back as they were when `folder` was written.
+
+    A run resumed on another number of processes continues correctly but draws new dropout masks,
+    so it is exact only on the process count it was saved with."""
     opt = {k[len("opt."):]: v for k, v in extra.items() if k.startswith("opt.")}
     rng = {k[len("rng."):]: v for k, v in extra.items() if k.startswith("rng.")}
     restore_optimizer(optimizer, opt, state["optimizer"])
-    restore_rng(rng, state["rng"])
+    restore_rng(rng, state["rng"], rank)
 
 
 def rotate(root: Path, keep: int, protect: set[int]) -> list[Path]:

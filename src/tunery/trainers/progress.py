@@ -22,10 +22,10 @@ class Progress:
     current speed rather than the average since start.
     """
 
-    def __init__(self, total_steps: int, start_step: int, elapsed: float):
-        self.total = total_steps
+    def __init__(self, total_steps: int, start_step: int, elapsed: float, enabled: bool = True):
+        self.total, self.enabled = total_steps, enabled
         self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
-                        disable=not sys.stderr.isatty(), file=sys.stderr)
+                        disable=not (enabled and sys.stderr.isatty()), file=sys.stderr)
         self.start_step, self.start_clock, self.elapsed_before = start_step, time.monotonic(), elapsed
         self.window_tokens, self.window_clock = 0, time.monotonic()
         self.last_val: float | None = None
@@ -65,6 +65,8 @@ class Progress:
         )
 
     def write(self, text: str) -> None:
+        if not self.enabled:
+            return
         if self.bar.disable:
             print(text, flush=True)
         else:

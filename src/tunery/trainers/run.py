@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +22,7 @@ from tunery.errors import TuneryError
 from tunery.models import adapters
 from tunery.runfolder import RunFolder, write_text_atomic
 from tunery.trainers import checkpoint as ckpt
+from tunery.trainers import distributed as ddp
 from tunery.trainers import report, sft
 
 EXIT_INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -29,16 +33,19 @@ def run_dir_for(cfg: TrainConfig) -> Path:
 
 
 def run_training(cfg: TrainConfig, root: Path, resume: bool = False,
-                 should_stop: Callable[[], bool] = lambda: False, log: Callable[[str], None] = print) -> dict:
+                 should_stop: Callable[[], bool] = lambda: False, log: Callable[[str], None] = print,
+                 dist: ddp.Dist = ddp.SINGLE) -> dict:
     """Train `cfg` into the run folder `root`; returns run.json's content.
 
     With `resume`, continue from the newest complete checkpoint in `root` (or start if there is none).
+    In a multi-process run every rank calls this; rank 0 alone writes files and prints.
     """
     from tunery.data.dataset import build_datasets
     from tunery.data.render import chat_template_of
     from tunery.models.load import load_model, load_tokenizer
 
-    run = RunFolder(root)
+    run = RunFolder(root, writable=dist.is_main)
+    log = log if dist.is_main else (lambda _text: None)
     if cfg.training.threads:
         torch.set_num_threads(cfg.training.threads)
     started = time.monotonic()
@@ -50,10 +57,11 @@ def run_training(cfg: TrainConfig, root: Path, resume: bool = False,
     train, val, warnings = build_datasets(cfg, tokenizer)
     for warning in warnings:
         log(f"warning: {warning}")
-    s = sft.setup(cfg, model, tokenizer, train, val)
+    s = sft.setup(cfg, model, tokenizer, train, val, dist)
+    torch.manual_seed(cfg.training.seed + dist.rank)  # each rank its own dropout stream, all reproducible
     st = _start_or_resume(s, run, cfg, resume, log)
     trainable, total = adapters.count_parameters(s.model)
-    run.update_info(base_model=portable_spec(cfg.base_model), adapter=cfg.adapter, dtype=cfg.dtype, method=cfg.method,
+    _update_info(run,base_model=portable_spec(cfg.base_model), adapter=cfg.adapter, dtype=cfg.dtype, method=cfg.method,
                     status="running", tunery_version=__version__, total_steps=s.plan.total_steps,
                     train_examples=len(train), val_examples=len(val),
                     trainable_params=trainable, total_params=total)
@@ -64,13 +72,19 @@ def run_training(cfg: TrainConfig, root: Path, resume: bool = False,
                    trained_tokens=st.trained_tokens, elapsed_s=round(st.elapsed, 1), final_loss=st.last_loss)
     if reason == "interrupted":
         log(f"stopped at step {st.step}; checkpoint written. Continue with --resume.")
-        return run.update_info(status="stopped", **figures)
-    sft.restore_best(s, run, st)
-    target = report.save_final(s.model, tokenizer, run, cfg.adapter)
-    info = run.update_info(status="finished", stop_reason=reason, **figures)
-    report.write_summary(run, info)
-    log(f"saved {target} (best validation loss {_fmt(st.best_val)} at step {st.best_step})")
-    return info
+        return _update_info(run, status="stopped", **figures)
+    if dist.is_main:
+        sft.restore_best(s, run, st)
+        target = report.save_final(s.model, tokenizer, run, cfg.adapter)
+        info = run.update_info(status="finished", stop_reason=reason, **figures)
+        report.write_summary(run, info)
+        log(f"saved {target} (best validation loss {_fmt(st.best_val)} at step {st.best_step})")
+    ddp.barrier(dist)
+    return run.read_info()
+
+
+def _update_info(run: RunFolder, **fields) -> dict:
+    return run.update_info(**fields) if run.writable else run.read_info()
 
 
 def portable_spec(spec: str) -> str:
@@ -82,13 +96,15 @@ def portable_spec(spec: str) -> str:
 def _start_or_resume(s: sft.Setup, run: RunFolder, cfg: TrainConfig, resume: bool, log) -> sft.LoopState:
     latest = ckpt.latest_checkpoint(run.checkpoints) if resume else None
     if latest is None:
-        run.root.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(run.config, to_yaml(cfg))
-        if run.metrics.exists():
-            run.metrics.unlink()
+        if run.writable:
+            run.root.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(run.config, to_yaml(cfg))
+            if run.metrics.exists():
+                run.metrics.unlink()
         return sft.LoopState()
     st = sft.resume(s, latest)
-    run.truncate_metrics(st.step)
+    if run.writable:
+        run.truncate_metrics(st.step)
     log(f"resumed from {latest} (step {st.step} of {s.plan.total_steps})")
     return st
 
@@ -116,16 +132,29 @@ def interruptible():
             signal.signal(sig, old)
 
 
+def launch(config_path: str | Path, overrides: list[str], resume: bool, nproc: int) -> int:
+    """Start `nproc` training processes on this machine through torchrun (torch.distributed.run)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "tunery.cli.main", "train", str(config_path), *overrides] + (["--resume"] if resume else [])
+    print(f"launching {nproc} processes: {' '.join(command[1:])}", flush=True)
+    with interruptible():  # the signal reaches the workers too; they checkpoint and exit
+        return subprocess.call(command)
+
+
 def train_from_config(config_path: str | Path, overrides: list[str], resume: bool = False,
-                      overwrite: bool = False) -> int:
+                      overwrite: bool = False, nproc: int = 1) -> int:
     """The body of `tunery train`. Returns the process exit code."""
     resolved = load_config(config_path, overrides)
     cfg = resolved.config
     root = run_dir_for(cfg)
     run = RunFolder(root)
+    launching = nproc > 1 and "WORLD_SIZE" not in os.environ
+    dist = ddp.SINGLE if launching else ddp.from_env()
     info = run.read_info()
+    ddp.barrier(dist)  # every rank has read the folder's state before rank 0 changes it
     if root.exists() and overwrite:
-        shutil.rmtree(root)
+        if dist.is_main:
+            shutil.rmtree(root)
         info = {}
     elif info and not resume:
         raise TuneryError(
@@ -133,24 +162,31 @@ def train_from_config(config_path: str | Path, overrides: list[str], resume: boo
             fix="add --resume to continue it, --overwrite to start again, or set output.name=NEW",
         )
     if resume and info:
-        cfg = _saved_config(run, cfg)
+        cfg = _saved_config(run, cfg, dist.is_main)
         if info.get("status") == "finished":
-            print(f"{root} is already finished (step {info.get('step')}); nothing to do. "
-                  "Use --overwrite to train again.")
+            if dist.is_main:
+                print(f"{root} is already finished (step {info.get('step')}); nothing to do. "
+                      "Use --overwrite to train again.")
             return 0
-    else:
+    elif dist.is_main:
         _print_resolved(resolved)
+    if launching:
+        return launch(config_path, overrides, resume, nproc)
+    ddp.barrier(dist)
     with interruptible() as caught:
-        run_training(cfg, root, resume=resume, should_stop=lambda: bool(caught))
+        try:
+            run_training(cfg, root, resume=resume, should_stop=lambda: bool(caught), dist=dist)
+        finally:
+            ddp.shutdown(dist)
     return EXIT_INTERRUPTED[caught[0]] if caught else 0
 
 
-def _saved_config(run: RunFolder, requested: TrainConfig) -> TrainConfig:
+def _saved_config(run: RunFolder, requested: TrainConfig, speak: bool = True) -> TrainConfig:
     """Resume with the config the run started with; say which requested values differ from it."""
     saved = validate(yaml.safe_load(run.config.read_text()))
     old, new = saved.model_dump(mode="json"), requested.model_dump(mode="json")
     changed = [k for k in new if new[k] != old.get(k)]
-    if changed:
+    if changed and speak:
         print(f"warning: resuming with the run's saved config; ignoring changes in: {', '.join(changed)}")
     return saved
 

@@ -20,6 +20,7 @@ from tunery.models import adapters
 from tunery.runfolder import RunFolder
 from tunery.trainers import checkpoint as ckpt
 from tunery.trainers import common
+from tunery.trainers import distributed as ddp
 from tunery.trainers.forward import forward_loss
 from tunery.trainers.progress import Progress
 
@@ -50,9 +51,10 @@ class Setup:
     plan: common.StepPlan
     eval_every: int
     save_every: int
+    dist: ddp.Dist = ddp.SINGLE
 
 
-def setup(cfg: TrainConfig, model, tokenizer, train: list, val: list) -> Setup:
+def setup(cfg: TrainConfig, model, tokenizer, train: list, val: list, dist: ddp.Dist = ddp.SINGLE) -> Setup:
     """Make the model trainable, build the optimizer and the step plan."""
     model = adapters.prepare_trainable(model, cfg)
     model.train()
@@ -61,29 +63,32 @@ def setup(cfg: TrainConfig, model, tokenizer, train: list, val: list) -> Setup:
     # foreach=False keeps the update order fixed, which exact resume relies on.
     optimizer = torch.optim.AdamW(params, lr=cfg.peak_lr(), betas=tc.betas,
                                   weight_decay=tc.weight_decay, foreach=False)
-    plan = common.make_plan(len(train), tc.batch_size, tc.grad_accum, tc.epochs, tc.max_steps, tc.seed)
+    # batch_size is per process: N processes step through the examples N x batch_size at a time.
+    plan = common.make_plan(len(train), tc.batch_size * dist.world, tc.grad_accum, tc.epochs, tc.max_steps, tc.seed)
     eval_every = tc.eval_every or max(1, plan.total_steps // 10)
     save_every = tc.save_every or eval_every
-    return Setup(cfg, model, tokenizer, train, val, optimizer, plan, eval_every, save_every)
+    return Setup(cfg, model, tokenizer, train, val, optimizer, plan, eval_every, save_every, dist)
 
 
 def batches_for_step(s: Setup, step: int) -> list[dict[str, torch.Tensor]]:
     """The micro-batches of optimizer step `step`, built in one place."""
-    rows = [[s.train[i] for i in idx] for idx in common.micro_batches_for_step(s.plan, step)]
+    rows = [[s.train[i] for i in ddp.shard(idx, s.dist)] for idx in common.micro_batches_for_step(s.plan, step)]
     return [common.make_batch(r, s.tokenizer.pad_token_id, s.cfg.training.packing) for r in rows]
 
 
 def accumulate(s: Setup, step: int) -> tuple[float, int, int]:
     """Forward and backward every micro-batch of `step`; gradients are normalised by the step's
     trained tokens, so 1 x 8 and 8 x 1 give the same update. Returns (mean loss, trained, tokens)."""
-    batches = batches_for_step(s, step)
-    total_trained = sum(common.count_trained(b) for b in batches)
+    batches = [b for b in batches_for_step(s, step) if b["input_ids"].numel()]
+    total_trained = int(ddp.sum_over_ranks(sum(common.count_trained(b) for b in batches), s.dist))
     loss_total, tokens = 0.0, 0
     for batch in batches:
         loss_sum, _ = forward_loss(s.model, batch)
         (loss_sum / max(total_trained, 1)).backward()
         loss_total += float(loss_sum.detach())
         tokens += common.count_tokens(batch)
+    loss_total = ddp.sum_over_ranks(loss_total, s.dist)
+    tokens = int(ddp.sum_over_ranks(tokens, s.dist))
     return loss_total / max(total_trained, 1), total_trained, tokens
 
 
@@ -91,6 +96,7 @@ def optimizer_step(s: Setup, step: int, loss: float) -> tuple[bool, float, float
     """Clip and apply the update unless the loss or gradient is NaN/inf. Returns (applied, lr, grad norm)."""
     tc = s.cfg.training
     params = [p for p in s.model.parameters() if p.requires_grad]
+    ddp.sum_gradients(params, s.dist)
     max_norm = tc.max_grad_norm if tc.max_grad_norm is not None else float("inf")
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
     warmup = math.ceil(tc.warmup_ratio * s.plan.total_steps)
@@ -112,11 +118,13 @@ def evaluate(s: Setup) -> float | None:
     s.model.eval()
     total, count = 0.0, 0
     bs = s.cfg.training.batch_size
-    for start in range(0, len(s.val), bs):
-        batch = common.make_batch(s.val[start:start + bs], s.tokenizer.pad_token_id, s.cfg.training.packing)
-        loss_sum, n = forward_loss(s.model, batch)
+    mine = ddp.shard(list(range(len(s.val))), s.dist)
+    for start in range(0, len(mine), bs):
+        rows = [s.val[i] for i in mine[start:start + bs]]
+        loss_sum, n = forward_loss(s.model, common.make_batch(rows, s.tokenizer.pad_token_id, s.cfg.training.packing))
         total, count = total + float(loss_sum), count + n
     s.model.train()
+    total, count = ddp.sum_over_ranks(total, s.dist), ddp.sum_over_ranks(count, s.dist)
     return total / count if count else None
 
 
@@ -124,15 +132,21 @@ def resume(s: Setup, folder: Path) -> LoopState:
     """Load weights, optimizer moments, RNG streams and loop state from a complete checkpoint."""
     weights, extra, state = ckpt.load_checkpoint(folder)
     adapters.load_trainable_state(s.model, weights)
-    ckpt.restore_training_state(folder, s.optimizer, extra, state)
+    ckpt.restore_training_state(folder, s.optimizer, extra, state, rank=s.dist.rank)
     return LoopState(**state["loop"])
 
 
 def save(s: Setup, run: RunFolder, st: LoopState) -> None:
-    """Write a checkpoint for the current step and drop old ones (never the best, never the newest)."""
-    ckpt.save_checkpoint(run.checkpoints, st.step, adapters.trainable_state(s.model), s.optimizer, asdict(st))
-    protect = {st.best_step} if st.best_step is not None else set()
-    ckpt.rotate(run.checkpoints, s.cfg.training.keep_checkpoints, protect)
+    """Write a checkpoint for the current step and drop old ones (never the best, never the newest).
+
+    Every rank takes part (their RNG streams are gathered); rank 0 writes."""
+    rank_rng = ddp.gather_rng_states(s.dist) if s.dist.active else None
+    if s.dist.is_main:
+        ckpt.save_checkpoint(run.checkpoints, st.step, adapters.trainable_state(s.model), s.optimizer,
+                             asdict(st), rank_rng=rank_rng)
+        protect = {st.best_step} if st.best_step is not None else set()
+        ckpt.rotate(run.checkpoints, s.cfg.training.keep_checkpoints, protect)
+    ddp.barrier(s.dist)
 
 
 def after_eval(s: Setup, run: RunFolder, st: LoopState, val: float, progress: Progress) -> bool:
@@ -153,8 +167,11 @@ def after_eval(s: Setup, run: RunFolder, st: LoopState, val: float, progress: Pr
 def train(s: Setup, run: RunFolder, st: LoopState, should_stop: Callable[[], bool]) -> tuple[LoopState, str]:
     """The loop. Returns the final state and why it ended: finished, early_stopped or interrupted."""
     tc = s.cfg.training
-    run.root.mkdir(parents=True, exist_ok=True)
-    progress = Progress(s.plan.total_steps, st.step, st.elapsed)
+    if s.dist.is_main:
+        run.root.mkdir(parents=True, exist_ok=True)
+    else:  # only rank 0 writes metrics and prints
+        run = RunFolder(run.root, writable=False)
+    progress = Progress(s.plan.total_steps, st.step, st.elapsed, enabled=s.dist.is_main)
     reason = "finished"
     try:
         while st.step < s.plan.total_steps:
@@ -183,7 +200,7 @@ def train(s: Setup, run: RunFolder, st: LoopState, should_stop: Callable[[], boo
                 if val is not None:
                     stop_early = after_eval(s, run, st, val, progress)
                     is_best = st.best_step == st.step
-            interrupted = should_stop()
+            interrupted = ddp.any_rank(should_stop(), s.dist)
             if st.step % s.save_every == 0 or is_best or interrupted or stop_early:
                 save(s, run, st)
             if stop_early:
