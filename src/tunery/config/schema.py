@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
 
@@ -163,9 +163,66 @@ class TrainingSection(Section):
     max_bad_steps: int = Field(
         3, ge=1, description="Stop after this many steps in a row with a NaN/inf loss or gradient."
     )
+    preflight: bool = Field(
+        True,
+        description="Before training, estimate peak memory from the shapes and two probe batches, and "
+        "refuse a run that cannot fit (with a suggestion). `tunery plan` prints the same estimate.",
+    )
     threads: int | None = Field(
         None, ge=1, description="CPU threads for torch (empty: torch's default)."
     )
+
+
+class EvalSection(Section):
+    """Generation-based evaluation: graders scored during training on a small sample and at the end,
+    early stopping on a grader score, and the defaults of `tunery eval` for this run."""
+
+    graders: list[str] = Field(
+        default_factory=list,
+        description="Grader specs (`exact`, `numeric:0.01`, `regex:PAT`, `json`, `json_match`, "
+        "`json_schema:FILE`, `contains:TEXT`, `max_words:N`); the first is the score that early "
+        "stopping watches. Empty: no grader runs during training.",
+    )
+    every: int | None = Field(
+        None,
+        ge=1,
+        description="Score the graders every N optimizer steps (empty: at each validation, "
+        "`training.eval_every`). They are always scored at the end when graders are set.",
+    )
+    sample: int = Field(
+        16, ge=1, description="Validation examples answered per scoring (the same seeded sample each time)."
+    )
+    data: str | None = Field(
+        None,
+        description="File of examples to score (empty: the validation examples). Relative paths "
+        "follow the same rule as `data.train`.",
+    )
+    max_new_tokens: int = Field(64, ge=1, description="Most tokens generated per answer.")
+    early_stopping_on: Literal["val_loss", "grader"] = Field(
+        "val_loss",
+        description="What `training.early_stopping_patience` and the best checkpoint watch: the "
+        "validation loss (lower is better) or the first grader's score (higher is better).",
+    )
+    min_delta: float = Field(
+        0.0, ge=0.0, description="A grader score must rise by more than this to count as better."
+    )
+    probe: str | None = Field(
+        "builtin",
+        description="Forgetting probe scored by `tunery eval`: `builtin` (shipped with tunery), a "
+        "file with graders per record, or empty for none.",
+    )
+
+    @field_validator("graders")
+    @classmethod
+    def _known_graders(cls, specs: list[str]) -> list[str]:
+        from tunery.errors import TuneryError
+        from tunery.graders import parse_graders
+
+        try:
+            parse_graders(specs)
+        except TuneryError as exc:
+            raise ValueError(exc.render().replace("\n", " ")) from None
+        return specs
 
 
 class OutputSection(Section):
@@ -203,6 +260,7 @@ class TrainConfig(Section):
     data: DataSection = Field(default_factory=DataSection, description="Data settings.")
     training: TrainingSection = Field(default_factory=TrainingSection, description="Loop settings.")
     output: OutputSection = Field(default_factory=OutputSection, description="Output settings.")
+    eval: EvalSection = Field(default_factory=EvalSection, description="Generation-based evaluation settings.")
 
     @model_validator(mode="after")
     def _needs_training_data(self) -> "TrainConfig":

@@ -40,12 +40,46 @@ def run_training(cfg: TrainConfig, root: Path, resume: bool = False,
     With `resume`, continue from the newest complete checkpoint in `root` (or start if there is none).
     In a multi-process run every rank calls this; rank 0 alone writes files and prints.
     """
+    run = RunFolder(root, writable=dist.is_main)
+    log = log if dist.is_main else (lambda _text: None)
+    s = prepare(cfg, dist, log)
+    if cfg.training.preflight:
+        preflight(s, dist, log)
+    torch.manual_seed(cfg.training.seed + dist.rank)  # each rank its own dropout stream, all reproducible
+    st = _start_or_resume(s, run, cfg, resume, log)
+    trainable, total = adapters.count_parameters(s.model)
+    train, val = s.train, s.val
+    _update_info(run,base_model=portable_spec(cfg.base_model), adapter=cfg.adapter, dtype=cfg.dtype, method=cfg.method,
+                    status="running", tunery_version=__version__, total_steps=s.plan.total_steps,
+                    train_examples=len(train), val_examples=len(val),
+                    trainable_params=trainable, total_params=total)
+    log(f"{len(train)} training / {len(val)} validation examples; {s.plan.total_steps} steps; "
+        f"{trainable:,} of {total:,} parameters trainable")
+    st, reason = sft.train(s, run, st, should_stop)
+    from tunery.plan import peak_mb
+
+    figures = dict(step=st.step, best_step=st.best_step, best_val_loss=st.best_val, tokens=st.tokens,
+                   trained_tokens=st.trained_tokens, elapsed_s=round(st.elapsed, 1), final_loss=st.last_loss,
+                   peak_memory_mb=round(peak_mb(torch.cuda.is_available()), 1))
+    if reason == "interrupted":
+        log(f"stopped at step {st.step}; checkpoint written. Continue with --resume.")
+        return _update_info(run, status="stopped", **figures)
+    if dist.is_main:
+        sft.restore_best(s, run, st)
+        target = report.save_final(s.model, s.tokenizer, run, cfg.adapter)
+        info = run.update_info(status="finished", stop_reason=reason, **figures)
+        report.write_summary(run, info)
+        log(f"saved {target} (best validation loss {_fmt(st.best_val)} at step {st.best_step})")
+    ddp.barrier(dist)
+    return run.read_info()
+
+
+def prepare(cfg: TrainConfig, dist: ddp.Dist = ddp.SINGLE, log: Callable[[str], None] = print) -> sft.Setup:
+    """Load tokenizer and model, render the data, and set up the recipe (what `train` and `plan` share)."""
     from tunery.data.dataset import build_datasets
     from tunery.data.render import chat_template_of
     from tunery.models.load import load_model, load_tokenizer
 
-    run = RunFolder(root, writable=dist.is_main)
-    log = log if dist.is_main else (lambda _text: None)
     if cfg.training.threads:
         torch.set_num_threads(cfg.training.threads)
     started = time.monotonic()
@@ -57,30 +91,21 @@ def run_training(cfg: TrainConfig, root: Path, resume: bool = False,
     train, val, warnings = build_datasets(cfg, tokenizer)
     for warning in warnings:
         log(f"warning: {warning}")
-    s = sft.setup(cfg, model, tokenizer, train, val, dist)
-    torch.manual_seed(cfg.training.seed + dist.rank)  # each rank its own dropout stream, all reproducible
-    st = _start_or_resume(s, run, cfg, resume, log)
-    trainable, total = adapters.count_parameters(s.model)
-    _update_info(run,base_model=portable_spec(cfg.base_model), adapter=cfg.adapter, dtype=cfg.dtype, method=cfg.method,
-                    status="running", tunery_version=__version__, total_steps=s.plan.total_steps,
-                    train_examples=len(train), val_examples=len(val),
-                    trainable_params=trainable, total_params=total)
-    log(f"{len(train)} training / {len(val)} validation examples; {s.plan.total_steps} steps; "
-        f"{trainable:,} of {total:,} parameters trainable")
-    st, reason = sft.train(s, run, st, should_stop)
-    figures = dict(step=st.step, best_step=st.best_step, best_val_loss=st.best_val, tokens=st.tokens,
-                   trained_tokens=st.trained_tokens, elapsed_s=round(st.elapsed, 1), final_loss=st.last_loss)
-    if reason == "interrupted":
-        log(f"stopped at step {st.step}; checkpoint written. Continue with --resume.")
-        return _update_info(run, status="stopped", **figures)
-    if dist.is_main:
-        sft.restore_best(s, run, st)
-        target = report.save_final(s.model, tokenizer, run, cfg.adapter)
-        info = run.update_info(status="finished", stop_reason=reason, **figures)
-        report.write_summary(run, info)
-        log(f"saved {target} (best validation loss {_fmt(st.best_val)} at step {st.best_step})")
-    ddp.barrier(dist)
-    return run.read_info()
+    return sft.setup(cfg, model, tokenizer, train, val, dist)
+
+
+def preflight(s: sft.Setup, dist: ddp.Dist, log: Callable[[str], None]) -> None:
+    """Refuse a run whose estimated peak memory does not fit, before any step is spent."""
+    from tunery.plan import estimate, format_estimate
+
+    est = estimate(s)
+    log(f"preflight: estimated peak {est.peak_mb:.0f} MiB of {est.available_mb:.0f} MiB available, "
+        f"~{est.seconds_per_step:.2f} s per step")
+    if ddp.any_rank(not est.fits, dist):
+        raise TuneryError(
+            "this run would not fit in memory:\n" + format_estimate(est),
+            fix="apply one of the suggestions above, or set training.preflight=false to try anyway",
+        )
 
 
 def _update_info(run: RunFolder, **fields) -> dict:

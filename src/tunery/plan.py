@@ -1,0 +1,192 @@
+"""Preflight: estimate a run's peak memory and time before training, and say what to change if it won't fit.
+
+The estimate combines what the shapes give exactly (weights, gradients, AdamW moments) with what two
+probe micro-batches measure on this machine (activation memory per token and seconds per token, from
+forward+backward passes on real examples of the run). Peak memory is the whole process's resident set
+on CPU and the device's allocated memory on CUDA.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from tunery.trainers import common
+from tunery.trainers.forward import forward_loss
+
+MIB = 1024 * 1024
+
+
+@dataclass
+class Estimate:
+    total_params: int
+    trainable_params: int
+    steps: int
+    tokens_per_step: float
+    max_micro_tokens: int
+    base_mb: float  # process (or device) memory with the model loaded and the data rendered
+    optimizer_mb: float  # AdamW moments: two fp32 copies of the trainable weights
+    fixed_mb: float  # what a backward pass holds beyond activations (gradients, buffers)
+    activation_mb_per_1k: float
+    peak_mb: float
+    available_mb: float
+    seconds_per_step: float
+    total_seconds: float
+    suggestions: list[str] = field(default_factory=list)
+
+    @property
+    def fits(self) -> bool:
+        return self.peak_mb <= 0.9 * self.available_mb
+
+    def to_json(self) -> dict:
+        return asdict(self) | {"fits": self.fits}
+
+
+def _cuda(model) -> bool:
+    return next(model.parameters()).is_cuda
+
+
+def current_mb(cuda: bool) -> float:
+    if cuda:
+        return torch.cuda.memory_allocated() / MIB
+    return _status_kb("VmRSS") / 1024
+
+
+def reset_peak(cuda: bool) -> None:
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    else:  # writing 5 to clear_refs resets VmHWM to the current resident set (Linux)
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_mb(cuda: bool) -> float:
+    if cuda:
+        return torch.cuda.max_memory_allocated() / MIB
+    return _status_kb("VmHWM") / 1024
+
+
+def _status_kb(key: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return float(line.split()[1])
+    return float("nan")
+
+
+def available_mb(cuda: bool) -> float:
+    if cuda:
+        free, _total = torch.cuda.mem_get_info()
+        return free / MIB + torch.cuda.memory_allocated() / MIB
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return float(line.split()[1]) / 1024 + current_mb(False)
+    return float("inf")
+
+
+def rows_with_tokens(rows: list, tokens: int) -> list:
+    """Examples from the run's own data adding up to about `tokens` (repeated if the data is short)."""
+    picked, total, i = [], 0, 0
+    ordered = sorted(rows, key=lambda r: -len(r.ids))
+    while total < tokens and ordered:
+        row = ordered[i % len(ordered)]
+        picked.append(row)
+        total += len(row.ids)
+        i += 1
+    return picked
+
+
+def probe(s, tokens: int) -> tuple[float, float]:
+    """(peak memory in MiB, seconds per token) of one forward+backward of ~`tokens` tokens.
+
+    The peak is absolute (the process's high-water mark, or the device's): memory freed by an earlier
+    probe stays with the process and is reused, so growth above the current level would undercount."""
+    cuda = _cuda(s.model)
+    batch = common.make_batch(rows_with_tokens(s.train, tokens), s.tokenizer.pad_token_id, True)
+    if cuda:
+        batch = {k: v.cuda() for k, v in batch.items()}
+        torch.cuda.synchronize()
+    was_training = s.model.training
+    s.model.eval()  # no dropout: the probe draws nothing from the RNG the run will use
+    reset_peak(cuda)
+    start = time.perf_counter()
+    loss, n = forward_loss(s.model, batch)
+    (loss / max(n, 1)).backward()
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    peak = peak_mb(cuda)
+    s.optimizer.zero_grad(set_to_none=True)
+    s.model.train(was_training)
+    return peak, seconds / common.count_tokens(batch)
+
+
+def micro_token_stats(s) -> tuple[int, float]:
+    """(largest micro-batch in tokens over the first epoch, mean tokens per optimizer step)."""
+    plan, largest, total = s.plan, 0, 0
+    steps = min(plan.steps_per_epoch, plan.total_steps)
+    for step in range(steps):
+        for idx in common.micro_batches_for_step(plan, step):
+            tokens = sum(len(s.train[i].ids) for i in idx)
+            largest, total = max(largest, tokens), total + tokens
+    return largest, total / max(steps, 1)
+
+
+def estimate(s) -> Estimate:
+    """Estimate peak memory and time of the run set up in `s` (a `sft.Setup`), probing two batch sizes."""
+    cuda = _cuda(s.model)
+    base = current_mb(cuda)
+    trainable = [p for p in s.model.parameters() if p.requires_grad]
+    n_train = sum(p.numel() for p in trainable)
+    n_total = sum(p.numel() for p in s.model.parameters())
+    optimizer = 2 * sum(p.numel() * 4 for p in trainable) / MIB  # AdamW moments are kept in fp32
+    largest, per_step = micro_token_stats(s)
+    small, big = max(16, largest // 4), max(32, largest // 2)
+    probe(s, small)  # warm-up: pages the weights in, first-call allocations, kernel selection
+    peak_small, _ = probe(s, small)
+    peak_big, sec_per_token = probe(s, big)
+    slope = max(0.0, (peak_big - peak_small) / (big - small))
+    fixed = max(0.0, peak_small - slope * small - base)
+    peak = base + optimizer + fixed + slope * largest
+    est = Estimate(n_total, n_train, s.plan.total_steps, per_step, largest, round(base, 1), round(optimizer, 1),
+                   round(fixed, 1), round(slope * 1000, 2), round(peak, 1), round(available_mb(cuda), 1),
+                   round(sec_per_token * per_step, 3), round(sec_per_token * per_step * s.plan.total_steps, 1))
+    est.suggestions = suggest(s.cfg, est)
+    return est
+
+
+def suggest(cfg, est: Estimate) -> list[str]:
+    """Changes that bring the run under the memory available, most gentle first."""
+    if est.fits:
+        return []
+    ideas = []
+    act = est.activation_mb_per_1k * est.max_micro_tokens / 1000
+    room = 0.9 * est.available_mb - (est.peak_mb - act)
+    tc = cfg.training
+    if act > 0 and room > 0 and tc.batch_size > 1:
+        factor = 2 ** math.ceil(math.log2(act / room))
+        if factor < tc.batch_size:
+            smaller = max(1, tc.batch_size // factor)
+            ideas.append(f"training.batch_size={smaller} training.grad_accum={tc.grad_accum * tc.batch_size // smaller} "
+                         "(same examples per step, less activation memory)")
+    if cfg.adapter == "full":
+        ideas.append("adapter=lora (trains ~1-5% of the weights: no full gradients or AdamW moments)")
+    ideas.append(f"data.max_length={max(64, cfg.data.max_length // 2)} (shorter examples)")
+    return ideas
+
+
+def format_estimate(est: Estimate) -> str:
+    """A few lines a person reads before starting a run."""
+    verdict = "fits" if est.fits else "does NOT fit"
+    lines = [
+        f"parameters: {est.trainable_params:,} trainable of {est.total_params:,}",
+        f"steps: {est.steps}, ~{est.tokens_per_step:.0f} tokens per step, largest micro-batch {est.max_micro_tokens} tokens",
+        f"memory: {est.base_mb:.0f} MiB loaded + {est.optimizer_mb:.0f} optimizer + {est.fixed_mb:.0f} gradients/buffers"
+        f" + {est.activation_mb_per_1k:.1f} MiB per 1k tokens of activations",
+        f"estimated peak: {est.peak_mb:.0f} MiB of {est.available_mb:.0f} MiB available: {verdict}",
+        f"time: ~{est.seconds_per_step:.2f} s per step, ~{est.total_seconds / 60:.1f} min for the run (without evaluation)",
+    ]
+    lines += [f"suggestion: {idea}" for idea in est.suggestions]
+    return "\n".join(lines)
