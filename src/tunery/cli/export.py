@@ -24,3 +24,12 @@ def run_merge(run_dir: str, out: str, dtype: str, overwrite: bool, as_json: bool
 
     _emit(merge_run(run_dir, out, dtype=dtype, overwrite=overwrite, log=_log), as_json)
     return 0
+
+
+def run_export(run_dir: str, fmt: str, out: str, gguf_type: str, overwrite: bool, as_json: bool) -> int:
+    """Export and verify; exit code 0 when the verification passed, 1 when it failed."""
+    from tunery.export.exporter import export_run
+
+    record = export_run(run_dir, fmt, out, gguf_type=gguf_type, overwrite=overwrite, log=_log)
+    _emit(record, as_json)
+    return 0 if record["passed"] else 1

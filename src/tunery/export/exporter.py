@@ -1,0 +1,152 @@
+"""`tunery export RUN --format hf|gguf|ollama --out DIR`: write, then verify by reading back.
+
+Every format starts from the same in-memory model: the run's adapter merged into its base (see
+`merge.merged_model`; for QLoRA the dequantized base), or the full model of a full fine-tuning run.
+Each export is then read back by an independent reader and compared with that model on fixed prompts
+(`verify.py`); the result is printed, stored next to the export (`verify.json`) and in the run folder
+(`export/verify.json`, one entry per format), and a failed check makes the command exit non-zero.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from tunery.errors import TuneryError
+from tunery.export import merge as merging
+from tunery.runfolder import RunFolder, write_text_atomic
+
+FORMATS = ("hf", "gguf", "ollama")
+VERIFY = "verify.json"
+
+
+def source_model(run: RunFolder, info: dict, tokenizer):
+    """(model to export, logit check of merged vs unmerged or None) for a finished run."""
+    if info.get("adapter", "lora") in merging.ADAPTER_KINDS:
+        if not (run.adapter / "adapter_config.json").is_file():
+            raise TuneryError(f"{run.root} has no final adapter/ yet", fix="finish the run (tunery train --resume)")
+        return merging.merged_model(run, info, tokenizer)
+    return merging._full_model(run), None
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    """An export goes into a new or empty folder, or over a previous export (which has verify.json)."""
+    if out.exists() and any(out.iterdir()) and not (out / VERIFY).is_file() and not overwrite:
+        raise TuneryError(f"{out} already exists and holds something else",
+                          fix="choose another --out folder, or add --overwrite")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _gguf_name(run: RunFolder, file_type: str) -> str:
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", run.root.resolve().name) or "model"
+    return f"{stem}-{file_type}.gguf"
+
+
+def export_gguf(model, tokenizer, run: RunFolder, out: Path, file_type: str, log) -> tuple[Path, dict]:
+    """Write and verify a GGUF of `model`; returns (path, verification record)."""
+    from tunery.data.render import chat_template_of
+    from tunery.export.gguf_vocab import pre_tokenizer_name, read_vocab
+    from tunery.export.gguf_writer import write_gguf
+    from tunery.export.verify import verify_gguf
+
+    vocab = read_vocab(tokenizer, model.config.vocab_size, chat_template_of(tokenizer))
+    pre, warning = pre_tokenizer_name(tokenizer)
+    path = out / _gguf_name(run, file_type)
+    log(f"writing {path} ({file_type}) ...")
+    write_gguf(model, vocab, path, file_type, name=run.root.resolve().name, pre=pre)
+    log("reading it back with transformers' GGUF loader and comparing on fixed prompts ...")
+    record = verify_gguf(path, model, tokenizer, file_type)
+    record["size_bytes"] = path.stat().st_size
+    if warning:
+        record["warnings"] = [warning]
+    return path, record
+
+
+def export_hf(model, tokenizer, out: Path, base_record: dict) -> dict:
+    """Write a plain HF folder and verify it by reloading it with AutoModelForCausalLM alone."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunery.export.probe import compare_logits, logits_of, probe_ids
+    from tunery.export.verify import compare_tokenizers, greedy_continuations, judge
+
+    merging.write_model_folder(model, tokenizer, out, base_record)
+    loaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    loaded_tok = AutoTokenizer.from_pretrained(out)
+    rows = probe_ids(tokenizer)
+    record = {"reader": "transformers AutoModelForCausalLM", "file": str(out), "type": "hf",
+              "tokenizer": compare_tokenizers(tokenizer, loaded_tok),
+              "logits": compare_logits(logits_of(model, rows), logits_of(loaded, rows))}
+    record["greedy_identical"] = (greedy_continuations(model, tokenizer, 16)
+                                  == greedy_continuations(loaded, loaded_tok, 16))
+    return judge(record, "hf")
+
+
+def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path, gguf_type: str = "f16",
+               overwrite: bool = False, log: Callable[[str], None] = print) -> dict:
+    """Export a finished run (see the module docstring). Returns the verification record."""
+    from transformers import AutoTokenizer
+
+    from tunery.inference import read_run_info
+
+    if fmt not in FORMATS:
+        raise TuneryError(f"unknown export format '{fmt}'", fix=f"use one of {', '.join(FORMATS)}")
+    run, out = RunFolder(Path(run_dir)), Path(out_dir)
+    info = read_run_info(run.root)
+    tokenizer = AutoTokenizer.from_pretrained(run.tokenizer)
+    _prepare_out(out, overwrite)
+    log(f"loading {run.root} ({info.get('adapter', 'lora')} on {info['base_model']}) ...")
+    model, merge_check = source_model(run, info, tokenizer)
+    model.eval()
+    base = {"source_run": str(run.root.resolve()), "base_model": info["base_model"],
+            "adapter": info.get("adapter", "lora"), "format": fmt, "merge_vs_unmerged": merge_check}
+    if fmt == "hf":
+        record = base | export_hf(model, tokenizer, out, base)
+    else:
+        path, check = export_gguf(model, tokenizer, run, out, gguf_type, log)
+        record = base | check
+        if fmt == "ollama":
+            record["ollama"] = write_modelfile(tokenizer, path, out)
+    _save_record(run, out, fmt, record)
+    _print_summary(record, log)
+    return record
+
+
+def write_modelfile(tokenizer, gguf_path: Path, out: Path) -> dict:
+    """Write `Modelfile` next to the GGUF; returns its check record."""
+    from tunery.export.ollama import modelfile
+    from tunery.inference import stop_token_ids
+
+    stops = [tokenizer.convert_ids_to_tokens(i) for i in stop_token_ids(tokenizer)]
+    text, record = modelfile(tokenizer, gguf_path.name, stops)
+    write_text_atomic(out / "Modelfile", text)
+    return record | {"modelfile": str(out / "Modelfile"),
+                     "create_with": f"ollama create {gguf_path.stem.lower()} -f {out / 'Modelfile'}"}
+
+
+def _save_record(run: RunFolder, out: Path, fmt: str, record: dict) -> None:
+    text = json.dumps(record, indent=2, sort_keys=True, default=str) + "\n"
+    write_text_atomic(out / VERIFY, text)
+    folder = run.root / "export"
+    folder.mkdir(exist_ok=True)
+    path = folder / VERIFY
+    previous = json.loads(path.read_text()) if path.is_file() else {}
+    write_text_atomic(path, json.dumps(previous | {fmt: record}, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def _print_summary(record: dict, log) -> None:
+    logits = record["logits"]
+    verdict = "PASSED" if record["passed"] else "FAILED: " + "; ".join(record["failures"])
+    log(f"verification ({record['reader']}, {record['type']}): {verdict}")
+    log(f"  max |logit diff| {logits['max_abs_diff']:.3g} (tolerance {record['tolerance_abs']:.3g}, "
+        f"largest |logit| {logits['max_abs_logit']:.3g}); argmax agrees at all {logits['positions']} "
+        f"positions: {logits['argmax_agrees']}; greedy continuations identical: {record['greedy_identical']}")
+    tok = record["tokenizer"]
+    log(f"  chat template identical: {tok['chat_template_identical']}; probe tokens identical: "
+        f"{tok['probe_tokens_identical']}; stop ids {tok['stop_ids']} identical: {tok['stop_ids_identical']}")
+    if "ollama" in record:
+        log(f"  Modelfile TEMPLATE reproduces the chat template on {record['ollama']['template_checked_on']} "
+            f"conversations; stop {record['ollama']['stop']}; {record['ollama']['create_with']}")

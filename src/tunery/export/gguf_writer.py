@@ -1,0 +1,155 @@
+"""Write a Llama-family Hugging Face model as a GGUF file, with the `gguf` package (no llama.cpp).
+
+What a GGUF of a Llama model must get right, and why each step is here:
+
+- tensor names follow llama.cpp's scheme (`blk.N.attn_q.weight` ...), taken from the `gguf`
+  package's own name map, so every reader finds them;
+- the query and key projections are stored with the rows of each head interleaved (pairs of
+  rotary dimensions side by side), because llama.cpp applies rotary embeddings to adjacent pairs
+  while Hugging Face rotates the two halves of a head; readers undo this on load;
+- 1-D tensors (norms) stay float32 in every file type, as llama.cpp expects;
+- a tied output head is written once, as the embedding; an untied one as `output.weight`;
+- q8_0 stores blocks of 32 weights as int8 with one fp16 scale per block (8.5 bits per weight);
+  the blocks run along each row, so every row length must be a multiple of 32.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tunery.errors import TuneryError
+from tunery.export.gguf_vocab import Vocab, write_vocab
+
+FILE_TYPES = ("f32", "f16", "q8_0")
+LLAMA_FAMILY = ("llama", "mistral")
+Q8_BLOCK = 32
+
+
+def interleave_rotary_rows(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Reorder each head's rows from [first half | second half] to [x0, y0, x1, y1, ...].
+
+    Inverse of what GGUF readers do for Llama q/k weights. Shape is kept: (n_heads * head_dim, in).
+    """
+    rows = weight.shape[0]
+    half = rows // n_heads // 2
+    return weight.reshape(n_heads, 2, half, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+
+
+def _check_supported(config) -> None:
+    if config.model_type not in LLAMA_FAMILY:
+        raise TuneryError(
+            f"tunery's GGUF writer handles Llama-family models, not '{config.model_type}'",
+            fix="export with --format hf and convert that folder with llama.cpp's convert_hf_to_gguf.py",
+        )
+    scaling = getattr(config, "rope_scaling", None) or {}
+    kind = scaling.get("rope_type", scaling.get("type", "default")) if isinstance(scaling, dict) else "default"
+    if kind not in ("default", None):
+        raise TuneryError(f"rope scaling '{kind}' is not supported by tunery's GGUF writer",
+                          fix="export with --format hf")
+    if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
+        raise TuneryError("models with attention/MLP biases are not supported by tunery's GGUF writer",
+                          fix="export with --format hf")
+
+
+def _rope_theta(config) -> float:
+    theta = getattr(config, "rope_theta", None)
+    if theta is None:  # transformers 5 keeps it in rope_parameters
+        params = getattr(config, "rope_parameters", None) or {}
+        theta = params.get("rope_theta", 10000.0)
+    return float(theta)
+
+
+def write_hparams(writer, config, name: str, file_type: str) -> None:
+    """The architecture metadata llama.cpp and transformers read back into a model config."""
+    import gguf
+
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    writer.add_name(name)
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_rope_dimension_count(head_dim)
+    if head_dim != config.hidden_size // config.num_attention_heads:
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
+    writer.add_rope_freq_base(_rope_theta(config))
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_vocab_size(config.vocab_size)
+    kind = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+            "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[file_type]
+    writer.add_file_type(kind)
+    if file_type == "q8_0":
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+
+
+def encode_tensor(array: np.ndarray, file_type: str):
+    """(data, raw_dtype or None) of one tensor for `GGUFWriter.add_tensor` in `file_type`."""
+    import gguf
+
+    if array.ndim == 1 or file_type == "f32":
+        return array.astype(np.float32), None
+    if file_type == "f16":
+        return array.astype(np.float16), None
+    if array.shape[-1] % Q8_BLOCK:
+        raise TuneryError(f"q8_0 needs rows of a multiple of {Q8_BLOCK} values; a tensor has {array.shape[-1]}",
+                          fix="export as f16 or f32")
+    qtype = gguf.GGMLQuantizationType.Q8_0
+    return gguf.quants.quantize(array.astype(np.float32), qtype), qtype
+
+
+def gguf_tensors(model) -> list[tuple[str, np.ndarray]]:
+    """(GGUF name, float32 array) of every tensor to write, q/k rows interleaved for rotary pairs."""
+    import gguf
+
+    config = model.config
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
+    tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    out = []
+    for hf_name, tensor in model.state_dict().items():
+        if tied and hf_name == "lm_head.weight":
+            continue  # readers tie the head to token_embd when output.weight is absent
+        name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if name is None:
+            if hf_name.endswith("rotary_emb.inv_freq"):
+                continue  # recomputed from rope_theta by every reader
+            raise TuneryError(f"no GGUF name for tensor '{hf_name}'", fix="export with --format hf")
+        weight = tensor.detach().float().cpu()
+        if name.endswith("attn_q.weight"):
+            weight = interleave_rotary_rows(weight, config.num_attention_heads)
+        elif name.endswith("attn_k.weight"):
+            weight = interleave_rotary_rows(weight, config.num_key_value_heads)
+        out.append((name, weight.numpy()))
+    return out
+
+
+def write_gguf(model, vocab: Vocab, path: Path, file_type: str = "f16", name: str = "model",
+               pre: str = "gpt2") -> Path:
+    """Write `model` (a Llama-family causal LM in memory) and its vocabulary to `path`, atomically."""
+    import gguf
+
+    if file_type not in FILE_TYPES:
+        raise TuneryError(f"unknown GGUF type '{file_type}'", fix=f"use one of {', '.join(FILE_TYPES)}")
+    _check_supported(model.config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}")
+    writer = gguf.GGUFWriter(str(tmp), gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
+    try:
+        write_hparams(writer, model.config, name, file_type)
+        write_vocab(writer, vocab, pre)
+        for tensor_name, array in gguf_tensors(model):
+            data, raw = encode_tensor(array, file_type)
+            writer.add_tensor(tensor_name, data, raw_dtype=raw)  # quantized: shape from bytes
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    finally:
+        writer.close()
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,118 @@
+"""Check an export by reading it back with an independent reader and comparing on fixed prompts.
+
+The reader is transformers' GGUF loader (`from_pretrained(..., gguf_file=...)`), which shares no code
+with our writer: it parses the file with the `gguf` reader, rebuilds the config and the tokenizer from
+metadata, and undoes the rotary row order itself. llama.cpp would be a second reader; its Python
+binding (llama-cpp-python) has no prebuilt wheel for this platform on PyPI, so it is used only where
+it is installed (`llama_cpp` importable).
+
+What is compared, on `probe.PROBE_CONVERSATIONS` rendered with the run's chat template:
+- the chat template string, byte for byte, and the token ids it renders for every probe;
+- the stop (end-of-turn) token ids;
+- logits at every position: max |difference| within the tolerance of the file type (below);
+- greedy continuations of `max_new_tokens` tokens: required identical for f32 and f16.
+
+Tolerances, as a share of the largest |logit| of the reference on the probes: f32 1e-5 (only float
+rounding differs), f16 2e-2, q8_0 5e-2. q8_0 continuations are reported but not required to match.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tunery.export.probe import PROBE_CONVERSATIONS, compare_logits, logits_of, probe_ids
+
+RELATIVE_TOLERANCE = {"f32": 1e-5, "f16": 2e-2, "q8_0": 5e-2, "hf": 1e-5}
+GREEDY_MUST_MATCH = {"f32", "f16", "hf"}
+
+
+def compare_tokenizers(reference, other) -> dict:
+    """Chat template, rendered probe ids and stop ids of two tokenizers."""
+    from tunery.data.render import chat_template_of
+    from tunery.inference import stop_token_ids
+
+    ref_rows, other_rows = probe_ids(reference), probe_ids(other)
+    return {
+        "chat_template_identical": chat_template_of(reference) == chat_template_of(other),
+        "probe_tokens_identical": ref_rows == other_rows,
+        "stop_ids": stop_token_ids(reference),
+        "stop_ids_identical": stop_token_ids(reference) == stop_token_ids(other),
+    }
+
+
+def greedy_continuations(model, tokenizer, max_new_tokens: int) -> list[list[int]]:
+    """Greedy answer ids of every probe conversation (one at a time: no padding differences)."""
+    from tunery.inference import generate_ids
+
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return [generate_ids(model, tokenizer, [conv], max_new_tokens=max_new_tokens)[0]
+            for conv in PROBE_CONVERSATIONS]
+
+
+def judge(record: dict, kind: str) -> dict:
+    """Add `tolerance`, `passed` and `failures` to a verification record."""
+    logits = record["logits"]
+    tolerance = RELATIVE_TOLERANCE[kind] * max(logits["max_abs_logit"], 1.0)
+    failures = []
+    if not record["tokenizer"]["chat_template_identical"]:
+        failures.append("chat template differs")
+    if not record["tokenizer"]["probe_tokens_identical"]:
+        failures.append("the template renders different tokens")
+    if not record["tokenizer"]["stop_ids_identical"]:
+        failures.append("stop tokens differ")
+    if logits["max_abs_diff"] > tolerance:
+        failures.append(f"max |logit diff| {logits['max_abs_diff']:.3g} > tolerance {tolerance:.3g}")
+    if kind in GREEDY_MUST_MATCH and not record["greedy_identical"]:
+        failures.append("greedy continuations differ")
+    return record | {"tolerance_abs": tolerance, "passed": not failures, "failures": failures}
+
+
+def verify_gguf(path: Path, reference_model, reference_tokenizer, file_type: str,
+                max_new_tokens: int = 16) -> dict:
+    """Reload `path` with transformers' GGUF loader and compare it with the model it was written from."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(path.parent), path.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
+    rows = probe_ids(reference_tokenizer)
+    record = {
+        "reader": "transformers GGUF loader",
+        "file": str(path),
+        "type": file_type,
+        "tokenizer": compare_tokenizers(reference_tokenizer, tokenizer),
+        "logits": compare_logits(logits_of(reference_model, rows), logits_of(model, rows)),
+    }
+    ref_greedy = greedy_continuations(reference_model, reference_tokenizer, max_new_tokens)
+    got_greedy = greedy_continuations(model, tokenizer, max_new_tokens)
+    record["greedy_identical"] = ref_greedy == got_greedy
+    record["greedy_tokens"] = sum(len(g) for g in ref_greedy)
+    record["greedy_example"] = reference_tokenizer.decode(ref_greedy[0])
+    record["llama_cpp"] = verify_with_llama_cpp(path, ref_greedy, reference_tokenizer)
+    return judge(record, file_type)
+
+
+def verify_with_llama_cpp(path: Path, reference_greedy: list[list[int]], tokenizer) -> dict:
+    """Greedy continuations through llama.cpp, where llama-cpp-python is installed; else why not."""
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        return {"ran": False, "why": "llama-cpp-python is not installed (no prebuilt wheel on PyPI for "
+                                     "this platform; `pip install llama-cpp-python` compiles llama.cpp)"}
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(path), n_ctx=512, verbose=False, logits_all=False)
+    same = []
+    for conv, expected in zip(PROBE_CONVERSATIONS, reference_greedy):
+        from tunery.inference import prompt_ids
+
+        ids = prompt_ids(tokenizer, conv)
+        out = []
+        for token in llm.generate(ids, temp=0.0, top_k=1, reset=True):
+            if token in (llm.token_eos(),) or len(out) >= len(expected):
+                break
+            out.append(token)
+        same.append(out == expected[: len(out)] and len(out) == len(expected))
+    return {"ran": True, "greedy_identical": all(same)}
