@@ -1,0 +1,43 @@
+"""Where does a training step's time go? torch.profiler over a few steps of a config's run.
+
+    python bench/profile_step.py examples/quickstart/config.yaml [--steps 3]
+
+Prints the operators by self CPU time and the share of matrix products (the work that counts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from tunery.config.load import load_config
+from tunery.trainers import sft
+from tunery.trainers.run import prepare
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("config")
+    parser.add_argument("--steps", type=int, default=3)
+    args = parser.parse_args()
+    cfg = load_config(args.config, ["training.preflight=false"]).config
+    s = prepare(cfg, log=lambda t: print(t, file=sys.stderr))
+    sft.accumulate(s, 0)  # warm-up
+    s.optimizer.zero_grad(set_to_none=True)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for step in range(1, args.steps + 1):
+            loss, _, _ = sft.accumulate(s, step)
+            sft.optimizer_step(s, step, loss)
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    matmul = sum(e.self_cpu_time_total for e in events if e.key in ("aten::mm", "aten::addmm", "aten::bmm"))
+    print(events.table(sort_by="self_cpu_time_total", row_limit=15))
+    print(f"matrix products: {100 * matmul / total:.0f}% of self CPU time")
+
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    main()
