@@ -98,6 +98,7 @@ def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path, gguf_type: st
     info = read_run_info(run.root)
     tokenizer = AutoTokenizer.from_pretrained(run.tokenizer)
     _prepare_out(out, overwrite)
+    _card(run)
     log(f"loading {run.root} ({info.get('adapter', 'lora')} on {info['base_model']}) ...")
     model, merge_check = source_model(run, info, tokenizer)
     model.eval()
@@ -125,6 +126,13 @@ def write_modelfile(tokenizer, gguf_path: Path, out: Path) -> dict:
     write_text_atomic(out / "Modelfile", text)
     return record | {"modelfile": str(out / "Modelfile"),
                      "create_with": f"ollama create {gguf_path.stem.lower()} -f {out / 'Modelfile'}"}
+
+
+def _card(run: RunFolder) -> None:
+    """Runs trained before adapter cards existed get one now (the text is a function of the run)."""
+    from tunery.export.card import write_adapter_card
+
+    write_adapter_card(run.root)
 
 
 def _save_record(run: RunFolder, out: Path, fmt: str, record: dict) -> None:

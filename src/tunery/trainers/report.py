@@ -54,6 +54,9 @@ def write_summary(run: RunFolder, info: dict) -> None:
         "",
     ]
     run.summary.write_text("\n".join(lines), encoding="utf-8")
+    from tunery.export.card import write_adapter_card  # adapter/README.md; no-op for full runs
+
+    write_adapter_card(run.root)
 
 
 def _fmt(value) -> str:
