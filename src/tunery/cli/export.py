@@ -33,3 +33,18 @@ def run_export(run_dir: str, fmt: str, out: str, gguf_type: str, overwrite: bool
     record = export_run(run_dir, fmt, out, gguf_type=gguf_type, overwrite=overwrite, log=_log)
     _emit(record, as_json)
     return 0 if record["passed"] else 1
+
+
+def run_combine(runs: list[str], method: str, weights: str | None, density: float | None, seed: int,
+                out: str, overwrite: bool, as_json: bool) -> int:
+    """Combine adapters into a new run folder; exit code 0 on success."""
+    from tunery.errors import TuneryError
+    from tunery.export.combine import combine_runs
+
+    try:
+        values = [float(w) for w in weights.split(",")] if weights else None
+    except ValueError:
+        raise TuneryError(f"--weights must be numbers separated by commas, got '{weights}'") from None
+    info = combine_runs(runs, method, out, weights=values, density=density, seed=seed, overwrite=overwrite, log=_log)
+    _emit(info, as_json)
+    return 0

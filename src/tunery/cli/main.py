@@ -277,6 +277,28 @@ def advise(
                                 max_new_tokens, seed, as_json))
 
 
+@app.command()
+def combine(
+    runs: List[str] = typer.Argument(..., help="Two or more finished adapter runs of one base model."),
+    method: str = typer.Option("cat", "--method", "-m", help="linear | cat | ties | dare_linear | dare_ties"),
+    weights: Optional[str] = typer.Option(None, "--weights", "-w", help="One weight per run, e.g. 0.7,0.3 (default 1 each)."),
+    density: Optional[float] = typer.Option(None, "--density", help="Share kept by ties/dare pruning (default 0.5)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of dare's random pruning."),
+    out: Path = typer.Option(..., "--out", "-o", help="New run folder for the combined adapter."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
+    as_json: bool = typer.Option(False, "--json", help="Print the new run.json as JSON."),
+) -> None:
+    """Combine LoRA adapters of the same base into a new adapter run folder (PEFT's weighted adapter
+    combination), after checking that base, tokenizer, adapted modules and ranks agree.
+
+    Example:
+      tunery combine runs/json-task runs/tone-task --method cat --weights 1,1 --out runs/both
+    """
+    from tunery.cli.export import run_combine
+
+    raise typer.Exit(run_combine(runs, method, weights, density, seed, str(out), overwrite, as_json))
+
+
 def main() -> None:
     """Entry point: run the app and print `TuneryError`s as short messages."""
     from tunery.errors import TuneryError

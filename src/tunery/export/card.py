@@ -40,6 +40,15 @@ def _fmt(value, digits: int = 4) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else ("n/a" if value is None else str(value))
 
 
+def _combination_lines(info: dict) -> list[str]:
+    combo = info.get("combination")
+    if not combo:
+        return []
+    parts = ", ".join(f"`{Path(p).name}` x {w}" for p, w in zip(info.get("combined_from", []), combo["weights"]))
+    density = f", density {combo['density']}" if combo.get("density") is not None else ""
+    return [f"Combined from {parts} with `{combo['method']}`{density} (tunery combine).", ""]
+
+
 def _validation(data: dict) -> str:
     if data.get("validation"):
         return ", ".join(f"`{f}`" for f in data["validation"])
@@ -58,7 +67,8 @@ def card_text(run: RunFolder) -> str:
     info, config = run.read_info(), _config(run)
     adapter_config = json.loads((run.adapter / "adapter_config.json").read_text())
     base, kind = info.get("base_model", "unknown"), info.get("adapter", "lora")
-    method = {"sft": "supervised fine-tuning", "cpt": "continued pre-training"}.get(info.get("method"), info.get("method"))
+    method = {"sft": "supervised fine-tuning", "cpt": "continued pre-training",
+              "combine": "a weighted combination of adapters"}.get(info.get("method"), info.get("method"))
     lora = config.get("lora") or {}
     flavour = "DoRA" if adapter_config.get("use_dora") else "LoRA"
     scale = "alpha / sqrt(r) (rsLoRA)" if adapter_config.get("use_rslora") else "alpha / r"
@@ -70,6 +80,7 @@ def card_text(run: RunFolder) -> str:
         f"# Adapter `{run.root.resolve().name}`", "",
         f"A {flavour} adapter for `{base}`, trained with tunery ({method}"
         + (", on a 4-bit NF4 base (QLoRA)" if kind == "qlora" else "") + ").", "",
+        *_combination_lines(info),
         "## Adapter", "",
         f"- rank r = {adapter_config.get('r')}, alpha = {adapter_config.get('lora_alpha')}, "
         f"update scaled by {scale}, dropout {adapter_config.get('lora_dropout')}",
