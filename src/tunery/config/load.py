@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 from tunery.config.schema import TrainConfig
 from tunery.errors import TuneryError
 
-PATH_KEYS = ("data.train", "data.validation")
+PATH_KEYS = ("data.train", "data.validation", "eval.data")
 
 
 @dataclass

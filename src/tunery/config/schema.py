@@ -192,9 +192,9 @@ class EvalSection(Section):
     sample: int = Field(
         16, ge=1, description="Validation examples answered per scoring (the same seeded sample each time)."
     )
-    data: str | None = Field(
-        None,
-        description="File of examples to score (empty: the validation examples). Relative paths "
+    data: list[str] = Field(
+        default_factory=list,
+        description="Files of examples to score (empty: the validation examples). Relative paths "
         "follow the same rule as `data.train`.",
     )
     max_new_tokens: int = Field(64, ge=1, description="Most tokens generated per answer.")

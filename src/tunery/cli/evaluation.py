@@ -1,0 +1,136 @@
+"""Bodies of `tunery eval`, `tunery compare` and `tunery advise` (wired in cli/main.py)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from tunery.errors import TuneryError
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def format_table(result: dict) -> str:
+    """The comparison as plain text: one line per system, primary grader first, with intervals."""
+    labels = result["graders"]
+    width = max(len("system"), *(len(r["system"]["name"]) for r in result["systems"]))
+    head = f"{'system':<{width}}  " + "  ".join(f"{label:>22}" for label in labels)
+    lines = [head + f"  {'loss':>7}  {'s/answer':>8}  {'tokens':>6}", "-" * (len(head) + 29)]
+    for row in result["systems"]:
+        cells = []
+        for label in labels:
+            s = row["scores"][label]
+            cells.append(f"{s['mean']:6.1%} [{s['low']:5.1%}, {s['high']:5.1%}]".rjust(22))
+        mark = " *" if row["system"]["name"] == result["best"] else ""
+        loss = row["loss"]["loss"]
+        lines.append(f"{row['system']['name']:<{width}}  " + "  ".join(cells)
+                     + f"  {loss:7.3f}  {row['latency_s']:8.2f}  {row['tokens_generated']:6d}{mark}")
+    return "\n".join(lines)
+
+
+def format_details(result: dict) -> str:
+    """Tests of the best against the others, forgetting, warnings and the summary line."""
+    lines = [f"(* best on {result['primary']}; 95% bootstrap intervals; {result['n_examples']} examples)"]
+    for c in result["comparisons"]:
+        verdict = "significant" if c["significant"] else "not significant"
+        lines.append(f"{c['a']} vs {c['b']}: {c['diff']:+.1%} [{c['diff_low']:+.1%}, {c['diff_high']:+.1%}], "
+                     f"{c['test']} p={c['p']:.3g} ({verdict})")
+    for run, f in result["forgetting"].items():
+        lines.append(f"forgetting probe ({f['n']} items) {run}: before {f['before']['mean']:.1%}, after "
+                     f"{f['after']['mean']:.1%} ({f['test']['diff']:+.1%}, p={f['test']['p']:.3g}; "
+                     f"{f['lost']} lost, {f['gained']} gained)")
+    lines += [f"warning: {w}" for w in result["warnings"]]
+    lines.append("")
+    lines.append(result["summary"])
+    return "\n".join(lines)
+
+
+def output_dir(targets: list[str], out: Path | None) -> Path:
+    """Where eval.json and report.html go: --out, else the run folder when one run is evaluated."""
+    from tunery.runfolder import is_run_folder
+
+    if out is not None:
+        return out
+    runs = [t for t in targets if is_run_folder(Path(t).expanduser())]
+    return Path(runs[0]).expanduser() if len(runs) == 1 else Path("tunery-eval")
+
+
+def write_and_print(result: dict, targets: list[str], out: Path | None, as_json: bool) -> None:
+    from tunery.eval.report_html import finite, write_outputs
+    from tunery.runfolder import RunFolder
+
+    metrics = {run: RunFolder(Path(run)).read_metrics() for run in result["targets"]}
+    json_path, html_path = write_outputs(result, output_dir(targets, out), metrics)
+    if as_json:
+        print(json.dumps(finite(result), indent=2))
+        return
+    print(format_table(result))
+    print(format_details(result))
+    print(f"\nwrote {json_path} and {html_path}")
+
+
+def run_eval(targets: list[str], data: Path, graders: list[str], baselines: str, k: int, retrieval: str,
+             train: list[Path], max_new_tokens: int, temperature: float, seed: int, batch_size: int,
+             limit: int | None, probe: str, out: Path | None, as_json: bool) -> int:
+    """`tunery eval`: evaluate, write eval.json + report.html, print the table (or the JSON)."""
+    from tunery.eval.evaluate import EvalOptions, evaluate
+    from tunery.graders import split_spec_list
+
+    opts = EvalOptions(
+        graders=[s for text in graders for s in split_spec_list(text)],
+        baselines=_baselines(baselines), k=k, retrieval=retrieval, train=[str(p) for p in train],
+        max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, batch_size=batch_size,
+        limit=limit, probe=None if probe == "none" else probe,
+    )
+    result = evaluate(targets, str(data), opts, log=_log)
+    write_and_print(result, targets, out, as_json)
+    return 0
+
+
+def _baselines(text: str) -> tuple[str, ...]:
+    return () if text.strip() in ("", "none") else tuple(p.strip() for p in text.split(",") if p.strip())
+
+
+def run_advise(data: Path, train: list[Path], model: str, run: str | None, graders: list[str], k: int,
+               retrieval: str, holdout: float, limit: int, max_new_tokens: int, seed: int,
+               as_json: bool) -> int:
+    """`tunery advise`: prompting vs retrieval (vs a tuned run) on held-out examples, one sentence."""
+    from tunery.eval.advise import split_for_advice
+    from tunery.eval.evaluate import EvalOptions, evaluate
+    from tunery.graders import split_spec_list
+
+    items, pool, pool_files = split_for_advice(str(data), [str(p) for p in train], holdout, limit, seed)
+    opts = EvalOptions(graders=[s for text in graders for s in split_spec_list(text)], k=k, retrieval=retrieval,
+                       max_new_tokens=max_new_tokens, seed=seed, probe="builtin" if run else None,
+                       baselines=("zero", "few", "rag"))
+    result = evaluate([run] if run else [model], str(data), opts, log=_log, items=items, pool=pool,
+                      pool_files=pool_files)
+    if as_json:
+        from tunery.eval.report_html import finite
+
+        print(json.dumps(finite(result), indent=2))
+    else:
+        print(format_table(result))
+        print(format_details(result))
+    return 0
+
+
+def run_compare(runs: list[Path], as_json: bool, html: Path | None) -> int:
+    """`tunery compare`: runs side by side, config differences marked."""
+    from tunery.eval.compare import compare_runs, format_compare, render_compare_html
+
+    if len(runs) < 2:
+        raise TuneryError("compare needs at least two run folders")
+    table = compare_runs([str(r) for r in runs])
+    if html is not None:
+        html.write_text(render_compare_html(table), encoding="utf-8")
+    if as_json:
+        print(json.dumps(table, indent=2, default=str))
+    else:
+        print(format_compare(table, color=sys.stdout.isatty()))
+        if html is not None:
+            print(f"\nwrote {html}")
+    return 0

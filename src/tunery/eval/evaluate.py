@@ -1,0 +1,246 @@
+"""`tunery eval`: tuned vs base vs prompting vs retrieval on the same examples, plus forgetting,
+leakage and overfitting signals. Returns one dict, which is eval.json and the source of report.html.
+
+Order of work: read the examples, plan the rows, then load one model at a time (a run's LoRA weights
+come with their own copy of the base model, so two would double the memory), answer with it under
+every prompting that uses it, score the probe with it, and free it.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from tunery import __version__
+from tunery.data.messages import Example
+from tunery.errors import TuneryError
+from tunery.eval import aggregate, signals
+from tunery.eval.baselines import DEFAULT_BASELINES, System, plan_systems, prompts_for
+from tunery.eval.items import EvalItem, load_conversations, read_eval_items
+from tunery.graders import Grader, parse_graders
+
+BUILTIN_PROBE = Path(__file__).resolve().parent / "assets" / "probe.jsonl"
+
+
+@dataclass
+class EvalOptions:
+    """Everything `tunery eval` can be told; defaults are the CLI's."""
+
+    graders: list[str] = field(default_factory=list)  # empty: chosen from the references
+    baselines: tuple[str, ...] = DEFAULT_BASELINES
+    k: int = 3
+    retrieval: str = "bm25"
+    train: list[str] = field(default_factory=list)  # example pool; empty: the first run's training files
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    seed: int = 0
+    batch_size: int = 8
+    limit: int | None = None
+    probe: str | None = "builtin"  # builtin, a file in the eval format with graders per record, or None
+    probe_max_new_tokens: int = 32
+    max_length: int = 1024
+    near_threshold: float = signals.NEAR_THRESHOLD
+
+
+@dataclass
+class RunTarget:
+    path: str
+    base_model: str
+    train_files: list[str]
+    fmt: str
+    metrics: list[dict]
+    config: dict
+
+
+def read_run_target(path: Path) -> RunTarget:
+    """Base model, training files and metrics of a run folder (from run.json and config.yaml)."""
+    import yaml
+
+    from tunery.inference import read_run_info
+    from tunery.runfolder import RunFolder
+
+    folder = RunFolder(path)
+    info = read_run_info(path)
+    config = yaml.safe_load(folder.config.read_text(encoding="utf-8")) if folder.config.is_file() else {}
+    data = (config or {}).get("data") or {}
+    return RunTarget(str(path), info["base_model"], list(data.get("train") or []), data.get("format", "auto"),
+                     folder.read_metrics(), config or {})
+
+
+def resolve_targets(targets: list[str]) -> tuple[list[RunTarget], list[str]]:
+    """(runs, base models): base models named directly plus each run's base, without repeats."""
+    from tunery.runfolder import is_run_folder
+
+    runs, bases = [], []
+    for target in targets:
+        if is_run_folder(Path(target).expanduser()):
+            run = read_run_target(Path(target).expanduser())
+            runs.append(run)
+            bases.append(run.base_model)
+        else:
+            bases.append(target)
+    return runs, list(dict.fromkeys(bases))
+
+
+def auto_graders(items: list[EvalItem]) -> list[str]:
+    """`exact`, plus `json` and `json_match` when every reference is a JSON object or array."""
+    specs = ["exact"]
+    refs = [i.reference.strip() for i in items]
+    if refs and all(r[:1] in "{[" for r in refs):
+        try:
+            [json.loads(r) for r in refs]
+            specs += ["json", "json_match"]
+        except json.JSONDecodeError:
+            pass
+    return specs
+
+
+def score_answers(items: list[EvalItem], answers: list[dict], graders: list[Grader]) -> None:
+    """Attach {label: score} to each answer; records with graders of their own get the `own` column."""
+    for item, answer in zip(items, answers):
+        scores = {g.label: g.score(answer["answer"], item.reference) for g in graders}
+        if item.graders:
+            scores[aggregate.OWN] = min(g.score(answer["answer"], item.reference) for g in item.graders)
+        answer["scores"] = scores
+
+
+def run_system(system: System, model, tokenizer, items: list[EvalItem], graders: list[Grader],
+               pool: list[Example], retriever, opts: EvalOptions, max_new_tokens: int) -> dict:
+    """Answer every item with one system; score the answers and the references' loss."""
+    from tunery.eval.measure import answer_loss, generate_timed
+
+    prompts, shots = prompts_for(system, items, pool, retriever, opts.seed)
+    answers = generate_timed(model, tokenizer, prompts, max_new_tokens, opts.temperature, opts.seed,
+                             opts.batch_size)
+    score_answers(items, answers, graders)
+    for item, answer, used in zip(items, answers, shots):
+        answer["id"] = item.id
+        answer["shots"] = [pool[i].location for i in used]
+    loss = answer_loss(model, tokenizer, prompts, [i.reference for i in items], opts.max_length, opts.batch_size)
+    return {"system": system.to_json(), "loss": loss, "per_example": answers}
+
+
+def load_target(key: str, runs: dict[str, RunTarget]):
+    from tunery.inference import load_for_inference, load_run
+
+    return load_run(Path(key)) if key in runs else load_for_inference(key)
+
+
+def _pool(runs: list[RunTarget], opts: EvalOptions) -> tuple[list[Example], list[str]]:
+    files = opts.train or (runs[0].train_files if runs else [])
+    fmt = "auto" if opts.train or not runs else runs[0].fmt
+    examples = [e for f in files for e in load_conversations(f, fmt)]
+    return examples, files
+
+
+def evaluate(targets: list[str], data: str, opts: EvalOptions | None = None,
+             log: Callable[[str], None] = print, items: list[EvalItem] | None = None,
+             pool: list[Example] | None = None, pool_files: list[str] | None = None) -> dict:
+    """Evaluate run folders and/or base models on `data` against the baselines; the eval.json dict.
+
+    `items` and `pool` replace reading `data` and the training files (`tunery advise` splits one file).
+    """
+    opts = opts or EvalOptions()
+    if not targets:
+        raise TuneryError("name at least one run folder or base model to evaluate")
+    started = time.monotonic()
+    runs, bases = resolve_targets(targets)
+    items = items if items is not None else read_eval_items(data, limit=opts.limit)
+    graders = parse_graders(opts.graders or ([] if all(i.graders for i in items) else auto_graders(items)))
+    labels = [g.label for g in graders] + ([aggregate.OWN] if any(i.graders for i in items) else [])
+    if pool is None:
+        pool, pool_files = _pool(runs, opts)
+    systems = plan_systems([r.path for r in runs], bases, tuple(opts.baselines), opts.k, opts.retrieval, bool(pool))
+    probe_items = _probe_items(opts)
+    retriever = _retriever(systems, pool, opts, log)
+    by_run = {r.path: r for r in runs}
+    rows, probes = {}, {}
+    for key in dict.fromkeys([s.model for s in systems] + (bases if probe_items else [])):
+        log(f"loading {key} ...")
+        model, tokenizer = load_target(key, by_run)
+        for system in [s for s in systems if s.model == key]:
+            log(f"answering {len(items)} examples: {system.name}")
+            rows[system.name] = run_system(system, model, tokenizer, items, graders, pool, retriever, opts,
+                                           opts.max_new_tokens)
+        if probe_items:
+            log(f"forgetting probe ({len(probe_items)} items) on {key}")
+            probes[key] = run_system(System("probe", key, key in by_run, "zero-shot"), model, tokenizer,
+                                     probe_items, [], [], None, opts, opts.probe_max_new_tokens)
+        del model, tokenizer
+        gc.collect()
+    ordered = [aggregate.summarize(rows[s.name], labels, opts.seed) for s in systems]
+    result = _assemble(ordered, labels, items, runs, pool, pool_files, probes, probe_items, data, opts)
+    result["elapsed_s"] = round(time.monotonic() - started, 1)
+    return result
+
+
+def _probe_items(opts: EvalOptions) -> list[EvalItem]:
+    if not opts.probe:
+        return []
+    path = BUILTIN_PROBE if opts.probe == "builtin" else Path(opts.probe)
+    items = read_eval_items(str(path))
+    lacking = [i.id for i in items if not i.graders]
+    if lacking:
+        raise TuneryError(f"probe records need their own 'graders' list; {lacking[0]} has none",
+                          fix='add e.g. "graders": ["contains:Paris"] to every record of the probe file')
+    return items
+
+
+def _retriever(systems: list[System], pool: list[Example], opts: EvalOptions, log):
+    if not any(s.prompting == "retrieval" for s in systems):
+        return None
+    from tunery.eval.items import prompt_text
+    from tunery.eval.retrieval import make_retriever
+
+    log(f"indexing {len(pool)} training examples for retrieval ({opts.retrieval})")
+    return make_retriever(opts.retrieval, [prompt_text(e) for e in pool])
+
+
+def _assemble(rows, labels, items, runs, pool, pool_files, probes, probe_items, data, opts) -> dict:
+    """The eval.json dict: table rows, best and its tests, forgetting, leakage, overfitting, summary."""
+    from tunery.eval.advise import summary_sentence
+
+    primary = labels[0]
+    best, comparisons = aggregate.best_and_comparisons(rows, primary, opts.seed)
+    result = {
+        "tunery_version": __version__,
+        "data": str(data), "n_examples": len(items), "targets": [r.path for r in runs],
+        "graders": labels, "primary": primary, "pool_files": pool_files, "pool_size": len(pool),
+        "generation": {"max_new_tokens": opts.max_new_tokens, "temperature": opts.temperature,
+                       "seed": opts.seed, "batch_size": opts.batch_size},
+        "systems": rows,
+        "best": best["system"]["name"] if best else None,
+        "comparisons": comparisons,
+        "disagreements": {},
+        "forgetting": {},
+        "leakage": signals.leakage(items, pool, opts.near_threshold),
+        "overfitting": {r.path: signals.overfitting(r.metrics) for r in runs},
+        "configs": {r.path: r.config for r in runs},
+    }
+    base_zero = next((r for r in rows if not r["system"]["tuned"] and r["system"]["prompting"] == "zero-shot"), None)
+    for run in runs:
+        tuned = next(r for r in rows if r["system"]["model"] == run.path and r["system"]["prompting"] == "zero-shot")
+        if base_zero is not None:
+            result["disagreements"][run.path] = aggregate.disagreements(tuned, base_zero, items, primary)
+        if run.path in probes and run.base_model in probes:
+            summary = aggregate.forgetting_summary(probes[run.base_model], probes[run.path], probe_items, opts.seed)
+            result["forgetting"][run.path] = {"probe": opts.probe, **summary}
+    result["warnings"] = _warnings(result)
+    result["summary"] = summary_sentence(result)
+    return result
+
+
+def _warnings(result: dict) -> list[str]:
+    found = [result["leakage"]["warning"]] + [o["warning"] for o in result["overfitting"].values()]
+    for run, f in result["forgetting"].items():
+        if f["test"]["significant"] and f["test"]["diff"] < 0:
+            found.append(f"{run}: the general-ability probe fell from {f['before']['mean']:.0%} to "
+                         f"{f['after']['mean']:.0%} ({f['lost']} items lost): the tuning cost general ability")
+    if result["n_examples"] < 30:
+        found.append(f"only {result['n_examples']} evaluation examples: intervals are wide and small "
+                     "differences cannot be told apart")
+    return [w for w in found if w]

@@ -1,0 +1,93 @@
+"""Helpers for evaluation tests: a small booking task, a finished tiny run folder, and canned answers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+SYSTEM = "Extract the booking as JSON."
+PEOPLE = [("Ana Costa", "Lima", 3), ("Ben Kato", "Oslo", 2), ("Cy Young", "Rome", 5), ("Dee Park", "Kyiv", 1),
+          ("Eli Moss", "Pune", 4), ("Fay Lund", "Bern", 6), ("Gus Hale", "Nice", 7), ("Hal Roth", "Riga", 2),
+          ("Ida Wolf", "Baku", 3), ("Jon Bell", "Oran", 9), ("Kai Stone", "Lyon", 2), ("Lia Frost", "Graz", 4)]
+
+
+def booking(name: str, city: str, nights: int) -> dict:
+    answer = json.dumps({"name": name, "city": city, "nights": nights})
+    return {"messages": [{"role": "system", "content": SYSTEM},
+                         {"role": "user", "content": f"{name} needs a room in {city} for {nights} nights."},
+                         {"role": "assistant", "content": answer}]}
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def make_project(folder: Path, model_dir: Path) -> dict[str, Path]:
+    """train.jsonl (8 people), heldout.jsonl (4 others) and a tiny-model config in `folder`."""
+    train = write_jsonl(folder / "train.jsonl", [booking(*p) for p in PEOPLE[:8]])
+    heldout = write_jsonl(folder / "heldout.jsonl", [booking(*p) for p in PEOPLE[8:]])
+    config = folder / "run.yaml"
+    config.write_text(
+        f"base_model: {model_dir}\n"
+        "data: {train: [train.jsonl], val_split: 0.25, max_length: 96}\n"
+        "lora: {rank: 4, alpha: 8, dropout: 0.0}\n"
+        "training: {max_steps: 2, batch_size: 2, lr: 1.0e-3, eval_every: 1, threads: 1}\n"
+    )
+    return {"train": train, "heldout": heldout, "config": config}
+
+
+# A loss curve with the shape of overfitting: training loss falls all along, validation loss is best at
+# step 4 (1.0) and ends at 1.3, 30% above it.
+VAL = {2: 1.2, 4: 1.0, 6: 1.1, 8: 1.3}
+METRICS = [record for step in range(1, 9) for record in
+           [{"kind": "train", "step": step, "loss": round(2.0 - 0.2 * step, 6)}]
+           + ([{"kind": "eval", "step": step, "val_loss": VAL[step]}] if step in VAL else [])]
+
+
+def make_run_folder(folder: Path, model_dir: Path, name: str = "tiny", seed: int = 0) -> Path:
+    """A finished LoRA run folder of the tiny model on the booking task, written directly (not by the
+    trainer, so these tests depend only on the run folder's layout): a random LoRA adapter, the
+    tokenizer, run.json, config.yaml naming train.jsonl, and metrics.jsonl with `METRICS`."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunery.config.load import load_config, to_yaml
+    from tunery.runfolder import RunFolder
+
+    paths = make_project(folder, model_dir)
+    root = folder / "runs" / name
+    run = RunFolder(root)
+    root.mkdir(parents=True)
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_pretrained(model_dir)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+    get_peft_model(base, lora).save_pretrained(run.adapter)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(run.tokenizer)
+    run.config.write_text(to_yaml(load_config(paths["config"], [f"output.name={name}"]).config))
+    run.update_info(base_model=str(model_dir), adapter="lora", status="finished", step=8, best_step=4,
+                    best_val_loss=1.0, final_loss=0.4)
+    for record in METRICS:
+        run.append_metrics(record)
+    return root
+
+
+def is_tuned(model) -> bool:
+    """PEFT-wrapped models are the runs; plain ones are base models."""
+    return hasattr(model, "peft_config")
+
+
+def canned_generation(answer_for):
+    """A stand-in for `measure.generate_timed`: `answer_for(model, prompt)` gives each answer."""
+    def fake(model, tokenizer, prompts, max_new_tokens, temperature=0.0, seed=0, batch_size=8):
+        return [{"answer": answer_for(model, p), "tokens": 5, "seconds": 0.5} for p in prompts]
+    return fake
+
+
+def reference_of(prompt: list[dict]) -> str:
+    """The correct answer to a booking prompt (parsed back from its last user message)."""
+    text = prompt[-1]["content"]
+    name, rest = text.split(" needs a room in ")
+    city, nights = rest.removesuffix(" nights.").split(" for ")
+    return json.dumps({"name": name, "city": city, "nights": int(nights)})
