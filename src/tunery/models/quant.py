@@ -83,8 +83,11 @@ def load_base_for_run(info: dict, run_root: str | Path | None = None, dtype: str
 
 
 def is_4bit(module) -> bool:
-    """True for a bitsandbytes 4-bit linear layer (without importing bitsandbytes when unused)."""
-    return type(module).__name__ == "Linear4bit" and hasattr(module.weight, "quant_state")
+    """True for a bitsandbytes 4-bit linear layer (without importing bitsandbytes when unused).
+
+    PEFT's wrapper around such a layer is also called Linear4bit; the module check keeps it out."""
+    kind = type(module)
+    return kind.__name__ == "Linear4bit" and kind.__module__.startswith("bitsandbytes")
 
 
 def dequantize_weight(module) -> torch.Tensor:

@@ -78,7 +78,8 @@ def prepare(cfg: TrainConfig, dist: ddp.Dist = ddp.SINGLE, log: Callable[[str], 
     """Load tokenizer and model, render the data, and set up the recipe (what `train` and `plan` share)."""
     from tunery.data.dataset import build_datasets
     from tunery.data.render import chat_template_of
-    from tunery.models.load import load_model, load_tokenizer
+    from tunery.models.load import load_tokenizer
+    from tunery.models.quant import load_for_training
 
     if cfg.training.threads:
         torch.set_num_threads(cfg.training.threads)
@@ -86,7 +87,7 @@ def prepare(cfg: TrainConfig, dist: ddp.Dist = ddp.SINGLE, log: Callable[[str], 
     tokenizer = load_tokenizer(cfg.base_model)
     # Pin the template used for rendering, so the saved tokenizer/ carries exactly that one.
     tokenizer.chat_template = chat_template_of(tokenizer)
-    model = load_model(cfg.base_model, cfg.dtype)
+    model = load_for_training(cfg)  # load_model(base, dtype), or a 4-bit base for adapter: qlora
     log(f"loaded {cfg.base_model} in {time.monotonic() - started:.1f} s")
     train, val, warnings = build_datasets(cfg, tokenizer)
     for warning in warnings:
