@@ -1,0 +1,53 @@
+"""GGUF + Ollama export of a LoRA run on the real embedded SmolLM2-135M-Instruct, read back by
+transformers' GGUF loader: the real 49k vocabulary, ChatML template with its default system message."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from adapter_helpers import randomize_adapter
+
+pytestmark = pytest.mark.e2e
+
+
+def test_ollama_export_of_the_embedded_model_round_trips(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    from tunery.data.render import chat_template_of
+    from tunery.export.exporter import export_run
+    from tunery.export.ollama import render_go_template
+    from tunery.models.load import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer("smollm2-135m-instruct")
+    tokenizer.chat_template = chat_template_of(tokenizer)
+    model = get_peft_model(load_model("smollm2-135m-instruct"),
+                           LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
+    randomize_adapter(model, seed=5, scale=0.02)  # a small real change, like a short training run
+    run = tmp_path / "smol"
+    model.save_pretrained(run / "adapter")
+    tokenizer.save_pretrained(run / "tokenizer")
+    (run / "run.json").write_text(json.dumps({"base_model": "smollm2-135m-instruct", "adapter": "lora",
+                                              "status": "finished"}))
+    del model
+
+    record = export_run(run, "ollama", tmp_path / "ollama", gguf_type="f16", log=lambda _: None)
+    assert record["passed"] is True, record["failures"]
+    assert record["tokenizer"]["probe_tokens_identical"] and record["tokenizer"]["stop_ids"] == [2]
+    assert record["greedy_identical"] is True and record["greedy_tokens"] >= 10
+    assert record["logits"]["argmax_agrees"] is True
+    assert record["logits"]["max_abs_diff"] < 0.01 * record["logits"]["max_abs_logit"]  # f16 rounding only
+    assert record["merge_vs_unmerged"]["max_abs_diff"] < 1e-3
+    assert 250e6 < record["size_bytes"] < 300e6  # 135M parameters at 2 bytes, norms at 4
+
+    modelfile = (tmp_path / "ollama" / "Modelfile").read_text()
+    template = modelfile.split('TEMPLATE """', 1)[1].split('"""', 1)[0]
+    system = modelfile.split('SYSTEM """', 1)[1].split('"""', 1)[0]
+    assert system == "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+    turns = [{"role": "user", "content": "Book 3 nights in Oslo for Ada Berg."},
+             {"role": "assistant", "content": '{"name": "Ada Berg", "city": "Oslo", "nights": 3}'},
+             {"role": "user", "content": "And 2 nights in Rome for Li Wei?"}]
+    expected = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+    assert render_go_template(template, turns, system) == expected
+    assert json.loads((run / "export" / "verify.json").read_text())["ollama"]["passed"] is True
