@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+from html.parser import HTMLParser
 from pathlib import Path
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 SYSTEM = "Extract the booking as JSON."
 PEOPLE = [("Ana Costa", "Lima", 3), ("Ben Kato", "Oslo", 2), ("Cy Young", "Rome", 5), ("Dee Park", "Kyiv", 1),
@@ -74,8 +79,8 @@ def make_run_folder(folder: Path, model_dir: Path, name: str = "tiny", seed: int
 
 
 def is_tuned(model) -> bool:
-    """PEFT-wrapped models are the runs; plain ones are base models."""
-    return hasattr(model, "peft_config")
+    """Runs are loaded with their weights merged and marked with the run they came from."""
+    return getattr(model, "tunery_run", None) is not None
 
 
 def canned_generation(answer_for):
@@ -91,3 +96,49 @@ def reference_of(prompt: list[dict]) -> str:
     name, rest = text.split(" needs a room in ")
     city, nights = rest.removesuffix(" nights.").split(" for ")
     return json.dumps({"name": name, "city": city, "nights": int(nights)})
+
+
+class Dom(HTMLParser):
+    """The table ids, image sources and comparison-table rows of a rendered page."""
+
+    def __init__(self):
+        super().__init__()
+        self.tables, self.images, self.rows, self._in_comparison = [], [], 0, False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "table":
+            self.tables.append(attrs.get("id"))
+            self._in_comparison = attrs.get("id") == "comparison"
+        if tag == "tr" and self._in_comparison:
+            self.rows += 1
+        if tag == "img":
+            self.images.append(attrs.get("src", ""))
+
+    def handle_endtag(self, tag):
+        if tag == "table":
+            self._in_comparison = False
+
+
+def open_in_chromium(html: Path, folder: Path) -> tuple[str, Path]:
+    """Render `html` headless: (the DOM after rendering, a screenshot)."""
+    shot = folder / "report.png"
+    proc = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={folder / 'profile'}", "--window-size=1200,3200", f"--screenshot={shot}",
+         "--dump-dom", html.resolve().as_uri()],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout, shot
+
+
+def blue_pixels(png: Path) -> tuple[tuple[int, int], int]:
+    """(height, width) of a screenshot and how many pixels have matplotlib's default blue (#1f77b4),
+    which only appears where a plot was decoded and drawn."""
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(png)
+    blue = ((abs(pixels[..., 0] - 0x1F / 255) < 0.02) & (abs(pixels[..., 1] - 0x77 / 255) < 0.02)
+            & (abs(pixels[..., 2] - 0xB4 / 255) < 0.02))
+    return pixels.shape[:2], int(blue.sum())

@@ -4,17 +4,11 @@ and report.html opened in headless Chromium: table, plots and a screenshot."""
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-from html.parser import HTMLParser
-from pathlib import Path
 
 import pytest
 
 from cli_helpers import run_tunery
-from eval_helpers import make_run_folder, write_jsonl
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+from eval_helpers import CHROMIUM, Dom, blue_pixels, make_run_folder, open_in_chromium, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -71,39 +65,6 @@ def test_text_output_compare_and_advise(evaluated, tmp_path, tiny_model_dir):
     assert bad.returncode == 2 and "unknown grader 'exat': did you mean exact?" in bad.stderr
 
 
-class Dom(HTMLParser):
-    def __init__(self):
-        super().__init__()
-        self.tables, self.images, self.rows, self._in_comparison = [], [], 0, False
-
-    def handle_starttag(self, tag, attrs):
-        attrs = dict(attrs)
-        if tag == "table":
-            self.tables.append(attrs.get("id"))
-            self._in_comparison = attrs.get("id") == "comparison"
-        if tag == "tr" and self._in_comparison:
-            self.rows += 1
-        if tag == "img":
-            self.images.append(attrs.get("src", ""))
-
-    def handle_endtag(self, tag):
-        if tag == "table":
-            self._in_comparison = False
-
-
-def open_in_chromium(html: Path, folder: Path) -> tuple[str, Path]:
-    """Render `html` headless: (the DOM after rendering, a screenshot)."""
-    shot = folder / "report.png"
-    proc = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={folder / 'profile'}", "--window-size=1200,3200", f"--screenshot={shot}",
-         "--dump-dom", html.resolve().as_uri()],
-        capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return proc.stdout, shot
-
-
 @pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed (apt-get install -y chromium)")
 def test_report_renders_in_headless_chromium_with_table_and_plots(evaluated, tmp_path):
     run, printed = evaluated
@@ -114,11 +75,5 @@ def test_report_renders_in_headless_chromium_with_table_and_plots(evaluated, tmp
     assert dom.rows == 1 + len(printed["systems"])  # header + one row per system
     assert len(dom.images) == 3 and all(src.startswith("data:image/png;base64,") for src in dom.images)
     assert printed["summary"].split(":")[0] in dom_text
-    import matplotlib.image
-
-    pixels = matplotlib.image.imread(shot)
-    assert pixels.shape[:2] == (3200, 1200)
-    # matplotlib's default blue (#1f77b4) only appears where a plot was decoded and drawn.
-    blue = (abs(pixels[..., 0] - 0x1F / 255) < 0.02) & (abs(pixels[..., 1] - 0x77 / 255) < 0.02) & \
-           (abs(pixels[..., 2] - 0xB4 / 255) < 0.02)
-    assert blue.sum() > 200
+    size, blue = blue_pixels(shot)
+    assert size == (3200, 1200) and blue > 200

@@ -175,3 +175,37 @@ def test_pool_duplicates_are_never_shown_as_shots(run_dir, tmp_path, monkeypatch
     assert len(rag["per_example"][0]["shots"]) == 7 and not any(s.endswith(":1") for s in rag["per_example"][0]["shots"])
     assert out["leakage"]["exact"] == 1 and "also appear in the training data" in out["warnings"][0]
     assert [m["role"] for m in seen[-1]][:2] == ["system", "user"] and seen[-1][0]["content"] == SYSTEM
+
+
+def test_the_runs_eval_graders_are_the_default_and_cli_graders_win(run_dir, tmp_path, monkeypatch):
+    import shutil
+
+    import yaml
+
+    copy = tmp_path / "runs" / "configured"
+    shutil.copytree(run_dir, copy)
+    config = yaml.safe_load((copy / "config.yaml").read_text())
+    config["eval"]["graders"] = ["json", "max_words:3"]
+    (copy / "config.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.setattr("tunery.eval.measure.generate_timed", canned_generation(lambda m, p: '{"a": 1}'))
+    data = str(run_dir.parent.parent / "heldout.jsonl")
+    quiet = dict(log=lambda _m: None)
+    out = evaluate([str(copy)], data, EvalOptions(probe=None, baselines=()), **quiet)
+    assert out["graders"] == ["json", "max_words:3"] and out["systems"][0]["scores"]["json"]["mean"] == 1.0
+    out = evaluate([str(copy)], data, EvalOptions(probe=None, baselines=(), graders=["exact"]), **quiet)
+    assert out["graders"] == ["exact"]
+
+
+def test_a_merged_run_scores_the_same_loss_as_the_adapter_on_its_base(run_dir):
+    from tunery.eval.evaluate import load_target, read_run_target
+    from tunery.eval.items import read_eval_items
+    from tunery.eval.measure import answer_loss
+    from tunery.inference import load_run
+
+    items = read_eval_items(str(run_dir.parent.parent / "heldout.jsonl"))
+    prompts, refs = [i.prompt for i in items], [i.reference for i in items]
+    merged, tokenizer = load_target(str(run_dir), {str(run_dir): read_run_target(run_dir)})
+    adapter, _ = load_run(run_dir)
+    assert not hasattr(merged, "peft_config") and hasattr(adapter, "peft_config")
+    got, want = answer_loss(merged, tokenizer, prompts, refs), answer_loss(adapter, tokenizer, prompts, refs)
+    assert got["tokens"] == want["tokens"] and got["loss"] == pytest.approx(want["loss"], rel=1e-5)

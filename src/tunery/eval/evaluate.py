@@ -99,6 +99,15 @@ def auto_graders(items: list[EvalItem]) -> list[str]:
     return specs
 
 
+def _grader_specs(opts: EvalOptions, runs: list[RunTarget], items: list[EvalItem]) -> list[str]:
+    """--graders, else the first run's `eval.graders`, else chosen from the references (none when every
+    record brings its own graders)."""
+    configured = ((runs[0].config.get("eval") or {}).get("graders") if runs else None) or []
+    if opts.graders or configured:
+        return list(opts.graders or configured)
+    return [] if all(i.graders for i in items) else auto_graders(items)
+
+
 def score_answers(items: list[EvalItem], answers: list[dict], graders: list[Grader]) -> None:
     """Attach {label: score} to each answer; records with graders of their own get the `own` column."""
     for item, answer in zip(items, answers):
@@ -125,9 +134,17 @@ def run_system(system: System, model, tokenizer, items: list[EvalItem], graders:
 
 
 def load_target(key: str, runs: dict[str, RunTarget]):
+    """(model, tokenizer) of a run or a base model. A LoRA run is merged into its base first: the
+    same function, without one adapter detour per linear layer at every generated token."""
     from tunery.inference import load_for_inference, load_run
 
-    return load_run(Path(key)) if key in runs else load_for_inference(key)
+    if key not in runs:
+        return load_for_inference(key)
+    model, tokenizer = load_run(Path(key))
+    if hasattr(model, "merge_and_unload") and not getattr(model, "is_loaded_in_4bit", False):
+        model = model.merge_and_unload()
+    model.tunery_run = key  # provenance: which run these merged weights came from
+    return model, tokenizer
 
 
 def _pool(runs: list[RunTarget], opts: EvalOptions) -> tuple[list[Example], list[str]]:
@@ -150,7 +167,7 @@ def evaluate(targets: list[str], data: str, opts: EvalOptions | None = None,
     started = time.monotonic()
     runs, bases = resolve_targets(targets)
     items = items if items is not None else read_eval_items(data, limit=opts.limit)
-    graders = parse_graders(opts.graders or ([] if all(i.graders for i in items) else auto_graders(items)))
+    graders = parse_graders(_grader_specs(opts, runs, items))
     labels = [g.label for g in graders] + ([aggregate.OWN] if any(i.graders for i in items) else [])
     if pool is None:
         pool, pool_files = _pool(runs, opts)
