@@ -82,3 +82,15 @@ def test_advice_split_holds_out_a_seeded_share_and_keeps_the_rest_as_the_pool(tm
     assert (len(items), len(pool), files) == (4, 5, [str(train)])
     with pytest.raises(TuneryError, match="advice needs at least 4"):
         split_for_advice(str(write_jsonl(tmp_path / "few.jsonl", [booking(*PEOPLE[0])])), [], 0.2, 5, 0)
+
+
+def test_a_large_probe_drop_is_warned_about_even_before_it_is_significant():
+    from tunery.eval.evaluate import _warnings
+
+    probe = {"before": {"mean": 0.533}, "after": {"mean": 0.333}, "lost": 9, "gained": 3,
+             "test": {"diff": -0.2, "p": 0.146, "significant": False}}
+    result = {"leakage": {"warning": None}, "overfitting": {}, "forgetting": {"runs/q": probe}, "n_examples": 40}
+    assert _warnings(result) == ["runs/q: the general-ability probe fell from 53% to 33% (9 items lost, 3 gained; "
+                                 "p=0.15, not significant): see the probe items that changed in the report"]
+    probe["test"] = {"diff": -0.05, "p": 0.6, "significant": False}
+    assert _warnings(result) == []

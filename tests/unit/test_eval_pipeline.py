@@ -209,3 +209,20 @@ def test_a_merged_run_scores_the_same_loss_as_the_adapter_on_its_base(run_dir):
     assert not hasattr(merged, "peft_config") and hasattr(adapter, "peft_config")
     got, want = answer_loss(merged, tokenizer, prompts, refs), answer_loss(adapter, tokenizer, prompts, refs)
     assert got["tokens"] == want["tokens"] and got["loss"] == pytest.approx(want["loss"], rel=1e-5)
+
+
+def test_a_moved_run_without_its_training_file_gets_zero_shot_rows_only(run_dir, tmp_path, monkeypatch):
+    import shutil
+
+    import yaml
+
+    moved = tmp_path / "moved"
+    shutil.copytree(run_dir, moved)
+    config = yaml.safe_load((moved / "config.yaml").read_text())
+    config["data"]["train"] = [str(tmp_path / "gone.jsonl")]
+    (moved / "config.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.setattr("tunery.eval.measure.generate_timed", canned_generation(lambda m, p: "x"))
+    said = []
+    out = evaluate([str(moved)], str(run_dir.parent.parent / "heldout.jsonl"), EvalOptions(probe=None), log=said.append)
+    assert [r["system"]["name"] for r in out["systems"]] == ["tuned", "base zero-shot"]
+    assert any("gone.jsonl is not here" in line for line in said) and out["leakage"]["checked"] is False

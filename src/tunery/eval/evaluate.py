@@ -147,11 +147,20 @@ def load_target(key: str, runs: dict[str, RunTarget]):
     return model, tokenizer
 
 
-def _pool(runs: list[RunTarget], opts: EvalOptions) -> tuple[list[Example], list[str]]:
+def _pool(runs: list[RunTarget], opts: EvalOptions, log) -> tuple[list[Example], list[str]]:
+    """The examples few-shot and retrieval draw from: --train, else the first run's training files.
+
+    A run folder copied to another machine may name training files that are not there: then only
+    zero-shot rows are possible, and the log says why (files given with --train must exist).
+    """
     files = opts.train or (runs[0].train_files if runs else [])
     fmt = "auto" if opts.train or not runs else runs[0].fmt
-    examples = [e for f in files for e in load_conversations(f, fmt)]
-    return examples, files
+    missing = [f for f in files if not Path(f).is_file()]
+    if missing and not opts.train:
+        log(f"warning: the run's training file {missing[0]} is not here, so there are no examples for "
+            "few-shot and retrieval rows; pass --train FILE to add them")
+        return [], []
+    return [e for f in files for e in load_conversations(f, fmt)], files
 
 
 def evaluate(targets: list[str], data: str, opts: EvalOptions | None = None,
@@ -170,7 +179,7 @@ def evaluate(targets: list[str], data: str, opts: EvalOptions | None = None,
     graders = parse_graders(_grader_specs(opts, runs, items))
     labels = [g.label for g in graders] + ([aggregate.OWN] if any(i.graders for i in items) else [])
     if pool is None:
-        pool, pool_files = _pool(runs, opts)
+        pool, pool_files = _pool(runs, opts, log)
     systems = plan_systems([r.path for r in runs], bases, tuple(opts.baselines), opts.k, opts.retrieval, bool(pool))
     probe_items = _probe_items(opts)
     retriever = _retriever(systems, pool, opts, log)
@@ -254,9 +263,12 @@ def _assemble(rows, labels, items, runs, pool, pool_files, probes, probe_items, 
 def _warnings(result: dict) -> list[str]:
     found = [result["leakage"]["warning"]] + [o["warning"] for o in result["overfitting"].values()]
     for run, f in result["forgetting"].items():
+        fell = f"{run}: the general-ability probe fell from {f['before']['mean']:.0%} to {f['after']['mean']:.0%}"
         if f["test"]["significant"] and f["test"]["diff"] < 0:
-            found.append(f"{run}: the general-ability probe fell from {f['before']['mean']:.0%} to "
-                         f"{f['after']['mean']:.0%} ({f['lost']} items lost): the tuning cost general ability")
+            found.append(f"{fell} ({f['lost']} items lost): the tuning cost general ability")
+        elif f["test"]["diff"] <= -0.1:  # a drop this size is worth a look even when not yet significant
+            found.append(f"{fell} ({f['lost']} items lost, {f['gained']} gained; p={f['test']['p']:.2g}, not "
+                         "significant): see the probe items that changed in the report")
     if result["n_examples"] < 30:
         found.append(f"only {result['n_examples']} evaluation examples: intervals are wide and small "
                      "differences cannot be told apart")

@@ -44,9 +44,16 @@ def generate_timed(model, tokenizer, prompts: list[list[dict]], max_new_tokens: 
                    temperature: float = 0.0, seed: int = 0, batch_size: int = 8) -> list[dict]:
     """Per prompt: the answer text, tokens generated, and seconds (its batch's wall time divided by
     the batch size: with batched generation that is the cost per answer, not a user's wait)."""
+    import sys
+
+    from tqdm import tqdm
+
     from tunery.inference import generate_ids
 
     out = []
+    # A bar on a terminal only: logs and captured output stay clean.
+    bar = tqdm(total=len(prompts), desc="answering", unit="ans", leave=False, file=sys.stderr,
+               disable=not sys.stderr.isatty())
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
         began = time.perf_counter()
@@ -57,4 +64,6 @@ def generate_timed(model, tokenizer, prompts: list[list[dict]], max_new_tokens: 
         for row in ids:
             out.append({"answer": tokenizer.decode(row, skip_special_tokens=True).strip(),
                         "tokens": len(row), "seconds": share})
+        bar.update(len(chunk))
+    bar.close()
     return out
