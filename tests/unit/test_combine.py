@@ -9,7 +9,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from adapter_helpers import logits, make_adapter_run, write_base
-from cli_helpers import run_tunery
+from typer.testing import CliRunner
+
+from tunery.cli.main import app
 from tunery.errors import TuneryError
 from tunery.export.combine import combine_runs, load_side_by_side
 
@@ -117,9 +119,10 @@ def test_side_by_side_switches_per_request_and_combined_run_loads(smol_tokenizer
     for name, single in (("a", model_a), ("b", model_b)):
         both.set_adapter(name)
         torch.testing.assert_close(logits(both, IDS), logits(single, IDS), rtol=0, atol=1e-6)
-    out = run_tunery("combine", str(a), str(b), "--method", "cat", "--weights", "1,1", "--out", "ab", "--json",
-                     cwd=tmp_path)
-    info = json.loads(out.stdout)
+    result = CliRunner().invoke(app, ["combine", str(a), str(b), "--method", "cat", "--weights", "1,1",
+                                      "--out", str(tmp_path / "ab"), "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
     assert info["combination"] == {"method": "cat", "weights": [1.0, 1.0], "density": None, "seed": 0}
     combined, _ = load_run(tmp_path / "ab")
     # cat with weights 1, 1 applies both updates: base + delta_a + delta_b, as two merges in a row do

@@ -9,7 +9,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from adapter_helpers import logits, make_adapter_run, write_base
-from cli_helpers import run_tunery
+from typer.testing import CliRunner
+
+from tunery.cli.main import app
 from tunery.errors import TuneryError
 from tunery.export import lora_math
 from tunery.export.merge import merge_run
@@ -94,7 +96,9 @@ def test_merge_command_line_then_idempotent(smol_tokenizer, tmp_path):
     base_dir = write_base(tmp_path / "base", smol_tokenizer)
     run, peft_model = make_adapter_run(tmp_path, smol_tokenizer, base_dir)
     out = tmp_path / "merged"
-    record = json.loads(run_tunery("merge", str(run), "--out", "merged", "--json", cwd=tmp_path).stdout)
+    result = CliRunner().invoke(app, ["merge", str(run), "--out", str(out), "--json"])  # in-process: seconds
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
     assert record["logits_vs_unmerged"]["max_abs_diff"] < 5e-5
     merged = AutoModelForCausalLM.from_pretrained(out).eval()
     torch.testing.assert_close(logits(merged, IDS), logits(peft_model, IDS), rtol=0, atol=5e-5)
