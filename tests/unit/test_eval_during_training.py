@@ -9,7 +9,7 @@ import pytest
 from eval_helpers import PEOPLE, booking, make_project, reference_of, write_jsonl
 from tunery.config.load import load_config, validate
 from tunery.errors import TuneryError
-from tunery.eval.during_training import GraderStopper, due, eval_sample, graders_of, metrics_record, score_sample
+from tunery.eval.during_training import due, eval_sample, graders_of, metrics_record, score_sample
 
 
 def test_eval_section_defaults_and_grader_specs_are_checked_at_load():
@@ -34,17 +34,6 @@ def test_due_every_n_steps_at_each_validation_and_at_the_end():
     assert [s for s in range(1, 11) if due(cfg, s, 10, eval_every=4)] == [4, 8, 10]
     cfg.eval.graders = []
     assert not any(due(cfg, s, 10, 4) for s in range(1, 11))
-
-
-def test_grader_stopper_patience_min_delta_and_resume_state():
-    stopper = GraderStopper(patience=2, min_delta=0.05)
-    history = [stopper.update(step, score) for step, score in [(1, 0.2), (2, 0.5), (3, 0.53), (4, 0.6), (5, 0.6), (6, 0.61)]]
-    assert history == [(True, False), (True, False), (False, False), (True, False), (False, False), (False, True)]
-    assert (stopper.best, stopper.best_step) == (0.6, 4)
-    resumed = GraderStopper(patience=2, min_delta=0.05)
-    resumed.load(GraderStopper(patience=2, min_delta=0.05, best=0.6, best_step=4, since_best=1).state())
-    assert resumed.update(6, 0.61) == (False, True)
-    assert GraderStopper(patience=None).update(1, 0.0) == (True, False)
 
 
 def test_sample_is_the_trainers_validation_hold_out_drawn_once(tmp_path, tiny_model_dir):

@@ -224,6 +224,13 @@ class EvalSection(Section):
             raise ValueError(exc.render().replace("\n", " ")) from None
         return specs
 
+    @model_validator(mode="after")
+    def _grader_to_watch(self):
+        if self.early_stopping_on == "grader" and not self.graders:
+            raise ValueError("eval.early_stopping_on is 'grader' but eval.graders is empty: name the grader to watch, "
+                             "e.g. eval.graders=[exact]")
+        return self
+
 
 class OutputSection(Section):
     """Where the run folder goes."""

@@ -1,20 +1,20 @@
 """Generation graders inside a training run: what the training loop calls (it stays in trainers/).
 
-The loop needs four things, each a small function here:
+The loop needs these, each a small function here:
 
 - `eval_sample(cfg)`: once at setup, the seeded sample of examples to answer (the validation files,
   the same `val_split` hold-out the trainer makes, or `eval.data`);
 - `due(cfg, step, total, eval_every)`: whether this step scores the graders;
 - `score_sample(model, tokenizer, items, graders)`: answer the sample greedily and score it, leaving
   the model in the mode it was in;
-- `GraderStopper`: best score, patience and the best step when early stopping watches a grader.
-`metrics_record` is the metrics.jsonl line, which the report plots next to the loss.
+- `metrics_record`: the metrics.jsonl line, which the report plots next to the loss.
+Best score, patience and the best step live in the loop's state (`trainers/sft.py`), so that a resumed
+run stops where an uninterrupted one would.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 
 from tunery.eval.items import EvalItem, as_dicts, load_conversations, read_eval_items, split_example
 from tunery.graders import Grader, parse_graders
@@ -79,30 +79,3 @@ def score_sample(model, tokenizer, items: list[EvalItem], graders: list[Grader],
 def metrics_record(step: int, scores: dict) -> dict:
     """The metrics.jsonl line of one scoring (kind "grader"; `score` is the watched grader's mean)."""
     return {"kind": "grader", "step": step, **scores}
-
-
-@dataclass
-class GraderStopper:
-    """Early stopping on a score where higher is better: a new best must beat the old by `min_delta`."""
-
-    patience: int | None
-    min_delta: float = 0.0
-    best: float | None = None
-    best_step: int | None = None
-    since_best: int = 0
-
-    def update(self, step: int, score: float) -> tuple[bool, bool]:
-        """Record a score; returns (improved, stop)."""
-        improved = self.best is None or score > self.best + self.min_delta
-        if improved:
-            self.best, self.best_step, self.since_best = score, step, 0
-        else:
-            self.since_best += 1
-        return improved, self.patience is not None and self.since_best >= self.patience
-
-    def state(self) -> dict:
-        """What a checkpoint must keep so that a resumed run stops where an uninterrupted one would."""
-        return {"best": self.best, "best_step": self.best_step, "since_best": self.since_best}
-
-    def load(self, state: dict) -> None:
-        self.best, self.best_step, self.since_best = state["best"], state["best_step"], state["since_best"]

@@ -32,6 +32,14 @@ def _replace_dir(tmp: Path, target: Path) -> None:
     os.replace(tmp, target)
 
 
+def best_line(info: dict) -> str:
+    """The summary's line about the best step: the validation loss, or the grader score it watched."""
+    if info.get("watched") == "grader" and info.get("best_score") is not None:
+        return f"- best grader score: {info['best_score']:.3f} at step {info.get('best_step')} (early stopping watched it)"
+    line = f"- best validation loss: {_fmt(info.get('best_val_loss'))}"
+    return line + (f" at step {info.get('best_step')}" if info.get("best_step") is not None else "")
+
+
 def write_summary(run: RunFolder, info: dict) -> None:
     """summary.md with the run's figures and, when matplotlib is installed, loss.png."""
     metrics = run.read_metrics()
@@ -46,7 +54,7 @@ def write_summary(run: RunFolder, info: dict) -> None:
         f"- examples: {info.get('train_examples')} train, {info.get('val_examples')} validation",
         f"- steps: {info.get('step')} of {info.get('total_steps')} ({info.get('status')})",
         f"- final training loss: {_fmt(train[-1]['loss'] if train else None)}",
-        f"- best validation loss: {_fmt(info.get('best_val_loss'))} at step {info.get('best_step')}",
+        best_line(info),
         f"- tokens processed: {info.get('tokens', 0):,} ({info.get('trained_tokens', 0):,} trained) "
         f"in {info.get('elapsed_s', 0):.0f} s",
         "",

@@ -58,7 +58,8 @@ def run_training(cfg: TrainConfig, root: Path, resume: bool = False,
     st, reason = sft.train(s, run, st, should_stop)
     from tunery.plan import peak_mb
 
-    figures = dict(step=st.step, best_step=st.best_step, best_val_loss=st.best_val, tokens=st.tokens,
+    figures = dict(step=st.step, best_step=st.best_step, best_val_loss=st.best_val, best_score=st.best_score,
+                   watched=cfg.eval.early_stopping_on, tokens=st.tokens,
                    trained_tokens=st.trained_tokens, elapsed_s=round(st.elapsed, 1), final_loss=st.last_loss,
                    peak_memory_mb=round(peak_mb(torch.cuda.is_available()), 1))
     if reason == "interrupted":
@@ -69,7 +70,7 @@ def run_training(cfg: TrainConfig, root: Path, resume: bool = False,
         target = report.save_final(s.model, s.tokenizer, run, cfg.adapter)
         info = run.update_info(status="finished", stop_reason=reason, **figures)
         report.write_summary(run, info)
-        log(f"saved {target} (best validation loss {_fmt(st.best_val)} at step {st.best_step})")
+        log(f"saved {target} ({sft.describe_best(s, st)})")
     ddp.barrier(dist)
     return run.read_info()
 
@@ -133,10 +134,6 @@ def _start_or_resume(s: sft.Setup, run: RunFolder, cfg: TrainConfig, resume: boo
         run.truncate_metrics(st.step)
     log(f"resumed from {latest} (step {st.step} of {s.plan.total_steps})")
     return st
-
-
-def _fmt(value) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else "n/a"
 
 
 @contextmanager

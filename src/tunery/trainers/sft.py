@@ -8,7 +8,7 @@ a resumed run sees exactly what an uninterrupted one would.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -31,7 +31,8 @@ class LoopState:
 
     step: int = 0  # optimizer steps done
     best_val: float | None = None
-    best_step: int | None = None
+    best_step: int | None = None  # step of the best watched figure (val loss, or grader score)
+    best_score: float | None = None  # best mean of the first grader (eval.graders), if any
     evals_since_best: int = 0
     bad_steps: int = 0
     tokens: int = 0
@@ -52,10 +53,12 @@ class Setup:
     eval_every: int
     save_every: int
     dist: ddp.Dist = ddp.SINGLE
+    grader_items: list = field(default_factory=list)  # the seeded sample answered during training
+    graders: list = field(default_factory=list)
 
 
 def setup(cfg: TrainConfig, model, tokenizer, train: list, val: list, dist: ddp.Dist = ddp.SINGLE) -> Setup:
-    """Make the model trainable, build the optimizer and the step plan."""
+    """Make the model trainable, build the optimizer, the step plan and the grader sample."""
     model = adapters.prepare_trainable(model, cfg)
     model.train()
     tc = cfg.training
@@ -67,7 +70,28 @@ def setup(cfg: TrainConfig, model, tokenizer, train: list, val: list, dist: ddp.
     plan = common.make_plan(len(train), tc.batch_size * dist.world, tc.grad_accum, tc.epochs, tc.max_steps, tc.seed)
     eval_every = tc.eval_every or max(1, plan.total_steps // 10)
     save_every = tc.save_every or eval_every
-    return Setup(cfg, model, tokenizer, train, val, optimizer, plan, eval_every, save_every, dist)
+    items, graders = grader_sample(cfg)
+    return Setup(cfg, model, tokenizer, train, val, optimizer, plan, eval_every, save_every, dist, items, graders)
+
+
+def grader_sample(cfg: TrainConfig) -> tuple[list, list]:
+    """The examples and graders scored during training (none without `eval.graders`)."""
+    if not cfg.eval.graders:
+        return [], []
+    from tunery.eval import during_training as during
+
+    items = during.eval_sample(cfg)
+    if not items:
+        raise TuneryError(
+            "eval.graders is set but there are no examples to score during training",
+            why="graders answer validation examples, and this run has none",
+            fix="set data.validation, data.val_split or eval.data",
+        )
+    return items, during.graders_of(cfg)
+
+
+def watches_grader(s: Setup) -> bool:
+    return s.cfg.eval.early_stopping_on == "grader"
 
 
 def batches_for_step(s: Setup, step: int) -> list[dict[str, torch.Tensor]]:
@@ -150,18 +174,52 @@ def save(s: Setup, run: RunFolder, st: LoopState) -> None:
 
 
 def after_eval(s: Setup, run: RunFolder, st: LoopState, val: float, progress: Progress) -> bool:
-    """Record a validation loss; returns True when early stopping says stop."""
+    """Record a validation loss; returns True when early stopping (watching the loss) says stop."""
     improved = st.best_val is None or val < st.best_val
     if improved:
-        st.best_val, st.best_step, st.evals_since_best = val, st.step, 0
-    else:
-        st.evals_since_best += 1
+        st.best_val = val
     progress.last_val = val
     run.append_metrics({"kind": "eval", "step": st.step, "val_loss": val,
                         "val_ppl": math.exp(min(val, 50.0)), "best": improved})
     progress.write(f"step {st.step}: validation loss {val:.4f}" + (" (best)" if improved else ""))
+    return not watches_grader(s) and _count_toward_patience(s, st, improved)
+
+
+def after_grader(s: Setup, run: RunFolder, st: LoopState, scores: dict, progress: Progress) -> bool:
+    """Record a grader scoring; returns True when early stopping (watching the grader) says stop.
+
+    Higher is better; a new best must beat the old one by more than `eval.min_delta`."""
+    from tunery.eval.during_training import metrics_record
+
+    score = scores["score"]
+    improved = st.best_score is None or score > st.best_score + s.cfg.eval.min_delta
+    if improved:
+        st.best_score = score
+    run.append_metrics(metrics_record(st.step, scores) | {"best": improved})
+    label = s.graders[0].label
+    progress.write(f"step {st.step}: {label} {score:.3f} on {scores['n']} examples" + (" (best)" if improved else ""))
+    return watches_grader(s) and _count_toward_patience(s, st, improved)
+
+
+def _count_toward_patience(s: Setup, st: LoopState, improved: bool) -> bool:
+    """Move the best step or the count of evaluations since it; True when patience ran out."""
+    if improved:
+        st.best_step, st.evals_since_best = st.step, 0
+    else:
+        st.evals_since_best += 1
     patience = s.cfg.training.early_stopping_patience
     return patience is not None and st.evals_since_best >= patience
+
+
+def score_graders(s: Setup) -> dict:
+    """Answer the grader sample greedily with the current weights and score it.
+
+    Every rank answers the same sample: the weights are identical after the all-reduce, so the
+    scores and the stopping decision are too, without another collective."""
+    from tunery.eval.during_training import score_sample
+
+    return score_sample(s.model, s.tokenizer, s.grader_items, s.graders, s.cfg.eval.max_new_tokens,
+                        batch_size=s.cfg.training.batch_size)
 
 
 def train(s: Setup, run: RunFolder, st: LoopState, should_stop: Callable[[], bool]) -> tuple[LoopState, str]:
@@ -194,19 +252,20 @@ def train(s: Setup, run: RunFolder, st: LoopState, should_stop: Callable[[], boo
             progress.step_done(st.step, loss, lr)
             if st.step % tc.log_every == 0 or st.step == s.plan.total_steps:
                 log_step(run, progress, st, loss, lr, grad_norm, trained)
-            stop_early, is_best = False, False
+            stop_early = False
             if st.step % s.eval_every == 0 or st.step == s.plan.total_steps:
                 val = evaluate(s)
                 if val is not None:
                     stop_early = after_eval(s, run, st, val, progress)
-                    is_best = st.best_step == st.step
+            if s.grader_items and grader_due(s, st.step):
+                stop_early = after_grader(s, run, st, score_graders(s), progress) or stop_early
+            is_best = st.best_step == st.step
             interrupted = ddp.any_rank(should_stop(), s.dist)
             if st.step % s.save_every == 0 or is_best or interrupted or stop_early:
                 save(s, run, st)
             if stop_early:
                 reason = "early_stopped"
-                progress.write(f"early stopping at step {st.step}: no better validation loss in "
-                               f"{st.evals_since_best} evaluations (best {st.best_val:.4f} at step {st.best_step})")
+                progress.write(f"early stopping at step {st.step}: {describe_best(s, st, since=True)}")
                 break
             if interrupted:
                 reason = "interrupted"
@@ -214,6 +273,23 @@ def train(s: Setup, run: RunFolder, st: LoopState, should_stop: Callable[[], boo
     finally:
         progress.close()
     return st, reason
+
+
+def grader_due(s: Setup, step: int) -> bool:
+    from tunery.eval.during_training import due
+
+    return due(s.cfg, step, s.plan.total_steps, s.eval_every)
+
+
+def describe_best(s: Setup, st: LoopState, since: bool = False) -> str:
+    """'best validation loss 0.1234 at step 8' (or the grader's score when early stopping watches it)."""
+    if watches_grader(s) and st.best_score is not None:
+        best = f"best {s.graders[0].label} {st.best_score:.3f} at step {st.best_step}"
+        what = "grader score"
+    else:
+        best = f"best validation loss {st.best_val:.4f} at step {st.best_step}" if st.best_val is not None else "no validation loss"
+        what = "validation loss"
+    return f"no better {what} in {st.evals_since_best} evaluations ({best})" if since else best
 
 
 def log_step(run: RunFolder, progress: Progress, st: LoopState, loss: float, lr: float,
@@ -226,7 +302,7 @@ def log_step(run: RunFolder, progress: Progress, st: LoopState, loss: float, lr:
 
 
 def restore_best(s: Setup, run: RunFolder, st: LoopState) -> None:
-    """Put the best weights (lowest validation loss) back before the final save."""
+    """Put the best weights (lowest validation loss, or highest grader score) back before the final save."""
     if st.best_step is None or st.best_step == st.step:
         return
     folder = ckpt.step_dir(run.checkpoints, st.best_step)
