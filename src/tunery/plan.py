@@ -124,13 +124,16 @@ def probe(s, tokens: int) -> tuple[float, float]:
 
 
 def micro_token_stats(s) -> tuple[int, float]:
-    """(largest micro-batch in tokens over the first epoch, mean tokens per optimizer step)."""
-    plan, largest, total = s.plan, 0, 0
+    """(largest piece run through forward+backward at once, in tokens, over the first epoch; mean
+    tokens per optimizer step). With packing a micro-batch runs in pieces of `training.chunk_tokens`."""
+    plan, tc, largest, total = s.plan, s.cfg.training, 0, 0
     steps = min(plan.steps_per_epoch, plan.total_steps)
     for step in range(steps):
         for idx in common.micro_batches_for_step(plan, step):
-            tokens = sum(len(s.train[i].ids) for i in idx)
-            largest, total = max(largest, tokens), total + tokens
+            rows = [s.train[i] for i in idx]
+            pieces = common.split_by_tokens(rows, tc.chunk_tokens) if tc.packing else [rows]
+            largest = max([largest] + [sum(len(r.ids) for r in piece) for piece in pieces])
+            total += sum(len(r.ids) for r in rows)
     return largest, total / max(steps, 1)
 
 
@@ -165,7 +168,12 @@ def suggest(cfg, est: Estimate) -> list[str]:
     act = est.activation_mb_per_1k * est.max_micro_tokens / 1000
     room = 0.9 * est.available_mb - (est.peak_mb - act)
     tc = cfg.training
-    if act > 0 and room > 0 and tc.batch_size > 1:
+    if act > 0 and room > 0 and tc.packing:
+        factor = 2 ** math.ceil(math.log2(act / room))
+        if est.max_micro_tokens // factor >= 64:
+            ideas.append(f"training.chunk_tokens={est.max_micro_tokens // factor} "
+                         "(the same update in smaller pieces, less activation memory)")
+    elif act > 0 and room > 0 and tc.batch_size > 1:
         factor = 2 ** math.ceil(math.log2(act / room))
         if factor < tc.batch_size:
             smaller = max(1, tc.batch_size // factor)

@@ -40,6 +40,12 @@ def test_ollama_export_of_the_embedded_model_round_trips(tmp_path):
     assert record["logits"]["max_abs_diff"] < 0.01 * record["logits"]["max_abs_logit"]  # f16 rounding only
     assert record["merge_vs_unmerged"]["max_abs_diff"] < 1e-3
     assert 250e6 < record["size_bytes"] < 300e6  # 135M parameters at 2 bytes, norms at 4
+    from tunery.export.llamacpp import find_extension
+
+    if find_extension() is not None:  # make test installs llama.cpp; the tiny-model test says when it skips
+        llama = record["llama_cpp"]
+        assert llama["passed"] is True and llama["greedy_identical"] is True, llama["failures"]
+        assert llama["tokenizer"]["probe_tokens_identical"] and llama["tokenizer"]["chat_template_identical"]
 
     modelfile = (tmp_path / "ollama" / "Modelfile").read_text()
     template = modelfile.split('TEMPLATE """', 1)[1].split('"""', 1)[0]

@@ -42,11 +42,14 @@ def test_plan_refuses_what_cannot_fit_and_suggests_a_change(tmp_path, tiny_model
     tight = Estimate(100, 100, 10, 800.0, 1000, base_mb=500, optimizer_mb=10, fixed_mb=10,
                      activation_mb_per_1k=1000.0, peak_mb=1520, available_mb=1200, seconds_per_step=1,
                      total_seconds=10)
-    ideas = suggest(cfg, tight)
     assert not tight.fits
-    # activations 1000 MiB, room 0.9 x 1200 - 520 = 560 MiB: halving the micro-batch is enough
-    assert ideas[0].startswith("training.batch_size=4 training.grad_accum=2")
+    # activations 1000 MiB, room 0.9 x 1200 - 520 = 560 MiB: halving the piece is enough
+    ideas = suggest(cfg, tight)
+    assert ideas[0].startswith("training.chunk_tokens=500 (the same update in smaller pieces")
     assert any(i.startswith("adapter=lora") for i in ideas)
+    # without packing, the same halving is a smaller micro-batch with more accumulation
+    padded = cfg.model_copy(update={"training": cfg.training.model_copy(update={"packing": False})})
+    assert suggest(padded, tight)[0].startswith("training.batch_size=4 training.grad_accum=2")
 
 
 @pytest.mark.e2e

@@ -51,3 +51,35 @@ def test_packed_rows_do_not_see_each_other(smol_tokenizer):
         c, _ = forward_loss(model, common.pack([changed[0]]))
     # the second row's loss is unchanged by what the first row holds
     assert float(b - c) == pytest.approx(float(a), rel=1e-5)
+
+
+def test_split_by_tokens_keeps_order_and_the_limit():
+    rows = synthetic_rows(12, seed=7)
+    pieces = common.split_by_tokens(rows, 40)
+    assert [r for piece in pieces for r in piece] == rows  # every row once, in order
+    assert all(sum(len(r.ids) for r in piece) <= 40 for piece in pieces) and len(pieces) > 2
+    long_row = type(rows[0])(list(range(3, 60)), [True] * 57)
+    assert common.split_by_tokens([rows[0], long_row, rows[1]], 40) == [[rows[0]], [long_row], [rows[1]]]
+    assert common.split_by_tokens(rows, None) == [rows]
+
+
+@pytest.mark.parametrize("adapter", ["lora", "full"])
+def test_a_step_in_token_pieces_equals_the_step_in_one_piece(smol_tokenizer, adapter):
+    from tunery.trainers import sft
+
+    def one_step(chunk_tokens):
+        torch.manual_seed(0)
+        cfg = tiny_config(batch_size=8, chunk_tokens=chunk_tokens).model_copy(update={"adapter": adapter})
+        cfg = cfg.model_copy(update={"lora": cfg.lora.model_copy(update={"dropout": 0.0})})
+        s = sft.setup(cfg, make_tiny_model(len(smol_tokenizer)), smol_tokenizer, synthetic_rows(16, seed=2), [])
+        pieces = len(sft.batches_for_step(s, 0))
+        loss, trained, tokens = sft.accumulate(s, 0)
+        grads = {k: p.grad.clone() for k, p in s.model.named_parameters() if p.requires_grad}
+        return pieces, loss, trained, tokens, grads
+
+    whole, split = one_step(None), one_step(32)
+    assert whole[0] == 1 and split[0] >= 3  # 8 rows of 6-20 tokens: several pieces of <= 32 tokens
+    assert split[2:4] == whole[2:4]
+    assert split[1] == pytest.approx(whole[1], rel=1e-5)
+    for name, grad in whole[4].items():
+        torch.testing.assert_close(split[4][name], grad, rtol=1e-4, atol=1e-6)

@@ -10,7 +10,7 @@ import torch
 from adapter_helpers import make_adapter_run, tiny_bpe_tokenizer, write_base
 from cli_helpers import run_tunery
 from tunery.errors import TuneryError
-from tunery.export import gguf_writer, ollama
+from tunery.export import gguf_writer, llamacpp, ollama
 from tunery.export.exporter import export_run
 
 QUIET = dict(log=lambda _: None)
@@ -62,6 +62,24 @@ def test_gguf_round_trip_on_the_tiny_model(tiny_run, tmp_path, file_type):
     assert fields["tokenizer.chat_template"].contents() == (tiny_run / "tokenizer" / "chat_template.jinja").read_text()
     assert fields["tokenizer.ggml.eos_token_id"].contents() == 2
     assert fields["tokenizer.ggml.eot_token_id"].contents() == 2
+
+
+@pytest.mark.skipif(llamacpp.find_extension() is None,
+                    reason="llama-cpp-cffi is not installed (make test installs it with --no-deps)")
+@pytest.mark.parametrize("file_type", ["f32", "q8_0"])
+def test_llama_cpp_reads_the_export_as_the_run_does(tiny_run, tmp_path, file_type):
+    record = export_run(tiny_run, "gguf", tmp_path / "out", gguf_type=file_type, **QUIET)["llama_cpp"]
+    assert record["ran"] is True and record["passed"] is True, record["failures"]
+    assert record["reader"] == "llama.cpp (llama-cpp-cffi)"
+    # llama.cpp's own tokeniser on the rendered template text gives the run's ids; it finds the
+    # template in the metadata and takes the run's end-of-turn token as its end of generation.
+    assert record["tokenizer"] == {"chat_template_identical": True, "probe_tokens_identical": True,
+                                   "stop_ids": [2], "stop_ids_identical": True}
+    share = {"f32": 1e-5, "q8_0": 5e-2}[file_type]
+    assert record["logits"]["max_abs_diff"] < share * record["logits"]["max_abs_logit"]
+    assert record["logits"]["positions"] > 30
+    if file_type == "f32":
+        assert record["greedy_identical"] is True
 
 
 def test_verification_catches_a_wrong_tensor_layout(tiny_run, tmp_path, monkeypatch):

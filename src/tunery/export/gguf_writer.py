@@ -130,7 +130,7 @@ def gguf_tensors(model) -> list[tuple[str, np.ndarray]]:
 
 
 def write_gguf(model, vocab: Vocab, path: Path, file_type: str = "f16", name: str = "model",
-               pre: str = "gpt2") -> Path:
+               pre: str = "gpt-2") -> Path:
     """Write `model` (a Llama-family causal LM in memory) and its vocabulary to `path`, atomically."""
     import gguf
 

@@ -2,9 +2,9 @@
 
 The reader is transformers' GGUF loader (`from_pretrained(..., gguf_file=...)`), which shares no code
 with our writer: it parses the file with the `gguf` reader, rebuilds the config and the tokenizer from
-metadata, and undoes the rotary row order itself. llama.cpp would be a second reader; its Python
-binding (llama-cpp-python) has no prebuilt wheel for this platform on PyPI, so it is used only where
-it is installed (`llama_cpp` importable).
+metadata, and undoes the rotary row order itself. llama.cpp is the second reader where llama-cpp-cffi
+is installed (`tunery.export.llamacpp`; the `llamacpp` extra): its own tokeniser, template lookup and
+end tokens, logits and greedy continuations, judged by the same tolerances.
 
 What is compared, on `probe.PROBE_CONVERSATIONS` rendered with the run's chat template:
 - the chat template string, byte for byte, and the token ids it renders for every probe;
@@ -78,41 +78,48 @@ def verify_gguf(path: Path, reference_model, reference_tokenizer, file_type: str
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
     rows = probe_ids(reference_tokenizer)
+    reference_logits = logits_of(reference_model, rows)
     record = {
         "reader": "transformers GGUF loader",
         "file": str(path),
         "type": file_type,
         "tokenizer": compare_tokenizers(reference_tokenizer, tokenizer),
-        "logits": compare_logits(logits_of(reference_model, rows), logits_of(model, rows)),
+        "logits": compare_logits(reference_logits, logits_of(model, rows)),
     }
     ref_greedy = greedy_continuations(reference_model, reference_tokenizer, max_new_tokens)
     got_greedy = greedy_continuations(model, tokenizer, max_new_tokens)
     record["greedy_identical"] = ref_greedy == got_greedy
     record["greedy_tokens"] = sum(len(g) for g in ref_greedy)
     record["greedy_example"] = reference_tokenizer.decode(ref_greedy[0])
-    record["llama_cpp"] = verify_with_llama_cpp(path, ref_greedy, reference_tokenizer)
-    return judge(record, file_type)
+    record["llama_cpp"] = verify_with_llama_cpp(path, reference_logits, ref_greedy, reference_tokenizer,
+                                                file_type, max_new_tokens)
+    judged = judge(record, file_type)
+    if record["llama_cpp"].get("ran") and not record["llama_cpp"]["passed"]:
+        judged["failures"] += [f"llama.cpp: {f}" for f in record["llama_cpp"]["failures"]]
+        judged["passed"] = False
+    return judged
 
 
-def verify_with_llama_cpp(path: Path, reference_greedy: list[list[int]], tokenizer) -> dict:
-    """Greedy continuations through llama.cpp, where llama-cpp-python is installed; else why not."""
-    try:
-        import llama_cpp  # noqa: F401
-    except ImportError:
-        return {"ran": False, "why": "llama-cpp-python is not installed (no prebuilt wheel on PyPI for "
-                                     "this platform; `pip install llama-cpp-python` compiles llama.cpp)"}
-    from llama_cpp import Llama
+def verify_with_llama_cpp(path: Path, reference_logits: list, reference_greedy: list[list[int]], tokenizer,
+                          file_type: str, max_new_tokens: int) -> dict:
+    """The same comparison through llama.cpp (see tunery.export.llamacpp); {"ran": False, why} without it."""
+    from tunery.data.render import chat_template_of
+    from tunery.export import llamacpp
+    from tunery.inference import stop_token_ids
 
-    llm = Llama(model_path=str(path), n_ctx=512, verbose=False, logits_all=False)
-    same = []
-    for conv, expected in zip(PROBE_CONVERSATIONS, reference_greedy):
-        from tunery.inference import prompt_ids
-
-        ids = prompt_ids(tokenizer, conv)
-        out = []
-        for token in llm.generate(ids, temp=0.0, top_k=1, reset=True):
-            if token in (llm.token_eos(),) or len(out) >= len(expected):
-                break
-            out.append(token)
-        same.append(out == expected[: len(out)] and len(out) == len(expected))
-    return {"ran": True, "greedy_identical": all(same)}
+    if llamacpp.find_extension() is None:
+        return {"ran": False, "why": "llama.cpp is not installed: pip install 'tunery[llamacpp]' && "
+                                     "pip install --no-deps llama-cpp-cffi==0.4.42"}
+    texts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in PROBE_CONVERSATIONS]
+    rows = probe_ids(tokenizer)
+    stops = stop_token_ids(tokenizer)
+    got = llamacpp.read_back(path, texts, rows, max_new_tokens, set(stops))
+    record = {
+        "reader": "llama.cpp (llama-cpp-cffi)",
+        "tokenizer": {"chat_template_identical": got.chat_template == chat_template_of(tokenizer),
+                      "probe_tokens_identical": got.prompt_ids == rows,
+                      "stop_ids": stops, "stop_ids_identical": set(got.end_ids) <= set(stops)},
+        "logits": compare_logits(reference_logits, got.logits),
+        "greedy_identical": got.greedy == reference_greedy,
+    }
+    return judge(record, file_type) | {"ran": True}

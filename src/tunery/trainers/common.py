@@ -59,6 +59,20 @@ def micro_batches_for_step(plan: StepPlan, step: int) -> list[list[int]]:
     return [order[m * plan.batch_size:(m + 1) * plan.batch_size] for m in range(first, last)]
 
 
+def split_by_tokens(rows, limit: int | None) -> list[list]:
+    """Consecutive pieces of `rows` with at most `limit` tokens each (a longer row alone), in order."""
+    if limit is None:
+        return [list(rows)]
+    pieces, current, size = [], [], 0
+    for row in rows:
+        if current and size + len(row.ids) > limit:
+            pieces.append(current)
+            current, size = [], 0
+        current.append(row)
+        size += len(row.ids)
+    return pieces + ([current] if current else [])
+
+
 def collate(rows, pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad rendered examples into `input_ids`, `attention_mask` and `labels` (IGNORE where untrained)."""
     width = max(len(r.ids) for r in rows)

@@ -95,9 +95,15 @@ def watches_grader(s: Setup) -> bool:
 
 
 def batches_for_step(s: Setup, step: int) -> list[dict[str, torch.Tensor]]:
-    """The micro-batches of optimizer step `step`, built in one place."""
+    """The micro-batches of optimizer step `step`, built in one place.
+
+    Packed micro-batches are cut into pieces of at most `training.chunk_tokens` tokens: the gradient
+    is the same sum over the step's trained tokens, but only one piece's activations live at a time."""
+    tc = s.cfg.training
     rows = [[s.train[i] for i in ddp.shard(idx, s.dist)] for idx in common.micro_batches_for_step(s.plan, step)]
-    return [common.make_batch(r, s.tokenizer.pad_token_id, s.cfg.training.packing) for r in rows]
+    if tc.packing:
+        rows = [piece for r in rows for piece in common.split_by_tokens(r, tc.chunk_tokens)]
+    return [common.make_batch(r, s.tokenizer.pad_token_id, tc.packing) for r in rows]
 
 
 def accumulate(s: Setup, step: int) -> tuple[float, int, int]:
