@@ -207,19 +207,8 @@ def generate_ids(
     return answers
 
 
-def generate_batch(
-    model,
-    tokenizer,
-    conversations: list[list[dict]],
-    max_new_tokens: int = 128,
-    temperature: float = 0.0,
-    seed: int = 0,
-    batch_size: int = 8,
-    streamer=None,
-) -> list[str]:
-    """Answer each conversation (see `generate_ids`); returns the decoded answers without special
-    tokens and with surrounding whitespace stripped."""
-    rows = generate_ids(
-        model, tokenizer, conversations, max_new_tokens, temperature, seed, batch_size, streamer
-    )
+def generate_batch(model, tokenizer, conversations: list[list[dict]], *args, **options) -> list[str]:
+    """Answer each conversation (the options of `generate_ids`); returns the decoded answers without
+    special tokens and with surrounding whitespace stripped."""
+    rows = generate_ids(model, tokenizer, conversations, *args, **options)
     return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in rows]

@@ -8,6 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tunery.cli.main import app
+from data_helpers import chat, write
 
 runner = CliRunner()
 PARIS = {
@@ -16,23 +17,6 @@ PARIS = {
         {"role": "assistant", "content": "Paris."},
     ]
 }
-
-
-def chat(question, answer):
-    return {
-        "messages": [
-            {"role": "user", "content": question},
-            {"role": "assistant", "content": answer},
-        ]
-    }
-
-
-def write(path, lines):
-    path.write_text(
-        "".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines),
-        encoding="utf-8",
-    )
-    return str(path)
 
 
 @pytest.fixture(autouse=True)

@@ -8,6 +8,7 @@ import pytest
 
 from tunery.data.lint import check_files, percentile
 from tunery.errors import TuneryError
+from data_helpers import chat, write
 
 PARIS = {
     "messages": [
@@ -16,23 +17,6 @@ PARIS = {
     ]
 }
 PARIS_TOKENS = 38  # SmolLM2's default system prompt + question + "Paris.<|im_end|>\n"
-
-
-def chat(question, answer):
-    return {
-        "messages": [
-            {"role": "user", "content": question},
-            {"role": "assistant", "content": answer},
-        ]
-    }
-
-
-def write(path, lines):
-    path.write_text(
-        "".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines),
-        encoding="utf-8",
-    )
-    return str(path)
 
 
 def kinds(problems):

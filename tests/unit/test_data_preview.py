@@ -2,31 +2,13 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
+from data_helpers import chat, write
 from tunery.data.preview import ANSI_GREEN, mark_trained, preview_examples
 from tunery.errors import TuneryError
 
 SYSTEM = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
-
-
-def chat(question, answer):
-    return {
-        "messages": [
-            {"role": "user", "content": question},
-            {"role": "assistant", "content": answer},
-        ]
-    }
-
-
-def write(path, lines):
-    path.write_text(
-        "".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines),
-        encoding="utf-8",
-    )
-    return str(path)
 
 
 def test_preview_marks_the_trained_answer(tmp_path, smol_tokenizer):
