@@ -6,7 +6,8 @@ Two LoRA adapters (r=16, all linear layers) are trained on the embedded SmolLM2-
 per task: A = the quickstart booking-to-JSON task (examples/quickstart), B = written-out addition
 ("What is 17 plus 25?" -> "42."), generated here with a fixed seed. They are then combined with
 `tunery combine` (cat with weights 1,1; linear with 0.5,0.5; ties with density 0.5), and every
-model is scored by the same code on both tasks' held-out examples (mean loss per trained token).
+model is scored by the same code on both tasks' held-out examples: mean loss per trained token on all
+40, and greedy answers to the first 20 graded by the task's grader (json_match for A, exact for B).
 """
 
 from __future__ import annotations
@@ -64,6 +65,18 @@ def heldout_loss(model, tokenizer, data_file: Path) -> float:
     return total / count
 
 
+def answer_score(model, tokenizer, data_file: Path, grader_spec: str, n: int = 20) -> float:
+    """Share of the first n examples whose greedy answer passes the grader."""
+    from tunery.eval.items import read_eval_items
+    from tunery.graders import parse_graders
+    from tunery.inference import generate_batch
+
+    items = read_eval_items(str(data_file))[:n]
+    grader = parse_graders([grader_spec])[0]
+    answers = generate_batch(model, tokenizer, [i.prompt for i in items], max_new_tokens=40)
+    return sum(grader.score(a, i.reference) for a, i in zip(answers, items)) / len(items)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30)
@@ -76,6 +89,7 @@ def main() -> None:
         work = Path(tmp)
         add_train, add_heldout = write_addition(work / "add.jsonl", 240, 1), write_addition(work / "add-h.jsonl", 40, 2)
         heldout = {"A booking->JSON": QUICK / "heldout.jsonl", "B addition": add_heldout}
+        graders = {"A booking->JSON": "json_match", "B addition": "exact"}
         runs = {"A": train("A", QUICK / "train.jsonl", args.steps, work), "B": train("B", add_train, args.steps, work)}
         combos = {"cat 1,1": ("cat", [1.0, 1.0], None), "linear .5,.5": ("linear", [0.5, 0.5], None),
                   "ties 1,1 d=.5": ("ties", [1.0, 1.0], 0.5)}
@@ -87,9 +101,11 @@ def main() -> None:
         rows = {}
         for name, target in table.items():
             model, tokenizer = load_for_inference(target)
-            rows[name] = {task: round(heldout_loss(model, tokenizer, path), 4) for task, path in heldout.items()}
+            rows[name] = {task: {"loss": round(heldout_loss(model, tokenizer, path), 4),
+                                 graders[task]: answer_score(model, tokenizer, path, graders[task])}
+                          for task, path in heldout.items()}
             print(name, rows[name], flush=True)
-    result = {"steps": args.steps, "batch_size": 8, "lr": 5e-4, "heldout_loss": rows}
+    result = {"steps": args.steps, "batch_size": 8, "lr": 5e-4, "heldout": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
