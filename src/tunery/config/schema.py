@@ -176,6 +176,15 @@ class TrainingSection(Section):
         description="Before training, estimate peak memory from the shapes and two probe batches, and "
         "refuse a run that cannot fit (with a suggestion). `tunery plan` prints the same estimate.",
     )
+    fsdp: bool = Field(
+        False,
+        description="Fully sharded data parallel (FSDP2) over the processes of `--nproc N` / torchrun: each "
+        "process keeps 1/N of the weights, gradients and AdamW moments, so a full fine-tuning that does "
+        "not fit one device can run on several. Same updates and the same checkpoints (full tensors, "
+        "written by rank 0) as without it. With one process the run is simply not sharded. Allowed with "
+        "LoRA, but plain data parallel (the default) is the better fit there: the adapter is small. "
+        "Not available with `adapter: qlora`.",
+    )
     threads: int | None = Field(
         None, ge=1, description="CPU threads for torch (empty: torch's default)."
     )
@@ -281,6 +290,13 @@ class TrainConfig(Section):
     def _needs_training_data(self) -> "TrainConfig":
         if not self.data.train:
             raise ValueError("data.train is empty: name at least one training file")
+        return self
+
+    @model_validator(mode="after")
+    def _fsdp_without_4bit(self) -> "TrainConfig":
+        if self.training.fsdp and self.adapter == "qlora":
+            raise ValueError("training.fsdp cannot shard qlora's 4-bit base: use adapter: lora or full with fsdp, "
+                             "or qlora without it")
         return self
 
     def peak_lr(self) -> float:

@@ -155,6 +155,21 @@ def _print_summary(record: dict, log) -> None:
     tok = record["tokenizer"]
     log(f"  chat template identical: {tok['chat_template_identical']}; probe tokens identical: "
         f"{tok['probe_tokens_identical']}; stop ids {tok['stop_ids']} identical: {tok['stop_ids_identical']}")
+    _print_llama_cpp(record.get("llama_cpp"), log)
     if "ollama" in record:
         log(f"  Modelfile TEMPLATE reproduces the chat template on {record['ollama']['template_checked_on']} "
             f"conversations; stop {record['ollama']['stop']}; {record['ollama']['create_with']}")
+
+
+def _print_llama_cpp(llama: dict | None, log) -> None:
+    """One line on the second reader: its verdict and figures, or why it did not run."""
+    if not llama:
+        return
+    if not llama.get("ran"):
+        log(f"  llama.cpp: not run ({llama['why']})")
+        return
+    verdict = "PASSED" if llama["passed"] else "FAILED: " + "; ".join(llama["failures"])
+    tok = llama["tokenizer"]
+    log(f"  llama.cpp: {verdict}; max |logit diff| {llama['logits']['max_abs_diff']:.3g} (tolerance "
+        f"{llama['tolerance_abs']:.3g}); greedy identical: {llama['greedy_identical']}; its own tokenisation "
+        f"of the prompts identical: {tok['probe_tokens_identical']}; template identical: {tok['chat_template_identical']}")

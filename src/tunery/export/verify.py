@@ -13,7 +13,8 @@ What is compared, on `probe.PROBE_CONVERSATIONS` rendered with the run's chat te
 - greedy continuations of `max_new_tokens` tokens: required identical for f32 and f16.
 
 Tolerances, as a share of the largest |logit| of the reference on the probes: f32 1e-5 (only float
-rounding differs), f16 2e-2, q8_0 5e-2. q8_0 continuations are reported but not required to match.
+rounding differs), f16 2e-2, q8_0 5e-2 (1e-1 through llama.cpp, which also quantizes activations).
+q8_0 continuations are reported but not required to match.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ from pathlib import Path
 from tunery.export.probe import PROBE_CONVERSATIONS, compare_logits, logits_of, probe_ids
 
 RELATIVE_TOLERANCE = {"f32": 1e-5, "f16": 2e-2, "q8_0": 5e-2, "hf": 1e-5}
+# llama.cpp multiplies a q8_0 weight by activations that it quantizes to 8 bits as well (blocks of 32),
+# so its logits carry a second rounding on top of the file's; measured on the quickstart run: max
+# |diff| 2.2 of 37.7 through llama.cpp against 1.7 through transformers (which dequantizes weights only).
+LLAMA_CPP_TOLERANCE = RELATIVE_TOLERANCE | {"q8_0": 1e-1}
 GREEDY_MUST_MATCH = {"f32", "f16", "hf"}
 
 
@@ -50,10 +55,10 @@ def greedy_continuations(model, tokenizer, max_new_tokens: int) -> list[list[int
             for conv in PROBE_CONVERSATIONS]
 
 
-def judge(record: dict, kind: str) -> dict:
+def judge(record: dict, kind: str, tolerances: dict[str, float] = RELATIVE_TOLERANCE) -> dict:
     """Add `tolerance`, `passed` and `failures` to a verification record."""
     logits = record["logits"]
-    tolerance = RELATIVE_TOLERANCE[kind] * max(logits["max_abs_logit"], 1.0)
+    tolerance = tolerances[kind] * max(logits["max_abs_logit"], 1.0)
     failures = []
     if not record["tokenizer"]["chat_template_identical"]:
         failures.append("chat template differs")
@@ -122,4 +127,4 @@ def verify_with_llama_cpp(path: Path, reference_logits: list, reference_greedy: 
         "logits": compare_logits(reference_logits, got.logits),
         "greedy_identical": got.greedy == reference_greedy,
     }
-    return judge(record, file_type) | {"ran": True}
+    return judge(record, file_type, LLAMA_CPP_TOLERANCE) | {"ran": True}

@@ -58,22 +58,35 @@ def peft_lora_config(lora: LoraSection):
     )
 
 
+def trainable_names(model) -> list[str]:
+    """Names of the trainable parameters (tied weights appear once), in the model's order."""
+    return [name for name, p in model.named_parameters() if p.requires_grad]
+
+
 def trainable_state(model) -> dict[str, torch.Tensor]:
     """The trainable parameters by name (tied weights appear once)."""
     return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
 
 
+def name_mismatch(model, weights: dict[str, torch.Tensor]) -> TuneryError | None:
+    """The error to raise when saved weights are not exactly the model's trainable names (else None)."""
+    expected = set(trainable_names(model))
+    missing, extra = expected - set(weights), set(weights) - expected
+    if not (missing or extra):
+        return None
+    return TuneryError(
+        "the checkpoint does not match the model being trained",
+        why=f"missing {sorted(missing)[:3]}, unexpected {sorted(extra)[:3]}",
+        fix="resume with the same config the run was started with",
+    )
+
+
 def load_trainable_state(model, weights: dict[str, torch.Tensor]) -> None:
     """Copy saved trainable weights back in place; every trainable name must be present, nothing extra."""
+    problem = name_mismatch(model, weights)
+    if problem is not None:
+        raise problem
     params = dict(model.named_parameters())
-    expected = {n for n, p in params.items() if p.requires_grad}
-    missing, extra = expected - set(weights), set(weights) - expected
-    if missing or extra:
-        raise TuneryError(
-            "the checkpoint does not match the model being trained",
-            why=f"missing {sorted(missing)[:3]}, unexpected {sorted(extra)[:3]}",
-            fix="resume with the same config the run was started with",
-        )
     with torch.no_grad():
         for name, tensor in weights.items():
             params[name].copy_(tensor)

@@ -13,7 +13,10 @@ import random
 import shutil
 from pathlib import Path
 
+from typing import Callable
+
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from tunery.trainers.common import assert_finite_state
@@ -39,9 +42,10 @@ def _fsync_tree(folder: Path) -> None:
         os.close(fd)
 
 
-def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    """Split an optimizer's state into flat tensors (for safetensors) and JSON-able metadata."""
-    state = optimizer.state_dict()
+def optimizer_tensors(optimizer: torch.optim.Optimizer | dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split an optimizer's state (or its state dict, gathered from shards) into flat tensors (for
+    safetensors) and JSON-able metadata."""
+    state = optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     for index, slots in state["state"].items():
         for slot, value in slots.items():
@@ -50,13 +54,17 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch
     return tensors, {"param_groups": state["param_groups"]}
 
 
-def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    """Inverse of `optimizer_tensors`."""
+def saved_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    """Inverse of `optimizer_tensors`: the state dict `optimizer.load_state_dict` takes."""
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():
         index, slot = key.split(".", 1)
         state.setdefault(int(index), {})[slot] = tensor
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    optimizer.load_state_dict(saved_optimizer_state(tensors, meta))
 
 
 def rng_snapshot() -> tuple[dict[str, torch.Tensor], dict]:
@@ -79,10 +87,11 @@ def restore_rng(tensors: dict[str, torch.Tensor], meta: dict, rank: int = 0) -> 
 
 
 def save_checkpoint(root: Path, step: int, weights: dict[str, torch.Tensor],
-                    optimizer: torch.optim.Optimizer, loop_state: dict,
+                    optimizer: torch.optim.Optimizer | dict, loop_state: dict,
                     rank_rng: list[torch.Tensor] | None = None) -> Path:
     """Write checkpoint `step` atomically and return its folder.
 
+    `optimizer`: the optimizer, or its state dict with full tensors (a sharded run gathers it first).
     `rank_rng`: each rank's torch RNG state in a multi-process run (rank 0's own is saved anyway)."""
     assert_finite_state(weights, f"checkpoint step {step}")
     root.mkdir(parents=True, exist_ok=True)
@@ -122,23 +131,30 @@ def latest_checkpoint(root: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def load_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
-    """(weights, optimizer+rng tensors, state) of a complete checkpoint."""
+def load_checkpoint(folder: Path, tensors: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
+    """(weights, optimizer+rng tensors, state) of a complete checkpoint.
+
+    `tensors=False` reads only the RNG streams and the state: what a rank needs when rank 0 reads the
+    weights and moments and broadcasts them (a sharded run), without a full copy in every process."""
+    state = json.loads((folder / STATE).read_text())
+    if not tensors:
+        with safe_open(str(folder / OPTIMIZER), framework="pt") as fh:
+            return {}, {k: fh.get_tensor(k) for k in fh.keys() if k.startswith("rng.")}, state
     weights = load_file(str(folder / WEIGHTS))
     extra = load_file(str(folder / OPTIMIZER))
-    state = json.loads((folder / STATE).read_text())
     return weights, extra, state
 
 
 def restore_training_state(folder: Path, optimizer: torch.optim.Optimizer, extra: dict, state: dict,
-                           rank: int = 0) -> None:
+                           rank: int = 0, load_optimizer: Callable[[dict], None] | None = None) -> None:
     """Put optimizer moments and RNG streams back as they were when `folder` was written.
 
-    A run resumed on another number of processes continues correctly but draws new dropout masks,
-    so it is exact only on the process count it was saved with."""
+    `load_optimizer` takes the saved optimizer state dict instead of `optimizer.load_state_dict` (a
+    sharded run spreads it over its ranks). A run resumed on another number of processes continues
+    correctly but draws new dropout masks, so it is exact only on the process count it was saved with."""
     opt = {k[len("opt."):]: v for k, v in extra.items() if k.startswith("opt.")}
     rng = {k[len("rng."):]: v for k, v in extra.items() if k.startswith("rng.")}
-    restore_optimizer(optimizer, opt, state["optimizer"])
+    (load_optimizer or optimizer.load_state_dict)(saved_optimizer_state(opt, state["optimizer"]))
     restore_rng(rng, state["rng"], rank)
 
 

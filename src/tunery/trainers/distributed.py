@@ -5,6 +5,8 @@ world-th example of each micro-batch. Every rank backpropagates its summed loss 
 tokens of the whole step (summed over ranks), and the gradients are then summed over ranks, so N
 processes with batch B compute the same update as one process with batch N x B. Only rank 0 writes
 files; each rank's RNG stream is saved so that a resumed multi-process run continues exactly.
+With `training.fsdp` the parameters are sharded instead (`trainers/fsdp.py`) and the gradients are
+summed by FSDP's reduce-scatter in backward, not here.
 """
 
 from __future__ import annotations
@@ -40,8 +42,10 @@ def from_env() -> Dist:
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
+        # With CUDA, NCCL carries the tensors on the GPU (FSDP's all-gathers and reduce-scatters) and
+        # gloo the small CPU ones (token counts, losses, RNG states), which NCCL cannot take.
+        backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+        if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend=backend)
     return Dist(dist.get_rank(), dist.get_world_size())
@@ -60,6 +64,16 @@ def sum_over_ranks(value: float, d: Dist) -> float:
     t = torch.tensor([float(value)], dtype=torch.float64)
     dist.all_reduce(t)
     return float(t.item())
+
+
+def max_over_ranks(value: int, d: Dist) -> int:
+    if not d.active:
+        return value
+    import torch.distributed as dist
+
+    t = torch.tensor([int(value)], dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
 
 
 def any_rank(flag: bool, d: Dist) -> bool:

@@ -11,13 +11,16 @@ from tunery.runfolder import RunFolder
 from tunery.trainers.common import assert_finite_state
 
 
-def save_final(model, tokenizer, run: RunFolder, adapter_kind: str) -> Path:
-    """Write `adapter/` (PEFT format) or `model/` (HF format) atomically, plus `tokenizer/`."""
+def save_final(model, tokenizer, run: RunFolder, adapter_kind: str,
+               state_dict: dict | None = None) -> Path:
+    """Write `adapter/` (PEFT format) or `model/` (HF format) atomically, plus `tokenizer/`.
+
+    `state_dict`: the model's full state dict when its parameters are sharded (gathered beforehand)."""
     target = run.model if adapter_kind == "full" else run.adapter
-    assert_finite_state(adapters.trainable_state(model), "the final weights")
+    assert_finite_state(adapters.trainable_state(model) if state_dict is None else state_dict, "the final weights")
     tmp = target.with_name(f".tmp-{target.name}")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    model.save_pretrained(tmp, safe_serialization=True, **({} if state_dict is None else {"state_dict": state_dict}))
     _replace_dir(tmp, target)
     tok_tmp = run.tokenizer.with_name(".tmp-tokenizer")
     shutil.rmtree(tok_tmp, ignore_errors=True)

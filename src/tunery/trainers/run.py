@@ -23,7 +23,7 @@ from tunery.models import adapters
 from tunery.runfolder import RunFolder, write_text_atomic
 from tunery.trainers import checkpoint as ckpt
 from tunery.trainers import distributed as ddp
-from tunery.trainers import report, sft
+from tunery.trainers import fsdp, report, sft
 
 EXIT_INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
@@ -42,8 +42,12 @@ def run_training(cfg: TrainConfig, root: Path, resume: bool = False,
     """
     run = RunFolder(root, writable=dist.is_main)
     log = log if dist.is_main else (lambda _text: None)
+    if cfg.training.fsdp and not dist.active:
+        log("training.fsdp is set but this run has one process: training unsharded")
     s = prepare(cfg, dist, log)
-    if cfg.training.preflight:
+    if cfg.training.preflight and fsdp.is_sharded(s.model):
+        log("preflight: skipped with training.fsdp (the estimate does not model sharded weights)")
+    elif cfg.training.preflight:
         preflight(s, dist, log)
     torch.manual_seed(cfg.training.seed + dist.rank)  # each rank its own dropout stream, all reproducible
     st = _start_or_resume(s, run, cfg, resume, log)
@@ -65,14 +69,23 @@ def run_training(cfg: TrainConfig, root: Path, resume: bool = False,
     if reason == "interrupted":
         log(f"stopped at step {st.step}; checkpoint written. Continue with --resume.")
         return _update_info(run, status="stopped", **figures)
+    full_state = _best_full_state(s, run, st) if fsdp.is_sharded(s.model) else None
     if dist.is_main:
-        sft.restore_best(s, run, st)
-        target = report.save_final(s.model, s.tokenizer, run, cfg.adapter)
+        if full_state is None:
+            sft.restore_best(s, run, st)
+        target = report.save_final(s.model, s.tokenizer, run, cfg.adapter, state_dict=full_state)
         info = run.update_info(status="finished", stop_reason=reason, **figures)
         report.write_summary(run, info)
         log(f"saved {target} ({sft.describe_best(s, st)})")
     ddp.barrier(dist)
     return run.read_info()
+
+
+def _best_full_state(s: sft.Setup, run: RunFolder, st: sft.LoopState) -> dict:
+    """A sharded run's final weights, gathered: every rank restores the best and sends its shards to
+    rank 0, which gets the full state dict (the other ranks an empty one)."""
+    sft.restore_best(s, run, st)
+    return fsdp.full_model_state(s.model)
 
 
 def prepare(cfg: TrainConfig, dist: ddp.Dist = ddp.SINGLE, log: Callable[[str], None] = print) -> sft.Setup:

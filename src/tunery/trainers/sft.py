@@ -21,6 +21,7 @@ from tunery.runfolder import RunFolder
 from tunery.trainers import checkpoint as ckpt
 from tunery.trainers import common
 from tunery.trainers import distributed as ddp
+from tunery.trainers import fsdp
 from tunery.trainers.forward import forward_loss
 from tunery.trainers.progress import Progress
 
@@ -58,8 +59,11 @@ class Setup:
 
 
 def setup(cfg: TrainConfig, model, tokenizer, train: list, val: list, dist: ddp.Dist = ddp.SINGLE) -> Setup:
-    """Make the model trainable, build the optimizer, the step plan and the grader sample."""
+    """Make the model trainable (sharded with `training.fsdp` on several processes), build the
+    optimizer, the step plan and the grader sample."""
     model = adapters.prepare_trainable(model, cfg)
+    if cfg.training.fsdp and dist.active:
+        model = fsdp.shard(model, dist)  # before the optimizer, so its moments are shards too
     model.train()
     tc = cfg.training
     params = [p for p in model.parameters() if p.requires_grad]
@@ -106,17 +110,36 @@ def batches_for_step(s: Setup, step: int) -> list[dict[str, torch.Tensor]]:
     return [common.make_batch(r, s.tokenizer.pad_token_id, tc.packing) for r in rows]
 
 
+def loss_function(s: Setup):
+    """`forward_loss`, or its variant through the root's forward for a sharded model."""
+    return fsdp.forward_loss if fsdp.is_sharded(s.model) else forward_loss
+
+
+def idle_passes(s: Setup, done: int) -> list[dict[str, torch.Tensor]]:
+    """Batches for the passes a sharded rank runs to keep step with the others (none unsharded).
+
+    Any example will do: their loss is multiplied by zero (training) or dropped (evaluation)."""
+    if not fsdp.is_sharded(s.model):
+        return []
+    filler = common.make_batch(s.train[:1], s.tokenizer.pad_token_id, s.cfg.training.packing)
+    return [filler] * fsdp.passes_to_match(done, s.dist)
+
+
 def accumulate(s: Setup, step: int) -> tuple[float, int, int]:
     """Forward and backward every micro-batch of `step`; gradients are normalised by the step's
     trained tokens, so 1 x 8 and 8 x 1 give the same update. Returns (mean loss, trained, tokens)."""
     batches = [b for b in batches_for_step(s, step) if b["input_ids"].numel()]
     total_trained = int(ddp.sum_over_ranks(sum(common.count_trained(b) for b in batches), s.dist))
     loss_total, tokens = 0.0, 0
+    loss_fn = loss_function(s)
     for batch in batches:
-        loss_sum, _ = forward_loss(s.model, batch)
+        loss_sum, _ = loss_fn(s.model, batch)
         (loss_sum / max(total_trained, 1)).backward()
         loss_total += float(loss_sum.detach())
         tokens += common.count_tokens(batch)
+    for batch in idle_passes(s, len(batches)):
+        loss_sum, _ = loss_fn(s.model, batch)
+        (loss_sum * 0.0).backward()  # gradients of exactly zero: only the collectives matter
     loss_total = ddp.sum_over_ranks(loss_total, s.dist)
     tokens = int(ddp.sum_over_ranks(tokens, s.dist))
     return loss_total / max(total_trained, 1), total_trained, tokens
@@ -126,8 +149,10 @@ def optimizer_step(s: Setup, step: int, loss: float) -> tuple[bool, float, float
     """Clip and apply the update unless the loss or gradient is NaN/inf. Returns (applied, lr, grad norm)."""
     tc = s.cfg.training
     params = [p for p in s.model.parameters() if p.requires_grad]
-    ddp.sum_gradients(params, s.dist)
+    if not fsdp.is_sharded(s.model):  # sharded: FSDP's reduce-scatter summed them during backward
+        ddp.sum_gradients(params, s.dist)
     max_norm = tc.max_grad_norm if tc.max_grad_norm is not None else float("inf")
+    # Sharded gradients are DTensors: the norm is then over the whole gradient, the same on every rank.
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
     warmup = math.ceil(tc.warmup_ratio * s.plan.total_steps)
     lr = s.cfg.peak_lr() * common.lr_factor(step, s.plan.total_steps, warmup, tc.scheduler)
@@ -149,31 +174,45 @@ def evaluate(s: Setup) -> float | None:
     total, count = 0.0, 0
     bs = s.cfg.training.batch_size
     mine = ddp.shard(list(range(len(s.val))), s.dist)
+    loss_fn = loss_function(s)
     for start in range(0, len(mine), bs):
         rows = [s.val[i] for i in mine[start:start + bs]]
-        loss_sum, n = forward_loss(s.model, common.make_batch(rows, s.tokenizer.pad_token_id, s.cfg.training.packing))
+        loss_sum, n = loss_fn(s.model, common.make_batch(rows, s.tokenizer.pad_token_id, s.cfg.training.packing))
         total, count = total + float(loss_sum), count + n
+    for batch in idle_passes(s, math.ceil(len(mine) / bs)):
+        loss_fn(s.model, batch)
     s.model.train()
     total, count = ddp.sum_over_ranks(total, s.dist), ddp.sum_over_ranks(count, s.dist)
     return total / count if count else None
 
 
 def resume(s: Setup, folder: Path) -> LoopState:
-    """Load weights, optimizer moments, RNG streams and loop state from a complete checkpoint."""
-    weights, extra, state = ckpt.load_checkpoint(folder)
-    adapters.load_trainable_state(s.model, weights)
-    ckpt.restore_training_state(folder, s.optimizer, extra, state, rank=s.dist.rank)
+    """Load weights, optimizer moments, RNG streams and loop state from a complete checkpoint.
+
+    A sharded run reads the tensors on rank 0 only and broadcasts them into every rank's shards."""
+    if not fsdp.is_sharded(s.model):
+        weights, extra, state = ckpt.load_checkpoint(folder)
+        adapters.load_trainable_state(s.model, weights)
+        ckpt.restore_training_state(folder, s.optimizer, extra, state, rank=s.dist.rank)
+        return LoopState(**state["loop"])
+    weights, extra, state = ckpt.load_checkpoint(folder, tensors=s.dist.is_main)
+    fsdp.load_weights(s.model, weights, s.dist)
+    ckpt.restore_training_state(folder, s.optimizer, extra, state, rank=s.dist.rank,
+                                load_optimizer=lambda saved: fsdp.load_optimizer(s.model, s.optimizer, saved, s.dist))
     return LoopState(**state["loop"])
 
 
 def save(s: Setup, run: RunFolder, st: LoopState) -> None:
     """Write a checkpoint for the current step and drop old ones (never the best, never the newest).
 
-    Every rank takes part (their RNG streams are gathered); rank 0 writes."""
+    Every rank takes part (their RNG streams are gathered, sharded tensors too); rank 0 writes."""
     rank_rng = ddp.gather_rng_states(s.dist) if s.dist.active else None
+    if fsdp.is_sharded(s.model):
+        weights, optimizer = fsdp.full_weights(s.model), fsdp.full_optimizer_state(s.model, s.optimizer, s.dist)
+    else:
+        weights, optimizer = adapters.trainable_state(s.model), s.optimizer
     if s.dist.is_main:
-        ckpt.save_checkpoint(run.checkpoints, st.step, adapters.trainable_state(s.model), s.optimizer,
-                             asdict(st), rank_rng=rank_rng)
+        ckpt.save_checkpoint(run.checkpoints, st.step, weights, optimizer, asdict(st), rank_rng=rank_rng)
         protect = {st.best_step} if st.best_step is not None else set()
         ckpt.rotate(run.checkpoints, s.cfg.training.keep_checkpoints, protect)
     ddp.barrier(s.dist)
@@ -221,7 +260,8 @@ def score_graders(s: Setup) -> dict:
     """Answer the grader sample greedily with the current weights and score it.
 
     Every rank answers the same sample: the weights are identical after the all-reduce, so the
-    scores and the stopping decision are too, without another collective."""
+    scores and the stopping decision are too, without another collective. Sharded, the ranks also
+    run the same forward passes in step, which FSDP's all-gathers need."""
     from tunery.eval.during_training import score_sample
 
     return score_sample(s.model, s.tokenizer, s.grader_items, s.graders, s.cfg.eval.max_new_tokens,
@@ -308,9 +348,15 @@ def log_step(run: RunFolder, progress: Progress, st: LoopState, loss: float, lr:
 
 
 def restore_best(s: Setup, run: RunFolder, st: LoopState) -> None:
-    """Put the best weights (lowest validation loss, or highest grader score) back before the final save."""
+    """Put the best weights (lowest validation loss, or highest grader score) back before the final save.
+
+    Unsharded, rank 0 alone calls this; sharded, every rank does (rank 0 reads, all load their shards)."""
     if st.best_step is None or st.best_step == st.step:
         return
     folder = ckpt.step_dir(run.checkpoints, st.best_step)
+    if fsdp.is_sharded(s.model):
+        weights, _, _ = ckpt.load_checkpoint(folder, tensors=s.dist.is_main)
+        fsdp.load_weights(s.model, weights, s.dist)
+        return
     weights, _, _ = ckpt.load_checkpoint(folder)
     adapters.load_trainable_state(s.model, weights)
