@@ -7,6 +7,7 @@ every file is listed in one error, so that one edit fixes them all.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tunery.data.formats import convert_records
@@ -143,8 +144,29 @@ def _overlap_warning(train: list[Example], validation: list[Example]) -> list[st
     ]
 
 
-def build_datasets(cfg: TrainConfig, tokenizer) -> tuple[list[Rendered], list[Rendered], list[str]]:
+def build_datasets(cfg: TrainConfig, tokenizer, cache_dir: Path | None = None,
+                   write_cache: bool = True) -> tuple[list[Rendered], list[Rendered], list[str]]:
     """Training and validation examples for a config: (train, validation, warnings).
+
+    With `cache_dir`, the rendered rows are read from there when the data files, tokenizer and data
+    settings are unchanged (`tunery.data.token_cache`), and written there otherwise (`write_cache`).
+    """
+    if cache_dir is None:
+        return render_datasets(cfg, tokenizer)
+    from tunery.data import token_cache
+
+    key = token_cache.cache_key(cfg, tokenizer)
+    cached = token_cache.load(cache_dir, key)
+    if cached is not None:
+        return cached
+    result = render_datasets(cfg, tokenizer)
+    if write_cache:
+        token_cache.save(cache_dir, key, *result)
+    return result
+
+
+def render_datasets(cfg: TrainConfig, tokenizer) -> tuple[list[Rendered], list[Rendered], list[str]]:
+    """Read, check and render the training and validation examples (no cache).
 
     Reads ``cfg.data.train`` / ``cfg.data.validation`` (absolute paths), with ``cfg.data.format``,
     ``train_on`` and ``max_length``. Without validation files, ``cfg.data.val_split`` of the training

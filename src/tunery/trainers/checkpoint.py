@@ -12,7 +12,6 @@ import os
 import random
 import shutil
 from pathlib import Path
-
 from typing import Callable
 
 import torch
@@ -64,6 +63,7 @@ def saved_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
 
 
 def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """Load what `optimizer_tensors` split back into `optimizer`."""
     optimizer.load_state_dict(saved_optimizer_state(tensors, meta))
 
 
@@ -131,7 +131,8 @@ def latest_checkpoint(root: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def load_checkpoint(folder: Path, tensors: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
+def load_checkpoint(folder: Path, tensors: bool = True
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
     """(weights, optimizer+rng tensors, state) of a complete checkpoint.
 
     `tensors=False` reads only the RNG streams and the state: what a rank needs when rank 0 reads the

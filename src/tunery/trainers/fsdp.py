@@ -26,6 +26,8 @@ from tunery.trainers.losses import causal_lm_sum, token_ce_sum
 
 
 def is_sharded(model) -> bool:
+    if not torch.distributed.is_available():  # builds without torch.distributed cannot shard
+        return False
     from torch.distributed.fsdp import FSDPModule
 
     return isinstance(model, FSDPModule)
@@ -70,7 +72,8 @@ def forward_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, i
 
     FSDP gathers the root's own weights (embeddings, final norm, head) in the root's forward hook, so the
     head cannot be called on its own as in the unsharded path; transformers' `logits_to_keep` mask runs
-    it at the trained positions only, inside that forward."""
+    it at the trained positions only, inside that forward (the families of `PLAIN_HEAD_FAMILIES` all
+    take it). The batch moves to the shards' device (a GPU with CUDA)."""
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in batch.items()}
     if not has_plain_head(model):
@@ -86,8 +89,8 @@ def forward_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, i
 def passes_to_match(done: int, dist: ddp.Dist) -> int:
     """Extra passes this rank must run so that every rank runs as many as the busiest one.
 
-    Ranks can differ by one piece or one batch: a step's examples are dealt round-robin and packed
-    micro-batches are cut by tokens. Each forward all-gathers and each backward reduce-scatters with
+    Ranks can differ: a step's examples are dealt round-robin (the last micro-batch of an epoch may
+    leave a rank nothing) and packed micro-batches are cut into pieces by tokens. Each forward all-gathers and each backward reduce-scatters with
     all the other ranks, so a rank that ran fewer would leave the others waiting."""
     return ddp.max_over_ranks(done, dist) - done
 

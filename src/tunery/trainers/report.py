@@ -17,10 +17,12 @@ def save_final(model, tokenizer, run: RunFolder, adapter_kind: str,
 
     `state_dict`: the model's full state dict when its parameters are sharded (gathered beforehand)."""
     target = run.model if adapter_kind == "full" else run.adapter
-    assert_finite_state(adapters.trainable_state(model) if state_dict is None else state_dict, "the final weights")
+    weights = adapters.trainable_state(model) if state_dict is None else state_dict
+    assert_finite_state(weights, "the final weights")
     tmp = target.with_name(f".tmp-{target.name}")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True, **({} if state_dict is None else {"state_dict": state_dict}))
+    given = {} if state_dict is None else {"state_dict": state_dict}  # else save_pretrained reads the model
+    model.save_pretrained(tmp, safe_serialization=True, **given)
     _replace_dir(tmp, target)
     tok_tmp = run.tokenizer.with_name(".tmp-tokenizer")
     shutil.rmtree(tok_tmp, ignore_errors=True)

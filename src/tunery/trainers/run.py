@@ -44,9 +44,10 @@ def run_training(cfg: TrainConfig, root: Path, resume: bool = False,
     log = log if dist.is_main else (lambda _text: None)
     if cfg.training.fsdp and not dist.active:
         log("training.fsdp is set but this run has one process: training unsharded")
-    s = prepare(cfg, dist, log)
-    if cfg.training.preflight and fsdp.is_sharded(s.model):
-        log("preflight: skipped with training.fsdp (the estimate does not model sharded weights)")
+    s = prepare(cfg, dist, log, cache_dir=root / "cache")
+    if fsdp.is_sharded(s.model):  # the preflight estimate does not model sharded weights yet
+        log(f"FSDP: weights, gradients and AdamW moments sharded over {dist.world} processes; "
+            "no preflight memory check")
     elif cfg.training.preflight:
         preflight(s, dist, log)
     torch.manual_seed(cfg.training.seed + dist.rank)  # each rank its own dropout stream, all reproducible
@@ -69,9 +70,10 @@ def run_training(cfg: TrainConfig, root: Path, resume: bool = False,
     if reason == "interrupted":
         log(f"stopped at step {st.step}; checkpoint written. Continue with --resume.")
         return _update_info(run, status="stopped", **figures)
-    full_state = _best_full_state(s, run, st) if fsdp.is_sharded(s.model) else None
+    sharded = fsdp.is_sharded(s.model)
+    full_state = _best_full_state(s, run, st) if sharded else None
     if dist.is_main:
-        if full_state is None:
+        if not sharded:
             sft.restore_best(s, run, st)
         target = report.save_final(s.model, s.tokenizer, run, cfg.adapter, state_dict=full_state)
         info = run.update_info(status="finished", stop_reason=reason, **figures)
@@ -88,8 +90,12 @@ def _best_full_state(s: sft.Setup, run: RunFolder, st: sft.LoopState) -> dict:
     return fsdp.full_model_state(s.model)
 
 
-def prepare(cfg: TrainConfig, dist: ddp.Dist = ddp.SINGLE, log: Callable[[str], None] = print) -> sft.Setup:
-    """Load tokenizer and model, render the data, and set up the recipe (what `train` and `plan` share)."""
+def prepare(cfg: TrainConfig, dist: ddp.Dist = ddp.SINGLE, log: Callable[[str], None] = print,
+            cache_dir: Path | None = None) -> sft.Setup:
+    """Load tokenizer and model, render the data, and set up the recipe (what `train` and `plan` share).
+
+    With `cache_dir` (a run's `cache/`), rendered data is reused when nothing it depends on changed;
+    only rank 0 writes it."""
     from tunery.data.dataset import build_datasets
     from tunery.data.render import chat_template_of
     from tunery.models.load import load_tokenizer
@@ -103,7 +109,7 @@ def prepare(cfg: TrainConfig, dist: ddp.Dist = ddp.SINGLE, log: Callable[[str], 
     tokenizer.chat_template = chat_template_of(tokenizer)
     model = load_for_training(cfg)  # load_model(base, dtype), or a 4-bit base for adapter: qlora
     log(f"loaded {cfg.base_model} in {time.monotonic() - started:.1f} s")
-    train, val, warnings = build_datasets(cfg, tokenizer)
+    train, val, warnings = build_datasets(cfg, tokenizer, cache_dir=cache_dir, write_cache=dist.is_main)
     for warning in warnings:
         log(f"warning: {warning}")
     return sft.setup(cfg, model, tokenizer, train, val, dist)

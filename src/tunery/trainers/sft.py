@@ -130,6 +130,7 @@ def accumulate(s: Setup, step: int) -> tuple[float, int, int]:
     trained tokens, so 1 x 8 and 8 x 1 give the same update. Returns (mean loss, trained, tokens)."""
     batches = [b for b in batches_for_step(s, step) if b["input_ids"].numel()]
     total_trained = int(ddp.sum_over_ranks(sum(common.count_trained(b) for b in batches), s.dist))
+    fillers = idle_passes(s, len(batches))  # agreed on before any pass: the agreement is a collective too
     loss_total, tokens = 0.0, 0
     loss_fn = loss_function(s)
     for batch in batches:
@@ -137,7 +138,7 @@ def accumulate(s: Setup, step: int) -> tuple[float, int, int]:
         (loss_sum / max(total_trained, 1)).backward()
         loss_total += float(loss_sum.detach())
         tokens += common.count_tokens(batch)
-    for batch in idle_passes(s, len(batches)):
+    for batch in fillers:
         loss_sum, _ = loss_fn(s.model, batch)
         (loss_sum * 0.0).backward()  # gradients of exactly zero: only the collectives matter
     loss_total = ddp.sum_over_ranks(loss_total, s.dist)
@@ -174,12 +175,13 @@ def evaluate(s: Setup) -> float | None:
     total, count = 0.0, 0
     bs = s.cfg.training.batch_size
     mine = ddp.shard(list(range(len(s.val))), s.dist)
+    fillers = idle_passes(s, math.ceil(len(mine) / bs))
     loss_fn = loss_function(s)
     for start in range(0, len(mine), bs):
         rows = [s.val[i] for i in mine[start:start + bs]]
         loss_sum, n = loss_fn(s.model, common.make_batch(rows, s.tokenizer.pad_token_id, s.cfg.training.packing))
         total, count = total + float(loss_sum), count + n
-    for batch in idle_passes(s, math.ceil(len(mine) / bs)):
+    for batch in fillers:
         loss_fn(s.model, batch)
     s.model.train()
     total, count = ddp.sum_over_ranks(total, s.dist), ddp.sum_over_ranks(count, s.dist)
