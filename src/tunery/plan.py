@@ -146,7 +146,8 @@ def estimate(s) -> Estimate:
     n_total = sum(p.numel() for p in s.model.parameters())
     optimizer = 2 * sum(p.numel() * 4 for p in trainable) / MIB  # AdamW moments are kept in fp32
     largest, per_step = micro_token_stats(s)
-    small, big = max(16, largest // 4), max(32, largest // 2)
+    # The larger probe is the largest piece itself: its high-water mark is what the run will reach.
+    small, big = max(16, largest // 2), max(32, largest)
     probe(s, small)  # warm-up: pages the weights in, first-call allocations, kernel selection
     peak_small, _ = probe(s, small)
     peak_big, sec_per_token = probe(s, big)

@@ -70,9 +70,9 @@ def kill_all_with(marker: str) -> None:
                     pass
 
 
-def test_two_process_run_resumes_exactly_after_kill_9(project):
-    # 30 steps, so that the kill lands while the run is still going
-    args = ["run.yaml", "lora.dropout=0.1", "training.batch_size=4", "training.max_steps=30", "--nproc", "2"]
+def straight_then_killed_and_resumed(project, args: list[str]):
+    """Train `args` as run "straight"; train them again as "killed", kill -9 every process once step 3
+    is checkpointed, then resume it to the end. Returns the resume's completed process."""
     run_tunery("train", *args, "output.name=straight", cwd=project, timeout=600)
     cmd = [sys.executable, "-m", "tunery.cli.main", "train", *args, "output.name=killed", "--resume"]
     proc = subprocess.Popen(cmd, cwd=project, start_new_session=True, stdout=subprocess.DEVNULL,
@@ -86,6 +86,13 @@ def test_two_process_run_resumes_exactly_after_kill_9(project):
     proc.wait()
     resumed = run_tunery("train", *args, "output.name=killed", "--resume", cwd=project, timeout=600)
     assert "resumed from" in resumed.stdout
+    return resumed
+
+
+def test_two_process_run_resumes_exactly_after_kill_9(project):
+    # 30 steps, so that the kill lands while the run is still going
+    args = ["run.yaml", "lora.dropout=0.1", "training.batch_size=4", "training.max_steps=30", "--nproc", "2"]
+    straight_then_killed_and_resumed(project, args)
     straight, killed = adapter(project / "runs" / "straight"), adapter(project / "runs" / "killed")
     assert all(torch.equal(straight[k], killed[k]) for k in straight)
 
@@ -215,19 +222,7 @@ def test_fsdp_with_one_process_trains_unsharded_and_refuses_qlora(smol_tokenizer
 
 def test_sharded_run_resumes_exactly_after_kill_9(full_project):
     args = ["run.yaml", "training.max_steps=20", *SHARDED]  # 20 steps: the kill lands mid-run
-    run_tunery("train", *args, "output.name=straight", cwd=full_project, timeout=600)
-    cmd = [sys.executable, "-m", "tunery.cli.main", "train", *args, "output.name=killed", "--resume"]
-    proc = subprocess.Popen(cmd, cwd=full_project, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=os.environ | {"PYTHONUNBUFFERED": "1"})
-    marker = full_project / "runs" / "killed" / "checkpoints" / "step-0000003" / "COMPLETE"
-    deadline = time.monotonic() + 300
-    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert marker.exists(), "no checkpoint at step 3"
-    kill_all_with("output.name=killed")
-    proc.wait()
-    resumed = run_tunery("train", *args, "output.name=killed", "--resume", cwd=full_project, timeout=600)
-    assert "resumed from" in resumed.stdout
+    straight_then_killed_and_resumed(full_project, args)
     straight, killed = final_model(full_project / "runs" / "straight"), final_model(full_project / "runs" / "killed")
     assert straight.keys() == killed.keys()
     assert all(torch.equal(straight[k], killed[k]) for k in straight)

@@ -347,13 +347,16 @@ def test_raw_text_is_fully_trained_and_ends_with_eos(smol_tokenizer):
 # --- property: for any ChatML conversation, the mask is exactly the answers plus <|im_end|> ------
 
 _content = st.text(alphabet="abcXYZ 019.,?!é'", min_size=1, max_size=20).filter(lambda s: s.strip())
+# An answer that starts with spaces is not exactly its own tokens: BPE merges the header's newline with
+# them into one token, which is trained (it carries answer text); the test below pins that case.
+_answer = _content.filter(lambda s: not s[0].isspace())
 
 
 @settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
-    turns=st.lists(st.tuples(_content, _content), min_size=1, max_size=3),
+    turns=st.lists(st.tuples(_content, _answer), min_size=1, max_size=3),
     system=st.none() | _content,
 )
 def test_any_chatml_conversation_trains_exactly_the_answers(smol_tokenizer, turns, system):
@@ -365,3 +368,10 @@ def test_any_chatml_conversation_trains_exactly_the_answers(smol_tokenizer, turn
     dicts = [{"role": r, "content": c} for r, c in pairs]
     assert rendered.ids == list(smol_tokenizer.apply_chat_template(dicts)["input_ids"])
     assert trained_text(rendered, smol_tokenizer) == "".join(a + "<|im_end|>" for _, a in turns)
+
+
+def test_a_token_straddling_the_header_and_the_answer_is_trained(smol_tokenizer):
+    rendered = render_example(conv(("user", "x"), ("assistant", "  0")), smol_tokenizer)
+    # "\n  " is one token: half header, half answer. Training it teaches the model to start its answer
+    # the way this example does; leaving it out would drop the answer's leading spaces from the loss.
+    assert trained_text(rendered, smol_tokenizer) == "\n  0<|im_end|>"
