@@ -48,21 +48,13 @@ def train(name: str, train_file: Path, steps: int, workdir: Path) -> Path:
 
 def heldout_loss(model, tokenizer, data_file: Path) -> float:
     """Mean loss per trained token on a file, rendered with the run's chat template."""
-    import torch
-
     from tunery.config.load import validate
     from tunery.data.dataset import build_datasets
-    from tunery.trainers.common import make_batch
-    from tunery.trainers.forward import forward_loss
+    from tunery.trainers.forward import mean_loss
 
     cfg = validate({"data": {"train": [str(data_file)], "max_length": 256}})
     rows, _, _ = build_datasets(cfg, tokenizer)
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, len(rows), 8):
-            loss_sum, n = forward_loss(model, make_batch(rows[start:start + 8], tokenizer.pad_token_id, True))
-            total, count = total + float(loss_sum), count + n
-    return total / count
+    return mean_loss(model, rows, tokenizer.pad_token_id)[0]
 
 
 def answer_score(model, tokenizer, data_file: Path, grader_spec: str, n: int = 20) -> float:

@@ -140,25 +140,18 @@ def dataset_tokens(train: Path, n: int) -> tuple[int, int]:
 
 def heldout_loss(adapter: str, heldout: Path) -> float:
     """Mean loss per trained token on the held-out file, the same code for every row."""
-    import torch
     from peft import PeftModel
 
     from tunery.data.dataset import load_examples
     from tunery.data.render import render_example
     from tunery.models.load import load_model, load_tokenizer
-    from tunery.trainers.common import make_batch
-    from tunery.trainers.forward import forward_loss
+    from tunery.trainers.forward import mean_loss
 
     tokenizer = load_tokenizer(MODEL)
     model = PeftModel.from_pretrained(load_model(MODEL), adapter).eval()
     examples, _ = load_examples([str(heldout)])
     rows = [render_example(e, tokenizer, "assistant", SETTINGS["max_length"]) for e in examples]
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, len(rows), 8):
-            loss, n = forward_loss(model, make_batch(rows[start:start + 8], tokenizer.pad_token_id, True))
-            total, count = total + float(loss), count + n
-    return total / count
+    return mean_loss(model, rows, tokenizer.pad_token_id)[0]
 
 
 def matmul_peak_gflops(size: int = 2048, repeats: int = 10) -> float:

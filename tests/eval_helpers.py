@@ -133,6 +133,14 @@ def open_in_chromium(html: Path, folder: Path) -> tuple[str, Path]:
     return proc.stdout, shot
 
 
+def report_dom(html: Path, folder: Path) -> tuple["Dom", str, Path]:
+    """The report opened in headless Chromium: its parsed DOM, the DOM as text, and the screenshot."""
+    dom_text, shot = open_in_chromium(html, folder)
+    dom = Dom()
+    dom.feed(dom_text)
+    return dom, dom_text, shot
+
+
 def blue_pixels(png: Path) -> tuple[tuple[int, int], int]:
     """(height, width) of a screenshot and how many pixels have matplotlib's default blue (#1f77b4),
     which only appears where a plot was decoded and drawn."""

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from cli_helpers import run_tunery
-from eval_helpers import CHROMIUM, Dom, blue_pixels, make_run_folder, open_in_chromium, write_jsonl
+from eval_helpers import CHROMIUM, blue_pixels, make_run_folder, report_dom, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -68,9 +68,7 @@ def test_text_output_compare_and_advise(evaluated, tmp_path, tiny_model_dir):
 @pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed (apt-get install -y chromium)")
 def test_report_renders_in_headless_chromium_with_table_and_plots(evaluated, tmp_path):
     run, printed = evaluated
-    dom_text, shot = open_in_chromium(run / "report.html", tmp_path)
-    dom = Dom()
-    dom.feed(dom_text)
+    dom, dom_text, shot = report_dom(run / "report.html", tmp_path)
     assert {"comparison", "significance", "forgetting"} <= set(dom.tables)
     assert dom.rows == 1 + len(printed["systems"])  # header + one row per system
     assert len(dom.images) == 3 and all(src.startswith("data:image/png;base64,") for src in dom.images)

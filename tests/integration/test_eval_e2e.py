@@ -9,7 +9,7 @@ import json
 import pytest
 
 from cli_helpers import REPO, run_tunery
-from eval_helpers import CHROMIUM, Dom, blue_pixels, open_in_chromium
+from eval_helpers import CHROMIUM, blue_pixels, report_dom
 
 pytestmark = pytest.mark.e2e
 QUICK = REPO / "examples" / "quickstart"
@@ -66,9 +66,7 @@ def test_forgetting_probe_and_signals(quickstart_eval):
 @pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed (apt-get install -y chromium)")
 def test_the_report_renders_with_its_table_and_plots(quickstart_eval, tmp_path):
     run, result = quickstart_eval
-    dom_text, shot = open_in_chromium(run / "report.html", tmp_path)
-    dom = Dom()
-    dom.feed(dom_text)
+    dom, _, shot = report_dom(run / "report.html", tmp_path)
     assert {"comparison", "significance", "forgetting"} <= set(dom.tables) and dom.rows == 5
     assert len(dom.images) == 3
     size, blue = blue_pixels(shot)

@@ -21,8 +21,7 @@ def answer_loss(model, tokenizer, prompts: list[list[dict]], references: list[st
     same prompts as generation are used, so few-shot and retrieval rows get the loss with their shots.
     """
     from tunery.data.render import render_example
-    from tunery.trainers.common import make_batch
-    from tunery.trainers.forward import forward_loss
+    from tunery.trainers.forward import mean_loss
 
     rows = []
     for prompt, reference in zip(prompts, references):
@@ -30,13 +29,8 @@ def answer_loss(model, tokenizer, prompts: list[list[dict]], references: list[st
         rows.append(render_example(Example("eval", 0, messages=messages), tokenizer, "last", max_length))
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
-    for start in range(0, len(rows), batch_size):
-        batch = make_batch(rows[start:start + batch_size], tokenizer.pad_token_id, packed=False)
-        loss_sum, n = forward_loss(model, batch)
-        total, count = total + float(loss_sum), count + int(n)
+    loss, count = mean_loss(model, rows, tokenizer.pad_token_id, batch_size, packed=False)
     model.train(was_training)
-    loss = total / count if count else math.nan
     return {"loss": loss, "ppl": math.exp(min(loss, 50.0)) if count else math.nan, "tokens": count}
 
 

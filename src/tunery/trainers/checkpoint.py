@@ -62,11 +62,6 @@ def saved_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    """Load what `optimizer_tensors` split back into `optimizer`."""
-    optimizer.load_state_dict(saved_optimizer_state(tensors, meta))
-
-
 def rng_snapshot() -> tuple[dict[str, torch.Tensor], dict]:
     """Torch (CPU and CUDA) and Python RNG states."""
     tensors = {"torch_cpu": torch.get_rng_state()}

@@ -21,7 +21,7 @@ from tunery.errors import TuneryError
 from tunery.models import adapters
 from tunery.trainers import distributed as ddp
 from tunery.trainers.common import IGNORE
-from tunery.trainers.forward import _model_inputs, causal_lm_of, has_plain_head
+from tunery.trainers.forward import model_inputs, causal_lm_of, has_plain_head
 from tunery.trainers.losses import causal_lm_sum, token_ce_sum
 
 
@@ -77,12 +77,12 @@ def forward_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, i
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in batch.items()}
     if not has_plain_head(model):
-        return causal_lm_sum(model(**_model_inputs(batch)).logits, batch["labels"])
+        return causal_lm_sum(model(**model_inputs(batch)).logits, batch["labels"])
     targets = batch["labels"][:, 1:]
     keep = targets != IGNORE
     # Position t predicts token t + 1: keep the hidden state at t where label t + 1 is trained.
     positions = torch.nn.functional.pad(keep, (0, 1), value=False)
-    logits = model(**_model_inputs(batch), logits_to_keep=positions).logits
+    logits = model(**model_inputs(batch), logits_to_keep=positions).logits
     return token_ce_sum(logits, targets[keep])
 
 
@@ -90,8 +90,9 @@ def passes_to_match(done: int, dist: ddp.Dist) -> int:
     """Extra passes this rank must run so that every rank runs as many as the busiest one.
 
     Ranks can differ: a step's examples are dealt round-robin (the last micro-batch of an epoch may
-    leave a rank nothing) and packed micro-batches are cut into pieces by tokens. Each forward all-gathers and each backward reduce-scatters with
-    all the other ranks, so a rank that ran fewer would leave the others waiting."""
+    leave a rank nothing) and packed micro-batches are cut into pieces by tokens. Each forward
+    all-gathers and each backward reduce-scatters with all the other ranks, so a rank that ran fewer
+    would leave the others waiting."""
     return ddp.max_over_ranks(done, dist) - done
 
 
