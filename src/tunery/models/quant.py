@@ -53,8 +53,21 @@ def load_quantized(spec: str, lora: LoraSection):
             fix="check that bitsandbytes supports this machine (pip install 'tunery[qlora]'), "
             "or train with adapter: lora",
         ) from exc
+    keep_one_layout(model)
     model.eval()
     return model
+
+
+def keep_one_layout(model) -> None:
+    """Keep every 4-bit layer in bitsandbytes' standard layout on every CPU.
+
+    On CPUs with AVX512-BF16, bitsandbytes repacks a layer's weight in place the first time it runs
+    in eval mode without gradients (a validation pass, generation), and stores its scales in bf16
+    from then on: the model's function changes with the CPU it runs on, and layers narrower than a
+    quantization block fail to repack. One layout everywhere keeps runs, merges and resumes the same."""
+    for module in model.modules():
+        if is_4bit(module) and hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def load_for_training(cfg: TrainConfig):
