@@ -50,10 +50,10 @@ def heldout_loss(model, tokenizer, data_file: Path) -> float:
     """Mean loss per trained token on a file, rendered with the run's chat template."""
     from tunery.config.load import validate
     from tunery.data.dataset import build_datasets
-    from tunery.trainers.forward import mean_loss
+    from tunery.models.forward import mean_loss
 
     cfg = validate({"data": {"train": [str(data_file)], "max_length": 256}})
-    rows, _, _ = build_datasets(cfg, tokenizer)
+    rows = build_datasets(cfg, tokenizer).train
     return mean_loss(model, rows, tokenizer.pad_token_id)[0]
 
 

@@ -14,7 +14,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from tunery.config.load import load_config
-from tunery.trainers import sft
+from tunery.trainers import loop
 from tunery.trainers.run import prepare
 
 
@@ -25,12 +25,11 @@ def main() -> None:
     args = parser.parse_args()
     cfg = load_config(args.config, ["training.preflight=false"]).config
     s = prepare(cfg, log=lambda t: print(t, file=sys.stderr))
-    sft.accumulate(s, 0)  # warm-up
+    loop.accumulate(s, 0)  # warm-up
     s.optimizer.zero_grad(set_to_none=True)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for step in range(1, args.steps + 1):
-            loss, _, _ = sft.accumulate(s, step)
-            sft.optimizer_step(s, step, loss)
+            loop.optimizer_step(s, step, loop.accumulate(s, step).loss)
     events = prof.key_averages()
     total = sum(e.self_cpu_time_total for e in events)
     matmul = sum(e.self_cpu_time_total for e in events if e.key in ("aten::mm", "aten::addmm", "aten::bmm"))

@@ -55,7 +55,8 @@ def run_tunery_row(train: Path, steps: int, out: Path, overrides: list[str] = ()
     from tunery.data.dataset import build_datasets
     from tunery.models.load import load_model, load_tokenizer
     from tunery.runfolder import RunFolder
-    from tunery.trainers import report, sft
+    from tunery.trainers import loop
+    from tunery.trainers.methods import method_for
 
     s_ = SETTINGS
     data = {"base_model": MODEL, "data": {"train": [str(train)], "max_length": s_["max_length"]},
@@ -67,13 +68,14 @@ def run_tunery_row(train: Path, steps: int, out: Path, overrides: list[str] = ()
         _set_dotted(data, *parse_override(text))
     cfg = validate(data)
     tokenizer = load_tokenizer(MODEL)
-    train_rows, _, _ = build_datasets(cfg, tokenizer)
-    s = sft.setup(cfg, load_model(MODEL), tokenizer, train_rows, [])
+    data = build_datasets(cfg, tokenizer)
+    data.val, data.val_examples = [], []
+    s = loop.setup(cfg, method_for(cfg, tokenizer), load_model(MODEL), data)
     run = RunFolder(out / "run")
     start = time.perf_counter()
-    st, _ = sft.train(s, run, sft.LoopState(), lambda: False)
+    st, _ = loop.train(s, run, loop.LoopState(), lambda: False)
     seconds = time.perf_counter() - start
-    report.save_final(s.model, tokenizer, run, "lora")
+    s.method.final_artefact(s.model, run)
     return {"loop_s": seconds, "final_loss": st.last_loss, "adapter": str(run.adapter),
             "peak_rss_mb": peak_rss_mb(), "steps": st.step}
 
@@ -145,7 +147,7 @@ def heldout_loss(adapter: str, heldout: Path) -> float:
     from tunery.data.dataset import load_examples
     from tunery.data.render import render_example
     from tunery.models.load import load_model, load_tokenizer
-    from tunery.trainers.forward import mean_loss
+    from tunery.models.forward import mean_loss
 
     tokenizer = load_tokenizer(MODEL)
     model = PeftModel.from_pretrained(load_model(MODEL), adapter).eval()

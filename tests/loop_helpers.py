@@ -34,3 +34,14 @@ def tiny_config(**training) -> object:
                      "lr": 1e-2} | training,
     }
     return validate(data)
+
+
+def make_loop(tokenizer, cfg, train, val=(), model=None, strategy=None):
+    """The SFT method on the shared loop, over given rows (the tiny random model unless one is given)."""
+    from conftest import make_tiny_model
+    from tunery.data.render import Datasets
+    from tunery.trainers.loop import setup
+    from tunery.trainers.methods.sft import SFT
+
+    model = model if model is not None else make_tiny_model(len(tokenizer))
+    return setup(cfg, SFT(cfg, tokenizer), model, Datasets(list(train), list(val)), strategy)

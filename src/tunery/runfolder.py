@@ -17,6 +17,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunery.config.load import read_yaml, validate
+from tunery.config.schema import TrainConfig
+
 
 @dataclass(frozen=True)
 class RunFolder:
@@ -58,6 +61,14 @@ class RunFolder:
     @property
     def plot(self) -> Path:
         return self.root / "loss.png"
+
+    def read_config(self) -> TrainConfig | None:
+        """The run's resolved config (config.yaml), typed and validated; None when there is none.
+
+        The one reader of a run's config: every command that needs a setting of a run asks here."""
+        if not self.config.is_file():
+            return None
+        return validate(read_yaml(self.config))
 
     def read_info(self) -> dict:
         return json.loads(self.info.read_text()) if self.info.is_file() else {}

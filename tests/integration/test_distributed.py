@@ -190,17 +190,17 @@ def test_one_process_resumes_a_sharded_checkpoint(sharded_runs, tmp_path):
     from tunery.config.load import validate
     from tunery.models import adapters
     from tunery.runfolder import RunFolder
-    from tunery.trainers import run, sft
+    from tunery.trainers import loop, run
 
     saved = yaml.safe_load((sharded_runs / "fsdp" / "config.yaml").read_text())
     saved["training"] |= {"batch_size": 8, "fsdp": False, "preflight": False}
     s = run.prepare(validate(saved), log=lambda _text: None)
     folder = sharded_runs / "fsdp" / "checkpoints" / "step-0000003"
-    st = sft.resume(s, folder)
+    st = loop.resume(s, folder)
     assert st.step == 3 and len(s.optimizer.state) == len(list(s.model.parameters()))
     checkpoint = load_file(str(folder / "trainable.safetensors"))
     assert all(torch.equal(p, checkpoint[n]) for n, p in adapters.trainable_state(s.model).items())
-    st, reason = sft.train(s, RunFolder(tmp_path / "cross"), st, lambda: False)
+    st, reason = loop.train(s, RunFolder(tmp_path / "cross"), st, lambda: False)
     assert reason == "finished" and st.step == 6
     one = final_model(sharded_runs / "one")
     for name, param in adapters.trainable_state(s.model).items():
@@ -208,14 +208,14 @@ def test_one_process_resumes_a_sharded_checkpoint(sharded_runs, tmp_path):
 
 
 def test_fsdp_with_one_process_trains_unsharded_and_refuses_qlora(smol_tokenizer):
-    from loop_helpers import synthetic_rows, tiny_config
+    from loop_helpers import make_loop, synthetic_rows, tiny_config
     from tunery.config.load import validate
     from tunery.errors import TuneryError
-    from tunery.trainers import fsdp, sft
+    from tunery.trainers import fsdp
 
     cfg = tiny_config(fsdp=True).model_copy(update={"adapter": "full"})
-    s = sft.setup(cfg, make_tiny_model(len(smol_tokenizer)), smol_tokenizer, synthetic_rows(4), [])
-    assert not fsdp.is_sharded(s.model)
+    s = make_loop(smol_tokenizer, cfg, synthetic_rows(4))
+    assert not fsdp.is_sharded(s.model) and s.strategy.name == "single"
     with pytest.raises(TuneryError, match="training.fsdp cannot shard qlora"):
         validate(cfg.model_dump(mode="json") | {"adapter": "qlora"})
 

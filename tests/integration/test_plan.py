@@ -35,7 +35,7 @@ def test_plan_refuses_what_cannot_fit_and_suggests_a_change(tmp_path, tiny_model
     (tmp_path / "run.yaml").write_text(
         f"base_model: {tiny_model_dir}\ndata: {{train: [train.jsonl]}}\ntraining: {{max_steps: 2, batch_size: 8}}\n")
     from tunery.config.load import validate
-    from tunery.plan import Estimate, suggest
+    from tunery.trainers.preflight import Estimate, suggest
 
     cfg = validate({"base_model": "x", "adapter": "full", "data": {"train": ["t"]},
                     "training": {"batch_size": 8}})

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from conftest import make_tiny_model
-from loop_helpers import synthetic_rows, tiny_config
+from loop_helpers import make_loop, synthetic_rows, tiny_config
+from tunery.data import batching as common
 from tunery.models.adapters import prepare_trainable
-from tunery.trainers import common
-from tunery.trainers.forward import forward_loss
+from tunery.models.forward import forward_loss
 
 
 def loss_and_grads(model, batch, trained_only):
@@ -65,15 +65,16 @@ def test_split_by_tokens_keeps_order_and_the_limit():
 
 @pytest.mark.parametrize("adapter", ["lora", "full"])
 def test_a_step_in_token_pieces_equals_the_step_in_one_piece(smol_tokenizer, adapter):
-    from tunery.trainers import sft
+    from tunery.trainers import loop
 
     def one_step(chunk_tokens):
         torch.manual_seed(0)
         cfg = tiny_config(batch_size=8, chunk_tokens=chunk_tokens).model_copy(update={"adapter": adapter})
         cfg = cfg.model_copy(update={"lora": cfg.lora.model_copy(update={"dropout": 0.0})})
-        s = sft.setup(cfg, make_tiny_model(len(smol_tokenizer)), smol_tokenizer, synthetic_rows(16, seed=2), [])
-        pieces = len(sft.batches_for_step(s, 0))
-        loss, trained, tokens = sft.accumulate(s, 0)
+        s = make_loop(smol_tokenizer, cfg, synthetic_rows(16, seed=2))
+        pieces = len(loop.step_pieces(s, 0))
+        result = loop.accumulate(s, 0)
+        loss, trained, tokens = result.loss, result.units, result.tokens
         grads = {k: p.grad.clone() for k, p in s.model.named_parameters() if p.requires_grad}
         return pieces, loss, trained, tokens, grads
 

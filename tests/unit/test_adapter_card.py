@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from adapter_helpers import make_adapter_run, write_base
-from tunery.export.card import vllm_problems, write_adapter_card
+from tunery.runcard import vllm_problems, write_adapter_card
 
 
 def test_card_names_base_data_method_metrics_and_loading(smol_tokenizer, tmp_path):

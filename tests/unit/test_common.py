@@ -10,6 +10,7 @@ import torch
 from loop_helpers import synthetic_rows
 from tunery.errors import TuneryError
 from tunery.trainers import checkpoint as ckpt
+from tunery.data import batching
 from tunery.trainers import common
 
 
@@ -24,28 +25,28 @@ def test_lr_schedule_warmup_then_cosine_and_linear():
 
 
 def test_plan_covers_every_example_once_per_epoch():
-    plan = common.make_plan(10, batch_size=3, grad_accum=2, epochs=2, max_steps=None, seed=1)
+    plan = batching.make_plan(10, batch_size=3, grad_accum=2, epochs=2, max_steps=None, seed=1)
     assert (plan.micro_per_epoch, plan.steps_per_epoch, plan.total_steps) == (4, 2, 4)
-    epoch0 = [i for s in range(2) for mb in common.micro_batches_for_step(plan, s) for i in mb]
-    epoch1 = [i for s in range(2, 4) for mb in common.micro_batches_for_step(plan, s) for i in mb]
+    epoch0 = [i for s in range(2) for mb in batching.micro_batches_for_step(plan, s) for i in mb]
+    epoch1 = [i for s in range(2, 4) for mb in batching.micro_batches_for_step(plan, s) for i in mb]
     assert sorted(epoch0) == sorted(epoch1) == list(range(10))
     assert epoch0 != epoch1  # reshuffled each epoch
-    assert common.micro_batches_for_step(plan, 3) == common.micro_batches_for_step(plan, 3)
-    assert common.make_plan(10, 3, 2, epochs=3, max_steps=5, seed=1).total_steps == 5
+    assert batching.micro_batches_for_step(plan, 3) == batching.micro_batches_for_step(plan, 3)
+    assert batching.make_plan(10, 3, 2, epochs=3, max_steps=5, seed=1).total_steps == 5
 
 
 def test_collate_masks_untrained_and_padding():
     rows = synthetic_rows(2)
-    batch = common.collate(rows, pad_id=2)
+    batch = batching.collate(rows, pad_id=2)
     width = max(len(r.ids) for r in rows)
     assert batch["input_ids"].shape == (2, width)
     for i, row in enumerate(rows):
         n = len(row.ids)
         assert batch["attention_mask"][i].sum() == n
-        expected = [t if m else common.IGNORE for t, m in zip(row.ids, row.trained)]
+        expected = [t if m else batching.IGNORE for t, m in zip(row.ids, row.trained)]
         assert batch["labels"][i, :n].tolist() == expected
-        assert (batch["labels"][i, n:] == common.IGNORE).all()
-    assert common.count_trained(batch) == sum(sum(r.trained[1:]) for r in rows)
+        assert (batch["labels"][i, n:] == batching.IGNORE).all()
+    assert batching.count_trained(batch) == sum(sum(r.trained[1:]) for r in rows)
 
 
 def test_assert_finite_state_refuses_nan():

@@ -12,6 +12,10 @@ from tunery.data.messages import Example
 from tunery.errors import TuneryError
 
 
+def parts(data):
+    return data.train, data.val, data.warnings
+
+
 def chat(question, answer, weight=None):
     answer_msg = {"role": "assistant", "content": answer}
     if weight is not None:
@@ -31,7 +35,7 @@ def config(train, validation=(), **data):
 def test_train_and_validation_files(tmp_path, smol_tokenizer):
     train = write_jsonl(tmp_path / "t.jsonl", [chat(f"Q{i}", f"A{i}") for i in range(4)])
     val = write_jsonl(tmp_path / "v.jsonl", [chat("Qv", "Av")])
-    tr, va, warnings = build_datasets(config([train], [val]), smol_tokenizer)
+    tr, va, warnings = parts(build_datasets(config([train], [val]), smol_tokenizer))
     assert len(tr) == 4 and len(va) == 1 and warnings == []
     decoded = smol_tokenizer.decode(
         [i for i, on in zip(tr[2].ids, tr[2].trained) if on], skip_special_tokens=False
@@ -66,13 +70,13 @@ def test_sft_refuses_raw_text_and_cpt_trains_every_token(tmp_path, smol_tokenize
         build_datasets(config([corpus]), smol_tokenizer)
     cfg = config([corpus])
     cfg.method = "cpt"
-    tr, va, _ = build_datasets(cfg, smol_tokenizer)
+    tr, va, _ = parts(build_datasets(cfg, smol_tokenizer))
     assert tr[0].ids == smol_tokenizer("Alpha beta.")["input_ids"] + [smol_tokenizer.eos_token_id]
     assert all(all(r.trained) for r in tr) and va == []
     cfg.data.max_length = 8
     long_text = write_jsonl(tmp_path / "l.jsonl", [{"text": " ".join(["word"] * 20)}, {"text": "Gamma."}])
     cfg.data.train = [long_text]
-    tr, _, warnings = build_datasets(cfg, smol_tokenizer)
+    tr, _, warnings = parts(build_datasets(cfg, smol_tokenizer))
     assert [len(r.ids) for r in tr] == [8, 4] and tr[0].answer_cut  # "Gamma." is 3 tokens + EOS
     assert warnings == [
         "1 raw text example(s) are longer than max_length 8; only their first max_length tokens "
@@ -84,7 +88,7 @@ def test_cpt_trains_conversations_in_full(tmp_path, smol_tokenizer):
     train = write_jsonl(tmp_path / "t.jsonl", [chat("Q", "A")])
     cfg = config([train], train_on="assistant")
     cfg.method = "cpt"
-    tr, _, _ = build_datasets(cfg, smol_tokenizer)
+    tr, _, _ = parts(build_datasets(cfg, smol_tokenizer))
     assert all(tr[0].trained)
 
 
@@ -99,7 +103,7 @@ def test_dropped_examples_are_warned_about(tmp_path, smol_tokenizer):
         ],
     )
     # 40 tokens hold the default system prompt, the question and a few answer tokens.
-    tr, _, warnings = build_datasets(config([train], max_length=40), smol_tokenizer)
+    tr, _, warnings = parts(build_datasets(config([train], max_length=40), smol_tokenizer))
     assert len(tr) == 2
     assert warnings == [
         f"{train}:2: dropped: it has no trained token (every assistant turn has weight 0?)",
@@ -115,20 +119,28 @@ def test_nothing_left_is_an_error(tmp_path, smol_tokenizer):
     assert "every trained token lies beyond max_length 10" in info.value.why
 
 
+def test_validation_examples_come_with_their_rendered_rows(tmp_path, smol_tokenizer):
+    train = write_jsonl(tmp_path / "t.jsonl", [chat(f"Q{i}", f"A{i}") for i in range(10)])
+    data = build_datasets(config([train], val_split=0.2), smol_tokenizer)
+    assert [e.messages[-1].content for e in data.val_examples] == [
+        smol_tokenizer.decode([t for t, m in zip(r.ids, r.trained) if m]).removesuffix("<|im_end|>")
+        for r in data.val]
+
+
 def test_val_split_is_deterministic_and_seeded(tmp_path, smol_tokenizer):
     train = write_jsonl(tmp_path / "t.jsonl", [chat(f"Q{i}", f"A{i}") for i in range(20)])
     cfg = config([train], val_split=0.2)
     first = build_datasets(cfg, smol_tokenizer)
     again = build_datasets(cfg, smol_tokenizer)
-    assert len(first[0]) == 16 and len(first[1]) == 4
-    assert [r.ids for r in first[1]] == [r.ids for r in again[1]]
+    assert len(first.train) == 16 and len(first.val) == 4
+    assert [r.ids for r in first.val] == [r.ids for r in again.val]
     cfg.training.seed = 7
     other = build_datasets(cfg, smol_tokenizer)
-    assert [r.ids for r in other[1]] != [r.ids for r in first[1]]
+    assert [r.ids for r in other.val] != [r.ids for r in first.val]
     # Nothing is lost or duplicated by the split.
-    all_ids = sorted(tuple(r.ids) for r in first[0] + first[1])
+    all_ids = sorted(tuple(r.ids) for r in first.train + first.val)
     assert all_ids == sorted(
-        tuple(r.ids) for r in build_datasets(config([train]), smol_tokenizer)[0]
+        tuple(r.ids) for r in build_datasets(config([train]), smol_tokenizer).train
     )
 
 
@@ -145,7 +157,7 @@ def test_split_validation_pins_the_torch_generator():
 def test_validation_files_win_over_val_split_and_overlap_warns(tmp_path, smol_tokenizer):
     train = write_jsonl(tmp_path / "t.jsonl", [chat("Q", "A"), chat("Q2", "A2")])
     val = write_jsonl(tmp_path / "v.jsonl", [chat("Q2", "A2")])
-    tr, va, warnings = build_datasets(config([train], [val], val_split=0.2), smol_tokenizer)
+    tr, va, warnings = parts(build_datasets(config([train], [val], val_split=0.2), smol_tokenizer))
     assert len(tr) == 2 and len(va) == 1
     assert warnings[0] == "data.val_split is ignored because validation files are given"
     assert warnings[1].startswith(

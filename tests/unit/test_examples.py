@@ -86,18 +86,13 @@ def test_quickstart_splits_are_disjoint_and_well_formed():
         assert messages[2]["content"] == json.dumps(answer, ensure_ascii=False)
 
 
-def test_quickstart_demo_prints_answers_side_by_side():
+def test_quickstart_demo_runs_the_three_commands_a_user_would(monkeypatch):
     demo = _load_script(EXAMPLES / "quickstart" / "demo.py")
-    example = lambda answer: {"prompt": "Book Oslo, 2 nights, Ada Berg.", "reference": "R", "answer": answer}  # noqa: E731
-    rows = [
-        {"target": demo.BASE, "examples": [example("Sure!\nHere is a hotel"), example("x"), example("y")]},
-        {"target": "runs/quickstart", "examples": [example("R"), example("R"), example("R")]},
-    ]
-    first = demo.side_by_side(rows, count=2).split("\n\n")[0].splitlines()
-    assert first == [
-        "request:   Book Oslo, 2 nights, Ada Berg.",
-        "expected:  R",
-        "base:      Sure! Here is a hotel",
-        "tuned:     R",
-    ]
+    typed = []
+    monkeypatch.setattr(demo, "tunery", lambda *args: typed.append(args) or 0)
+    assert demo.main() == 0
+    assert [args[:2] for args in typed] == [("data", "check"), ("train", demo.shown(demo.CONFIG)),
+                                            ("eval", str(Path("runs") / "quickstart"))]
+    assert typed[2][2:] == ("--data", demo.shown(demo.HELDOUT), "--baselines", "zero", "--graders", "exact",
+                            "--probe", "none", "--max-new-tokens", "40")
     assert demo.run_dir() == Path("runs") / "quickstart"

@@ -9,18 +9,18 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from conftest import make_tiny_model
-from loop_helpers import synthetic_rows, tiny_config
+from loop_helpers import make_loop, synthetic_rows, tiny_config
 from tunery.runfolder import RunFolder
-from tunery.trainers import report, sft
+from tunery.trainers import loop
 
 
 @pytest.mark.parametrize("adapter", ["lora", "full"])
 def test_final_weights_round_trip_through_plain_loaders(smol_tokenizer, tmp_path, adapter):
     cfg = tiny_config(max_steps=3).model_copy(update={"adapter": adapter})
-    s = sft.setup(cfg, make_tiny_model(len(smol_tokenizer)), smol_tokenizer, synthetic_rows(6), [])
+    s = make_loop(smol_tokenizer, cfg, synthetic_rows(6))
     run = RunFolder(tmp_path / "run")
-    sft.train(s, run, sft.LoopState(), lambda: False)
-    target = report.save_final(s.model, smol_tokenizer, run, adapter)
+    loop.train(s, run, loop.LoopState(), lambda: False)
+    target = s.method.final_artefact(s.model, run)
     s.model.eval()
     ids = torch.tensor([[5, 17, 99, 3, 250, 8]])
     with torch.no_grad():

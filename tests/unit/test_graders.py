@@ -52,20 +52,18 @@ def test_json_schema_inline_and_from_a_file(tmp_path):
     assert [as_dict.score(x) for x in ('"s"', "null", "3")] == [1, 1, 0]
 
 
-def test_a_schema_keyword_we_do_not_check_is_never_ignored(monkeypatch):
-    import builtins
+def test_json_schema_errors_name_the_json_path_and_a_broken_schema_is_refused():
+    from tunery.graders.schema import compile_schema
 
-    real_import = builtins.__import__
-
-    def no_jsonschema(name, *args, **kwargs):
-        if name == "jsonschema":
-            raise ImportError("No module named 'jsonschema'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_jsonschema)
-    with pytest.raises(TuneryError, match="does not cover: oneOf") as err:
-        parse_grader('json_schema:{"oneOf": [{"type": "string"}]}')
-    assert "tunery[jsonschema]" in err.value.render()
+    check = compile_schema({"type": "object", "properties": {"rooms": {"type": "array", "items": {
+        "type": "object", "properties": {"nights": {"type": "integer", "minimum": 1}}}}},
+        "oneOf": [{"required": ["rooms"]}, {"required": ["none"]}]})
+    assert check({"rooms": [{"nights": 2}, {"nights": 0}]}) == ["$.rooms[1].nights: 0 is less than the minimum of 1"]
+    assert check({"rooms": []}) == []
+    assert scores('json_schema:{"oneOf": [{"type": "string"}, {"type": "integer"}]}', [('"a"', None), ("1.5", None)]) == [1, 0]
+    with pytest.raises(TuneryError, match="the JSON schema is not valid") as err:
+        parse_grader('json_schema:{"type": "strin"}')
+    assert "$.type" in err.value.render()
 
 
 def test_contains_and_max_words():

@@ -3,15 +3,14 @@ the run merges into the dequantized base and reports the logit difference agains
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
-from loop_helpers import synthetic_rows, tiny_config
+from loop_helpers import make_loop, synthetic_rows, tiny_config
+from tunery.config.load import to_yaml
 from tunery.models import quant
 from tunery.runfolder import RunFolder
-from tunery.trainers import report, sft
+from tunery.trainers import loop
 
 pytest.importorskip("bitsandbytes", reason="QLoRA needs the qlora extra (bitsandbytes)")
 
@@ -35,10 +34,10 @@ def test_a_qlora_step_changes_only_adapter_weights_and_the_base_stays_4bit(smol_
     cfg = qlora_config(tiny_model_dir)
     model = quant.load_for_training(cfg)
     assert quant.count_4bit_layers(model) == 14  # 7 linear layers x 2 blocks; head and embeddings stay fp32
-    s = sft.setup(cfg, model, smol_tokenizer, synthetic_rows(8), synthetic_rows(2, seed=1))
+    s = make_loop(smol_tokenizer, cfg, synthetic_rows(8), synthetic_rows(2, seed=1), model=model)
     before = snapshot(s.model)
     run = RunFolder(tmp_path / "run")
-    st, reason = sft.train(s, run, sft.LoopState(), lambda: False)
+    st, reason = loop.train(s, run, loop.LoopState(), lambda: False)
     after = snapshot(s.model)
     changed = sorted(name for name in before if not torch.equal(before[name], after[name]))
     assert reason == "finished" and st.step == 2 and changed
@@ -50,8 +49,8 @@ def test_a_qlora_step_changes_only_adapter_weights_and_the_base_stays_4bit(smol_
     assert weight.dtype == torch.uint8 and weight.quant_state.quant_type == "nf4"
     assert weight.numel() == 32 * 32 // 2  # two 4-bit codes per byte
 
-    report.save_final(s.model, smol_tokenizer, run, "qlora")
-    (run.root / "config.yaml").write_text(json.dumps({"lora": cfg.lora.model_dump()}))
+    s.method.final_artefact(s.model, run)
+    (run.root / "config.yaml").write_text(to_yaml(cfg))
     run.update_info(base_model=str(tiny_model_dir), adapter="qlora", status="finished")
     from safetensors.torch import load_file
 

@@ -7,16 +7,16 @@ import json
 import pytest
 import torch
 
-from conftest import make_tiny_model
 from eval_helpers import make_project
-from loop_helpers import synthetic_rows, tiny_config
+from loop_helpers import make_loop, synthetic_rows, tiny_config
 from tunery.config.load import validate
 from tunery.errors import TuneryError
 from tunery.graders import parse_graders
 from tunery.models import adapters
 from tunery.runfolder import RunFolder
 from tunery.trainers import checkpoint as ckpt
-from tunery.trainers import sft
+from tunery.trainers import loop as sft
+from tunery.trainers.watch import Watch
 
 # Scores the scripted grader returns after each step: best at step 2, never beaten by more than 0.05.
 SCRIPT = {1: 0.2, 2: 0.5, 3: 0.52, 4: 0.4, 5: 0.9, 6: 0.9}
@@ -24,25 +24,25 @@ SCRIPT = {1: 0.2, 2: 0.5, 3: 0.52, 4: 0.4, 5: 0.9, 6: 0.9}
 
 def grader_setup(tok, patience=2, watch="grader", **training):
     cfg = tiny_config(max_steps=6, eval_every=1, early_stopping_patience=patience, keep_checkpoints=1, **training)
-    s = sft.setup(cfg, make_tiny_model(len(tok)), tok, synthetic_rows(10), synthetic_rows(4, seed=1))
-    # The synthetic rows have no files to draw a sample from: the sample is given, the scores scripted.
-    s.cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(
+    s = make_loop(tok, cfg, synthetic_rows(10), synthetic_rows(4, seed=1))
+    # The synthetic rows have no examples to draw a sample from: the sample is given, the scores scripted.
+    watched = cfg.model_copy(update={"eval": cfg.eval.model_copy(
         update={"graders": ["exact"], "early_stopping_on": watch, "min_delta": 0.05})})
-    s.grader_items, s.graders = ["one", "two"], parse_graders(["exact"])
+    s.watch = Watch(watched, s.plan.total_steps, s.watch.eval_every, parse_graders(["exact"]), ["one", "two"])
     return s
 
 
 @pytest.fixture
 def scripted(monkeypatch):
-    """score_sample returns SCRIPT's score for the current step, and records the model's mode."""
+    """Watch.score returns SCRIPT's score for the current step, and records the model's mode."""
     calls = []
 
-    def fake(model, tokenizer, items, graders, max_new_tokens, batch_size):
+    def fake(watch, model, tokenizer):
         calls.append(model.training)
         step = len(calls)
-        return {"score": SCRIPT[step], "exact": SCRIPT[step], "n": len(items)}
+        return {"score": SCRIPT[step], "exact": SCRIPT[step], "n": len(watch.items)}
 
-    monkeypatch.setattr("tunery.eval.during_training.score_sample", fake)
+    monkeypatch.setattr(Watch, "score", fake)
     return calls
 
 
@@ -54,7 +54,7 @@ def test_early_stopping_on_a_grader_keeps_the_best_scoring_weights(smol_tokenize
     graded = [m for m in RunFolder(tmp_path).read_metrics() if m["kind"] == "grader"]
     assert [(m["step"], m["score"], m["best"], m["n"]) for m in graded] == [
         (1, 0.2, True, 2), (2, 0.5, True, 2), (3, 0.52, False, 2), (4, 0.4, False, 2)]
-    assert sft.describe_best(s, st) == "best exact 0.500 at step 2"
+    assert s.watch.describe_best(st) == "best exact 0.500 at step 2"
     best = ckpt.load_checkpoint(ckpt.step_dir(tmp_path / "checkpoints", 2))[0]
     sft.restore_best(s, RunFolder(tmp_path), st)
     restored = adapters.trainable_state(s.model)
@@ -71,15 +71,13 @@ def test_watching_the_loss_records_grader_scores_without_stopping_on_them(smol_t
 
 def test_grader_early_stopping_resumes_where_it_would_have_stopped(smol_tokenizer, tmp_path, monkeypatch):
     script = iter([0.2, 0.5, 0.52, 0.4] * 2)
-    monkeypatch.setattr("tunery.eval.during_training.score_sample",
-                        lambda *a, **k: (lambda v: {"score": v, "exact": v, "n": 2})(next(script)))
+    monkeypatch.setattr(Watch, "score", lambda *a: (lambda v: {"score": v, "exact": v, "n": 2})(next(script)))
     first = grader_setup(smol_tokenizer, save_every=1)
     calls = []
     st, reason = sft.train(first, RunFolder(tmp_path), sft.LoopState(), lambda: calls.append(1) or len(calls) >= 3)
     assert (reason, st.step) == ("interrupted", 3)
     # A new process: the best score and the patience count come back from the checkpoint.
-    monkeypatch.setattr("tunery.eval.during_training.score_sample",
-                        lambda *a, **k: {"score": 0.4, "exact": 0.4, "n": 2})
+    monkeypatch.setattr(Watch, "score", lambda *a: {"score": 0.4, "exact": 0.4, "n": 2})
     second = grader_setup(smol_tokenizer, save_every=1)
     st2 = sft.resume(second, ckpt.step_dir(tmp_path / "checkpoints", 3))
     assert (st2.best_score, st2.best_step, st2.evals_since_best) == (0.5, 2, 1)
@@ -94,7 +92,7 @@ def test_watching_a_grader_needs_one_and_examples_to_score(tmp_path):
         {"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}) + "\n")
     cfg = validate({"data": {"train": [str(tmp_path / "t.jsonl")], "val_split": 0.0}, "eval": {"graders": ["exact"]}})
     with pytest.raises(TuneryError, match="no examples to score during training"):
-        sft.grader_sample(cfg)
+        Watch.for_run(cfg, 10, val_examples=[])
 
 
 def test_a_real_run_scores_its_validation_sample_with_real_generation(tmp_path, tiny_model_dir):

@@ -6,17 +6,16 @@ import torch
 from safetensors.torch import load_file
 
 import pytest
-from conftest import make_tiny_model
-from loop_helpers import synthetic_rows, tiny_config
+from loop_helpers import make_loop, synthetic_rows, tiny_config
 from tunery.errors import TuneryError
 from tunery.models import adapters
 from tunery.runfolder import RunFolder
 from tunery.trainers import checkpoint as ckpt
-from tunery.trainers import sft
+from tunery.trainers import loop as sft
 
 
 def fresh_setup(tok, cfg, n_train=10, n_val=4):
-    return sft.setup(cfg, make_tiny_model(len(tok)), tok, synthetic_rows(n_train), synthetic_rows(n_val, seed=1))
+    return make_loop(tok, cfg, synthetic_rows(n_train), synthetic_rows(n_val, seed=1))
 
 
 def run_loop(s, root, stop_after=None, state=None):
@@ -69,8 +68,8 @@ def test_accumulation_1x8_equals_8x1(smol_tokenizer):
     # Dropout off: the two layouts draw different dropout masks, which is not what is compared here.
     one_by_eight = fresh_setup(smol_tokenizer, no_dropout(tiny_config(batch_size=8, grad_accum=1)), n_train=8)
     eight_by_one = fresh_setup(smol_tokenizer, no_dropout(tiny_config(batch_size=1, grad_accum=8)), n_train=8)
-    loss_a, trained_a, _ = sft.accumulate(one_by_eight, 0)
-    loss_b, trained_b, _ = sft.accumulate(eight_by_one, 0)
+    a, b = sft.accumulate(one_by_eight, 0), sft.accumulate(eight_by_one, 0)
+    (loss_a, trained_a), (loss_b, trained_b) = (a.loss, a.units), (b.loss, b.units)
     assert trained_a == trained_b > 0
     assert loss_a == pytest.approx(loss_b, rel=1e-5)
     grads_a = {n: p.grad for n, p in one_by_eight.model.named_parameters() if p.requires_grad}
@@ -133,4 +132,4 @@ def test_early_stopping_keeps_the_best_weights(smol_tokenizer, tmp_path):
     names = [p.name for p in ckpt.complete_checkpoints(tmp_path / "checkpoints")]
     assert f"step-{st.best_step:07d}" in names and f"step-{st.step:07d}" in names
     sft.restore_best(s, RunFolder(tmp_path), st)
-    assert sft.evaluate(s) == pytest.approx(st.best_val, rel=1e-6)
+    assert sft.evaluate(s)[0] == pytest.approx(st.best_val, rel=1e-6)

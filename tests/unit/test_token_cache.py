@@ -14,8 +14,8 @@ def config(train, **data):
 
 
 def rows_of(result):
-    train, val, warnings = result
-    return [(r.ids, r.trained, r.truncated, r.answer_cut) for r in train + val], len(train), warnings
+    rows = [(r.ids, r.trained, r.truncated, r.answer_cut) for r in result.train + result.val]
+    return rows, len(result.train), result.warnings, result.val_examples
 
 
 def test_a_second_build_reads_the_same_rows_without_rendering(tmp_path, smol_tokenizer, monkeypatch):
@@ -23,7 +23,8 @@ def test_a_second_build_reads_the_same_rows_without_rendering(tmp_path, smol_tok
                   + [chat("long " * 80, "cut")])  # the last one is dropped (answer beyond max_length)
     cfg, cache = config(train), tmp_path / "cache"
     first = dataset.build_datasets(cfg, smol_tokenizer, cache_dir=cache)
-    assert len(list(cache.glob("*.safetensors"))) == 1 and first[2]  # the drop warning is kept too
+    assert len(list(cache.glob("*.safetensors"))) == 1 and first.warnings  # the drop warning is kept too
+    assert len(first.val_examples) == 3  # and the validation examples (graders answer them)
 
     def no_render(*_args):
         raise AssertionError("rendered again")

@@ -72,42 +72,37 @@ def write_and_print(result: dict, targets: list[str], out: Path | None, as_json:
     print(f"\nwrote {json_path} and {html_path}")
 
 
-def run_eval(targets: list[str], data: Path, graders: list[str], baselines: str, k: int, retrieval: str,
-             train: list[Path], max_new_tokens: int, temperature: float, seed: int, batch_size: int,
-             limit: int | None, probe: str, out: Path | None, as_json: bool) -> int:
-    """`tunery eval`: evaluate, write eval.json + report.html, print the table (or the JSON)."""
-    from tunery.eval.evaluate import EvalOptions, evaluate
+def grader_specs(options: list[str] | None) -> list[str]:
+    """`--graders` values as specs: each option may hold a comma list (`exact,json`)."""
     from tunery.graders import split_spec_list
 
-    opts = EvalOptions(
-        graders=[s for text in graders for s in split_spec_list(text)],
-        baselines=_baselines(baselines), k=k, retrieval=retrieval, train=[str(p) for p in train],
-        max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, batch_size=batch_size,
-        limit=limit, probe=None if probe == "none" else probe,
-    )
-    result = evaluate(targets, str(data), opts, log=_log)
+    return [spec for text in options or [] for spec in split_spec_list(text)]
+
+
+def parse_baselines(text: str) -> tuple[str, ...]:
+    """`--baselines zero,few` -> ("zero", "few"); `none` or nothing -> ()."""
+    return () if text.strip() in ("", "none") else tuple(p.strip() for p in text.split(",") if p.strip())
+
+
+def run_eval(targets: list[str], data: str, opts, out: Path | None, as_json: bool) -> int:
+    """`tunery eval` with its `EvalOptions`: evaluate, write eval.json + report.html, print the table
+    (or the JSON)."""
+    from tunery.eval.evaluate import evaluate
+
+    result = evaluate(targets, data, opts, log=_log)
     write_and_print(result, targets, out, as_json)
     return 0
 
 
-def _baselines(text: str) -> tuple[str, ...]:
-    return () if text.strip() in ("", "none") else tuple(p.strip() for p in text.split(",") if p.strip())
-
-
-def run_advise(data: Path, train: list[Path], model: str, run: str | None, graders: list[str], k: int,
-               retrieval: str, holdout: float, limit: int, max_new_tokens: int, seed: int,
-               as_json: bool) -> int:
-    """`tunery advise`: prompting vs retrieval (vs a tuned run) on held-out examples, one sentence."""
+def run_advise(opts, as_json: bool) -> int:
+    """`tunery advise` with its `AdviseOptions`: prompting vs retrieval (vs a tuned run) on held-out
+    examples, one sentence."""
     from tunery.eval.advise import split_for_advice
-    from tunery.eval.evaluate import EvalOptions, evaluate
-    from tunery.graders import split_spec_list
+    from tunery.eval.evaluate import evaluate
 
-    items, pool, pool_files = split_for_advice(str(data), [str(p) for p in train], holdout, limit, seed)
-    opts = EvalOptions(graders=[s for text in graders for s in split_spec_list(text)], k=k, retrieval=retrieval,
-                       max_new_tokens=max_new_tokens, seed=seed, probe="builtin" if run else None,
-                       baselines=("zero", "few", "rag"))
-    result = evaluate([run] if run else [model], str(data), opts, log=_log, items=items, pool=pool,
-                      pool_files=pool_files)
+    items, pool, pool_files = split_for_advice(opts.data, opts.train, opts.holdout, opts.limit, opts.evaluation.seed)
+    target = [opts.run] if opts.run else [opts.model]
+    result = evaluate(target, opts.data, opts.evaluation, log=_log, items=items, pool=pool, pool_files=pool_files)
     if as_json:
         from tunery.eval.report_html import finite
 

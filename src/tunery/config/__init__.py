@@ -1,6 +1,2 @@
-"""Typed configuration: schema, loading with overrides, and docs."""
-
-from tunery.config.load import ResolvedConfig, load_config, to_yaml
-from tunery.config.schema import TrainConfig
-
-__all__ = ["ResolvedConfig", "TrainConfig", "load_config", "to_yaml"]
+"""Typed configuration: the schema (`schema`), its shared defaults (`defaults`), loading with overrides
+(`load`), and the generated reference (`docs`). Nothing is imported here, so `defaults` stays cheap."""

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
+from tunery.config import defaults
 
 
 class Section(BaseModel):
@@ -100,7 +100,7 @@ class DataSection(Section):
         "all tokens, or only the last assistant turn.",
     )
     max_length: int = Field(
-        1024, ge=8, description="Longest example in tokens; longer ones are cut at the end."
+        defaults.MAX_LENGTH, ge=8, description="Longest example in tokens; longer ones are cut at the end."
     )
 
 
@@ -214,7 +214,7 @@ class EvalSection(Section):
         description="Files of examples to score (empty: the validation examples). Relative paths "
         "follow the same rule as `data.train`.",
     )
-    max_new_tokens: int = Field(64, ge=1, description="Most tokens generated per answer.")
+    max_new_tokens: int = Field(defaults.MAX_NEW_TOKENS, ge=1, description="Most tokens generated per answer.")
     early_stopping_on: Literal["val_loss", "grader"] = Field(
         "val_loss",
         description="What `training.early_stopping_patience` and the best checkpoint watch: the "
@@ -267,7 +267,7 @@ class TrainConfig(Section):
         "pre-training on raw text (every token trained).",
     )
     base_model: str = Field(
-        DEFAULT_BASE_MODEL,
+        defaults.BASE_MODEL,
         description="The alias `smollm2-135m-instruct` (embedded, offline), a local HF folder, "
         "a `.gguf` file, or a hub id.",
     )

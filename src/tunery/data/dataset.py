@@ -14,7 +14,7 @@ from tunery.data.formats import convert_records
 from tunery.data.messages import Example
 from tunery.data.problems import Problem, raise_if_errors
 from tunery.data.readers import read_records
-from tunery.data.render import Rendered, render_example
+from tunery.data.render import Datasets, Rendered, render_example
 from tunery.errors import TuneryError
 
 if TYPE_CHECKING:
@@ -145,8 +145,8 @@ def _overlap_warning(train: list[Example], validation: list[Example]) -> list[st
 
 
 def build_datasets(cfg: TrainConfig, tokenizer, cache_dir: Path | None = None,
-                   write_cache: bool = True) -> tuple[list[Rendered], list[Rendered], list[str]]:
-    """Training and validation examples for a config: (train, validation, warnings).
+                   write_cache: bool = True) -> Datasets:
+    """Training and validation examples for a config.
 
     With `cache_dir`, the rendered rows are read from there when the data files, tokenizer and data
     settings are unchanged (`tunery.data.token_cache`), and written there otherwise (`write_cache`).
@@ -161,11 +161,11 @@ def build_datasets(cfg: TrainConfig, tokenizer, cache_dir: Path | None = None,
         return cached
     result = render_datasets(cfg, tokenizer)
     if write_cache:
-        token_cache.save(cache_dir, key, *result)
+        token_cache.save(cache_dir, key, result)
     return result
 
 
-def render_datasets(cfg: TrainConfig, tokenizer) -> tuple[list[Rendered], list[Rendered], list[str]]:
+def render_datasets(cfg: TrainConfig, tokenizer) -> Datasets:
     """Read, check and render the training and validation examples (no cache).
 
     Reads ``cfg.data.train`` / ``cfg.data.validation`` (absolute paths), with ``cfg.data.format``,
@@ -199,4 +199,4 @@ def render_datasets(cfg: TrainConfig, tokenizer) -> tuple[list[Rendered], list[R
             why="every example was dropped: " + "; ".join(found_warnings[:3]),
             fix="raise data.max_length, or check that assistant turns are not all weight 0",
         )
-    return train_rendered, val_rendered, warnings
+    return Datasets(train_rendered, val_rendered, warnings, validation)

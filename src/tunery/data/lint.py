@@ -10,6 +10,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from tunery.config import defaults
 from tunery.data.dataset import load_file, method_problems, progress
 from tunery.data.messages import Example
 from tunery.data.problems import Problem
@@ -259,7 +260,7 @@ def check_files(
     tokenizer,
     *,
     validation_paths=(),
-    max_length: int = 1024,
+    max_length: int = defaults.MAX_LENGTH,
     train_on: str = "assistant",
     fmt: str = "auto",
     method: str = "sft",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from itertools import groupby
 
+from tunery.config import defaults
 from tunery.data.dataset import load_file
 from tunery.data.messages import Example
 from tunery.data.problems import raise_if_errors
@@ -40,7 +41,7 @@ def render_previews(
     tokenizer,
     n: int = 3,
     train_on: str = "assistant",
-    max_length: int | None = 1024,
+    max_length: int | None = defaults.MAX_LENGTH,
     marks: tuple[str, str] = BRACKETS,
 ) -> list[dict]:
     """Render the first ``n`` examples: ids, trained flags, marked text, counts and location."""
@@ -68,7 +69,7 @@ def preview_examples(
     tokenizer,
     n: int = 3,
     train_on: str = "assistant",
-    max_length: int = 1024,
+    max_length: int = defaults.MAX_LENGTH,
     fmt: str = "auto",
 ) -> list[dict]:
     """The first ``n`` readable examples of ``path`` rendered with trained spans in ``[[ ]]``.

@@ -13,7 +13,7 @@ as SentencePiece's ``▁Paris`` does, is the answer's first token and must be le
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tunery.data.messages import Example, Message
 from tunery.errors import TuneryError
@@ -44,6 +44,17 @@ class Rendered:
     def num_trained(self) -> int:
         """How many tokens carry loss."""
         return sum(self.trained)
+
+
+@dataclass
+class Datasets:
+    """What a method trains on: rendered training and validation rows, the validation examples
+    themselves (graders during training answer their prompts), and warnings for the log."""
+
+    train: list[Rendered]
+    val: list[Rendered]
+    warnings: list[str] = field(default_factory=list)
+    val_examples: list[Example] = field(default_factory=list)
 
 
 def chat_template_of(tokenizer) -> str:

@@ -17,10 +17,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from tunery.data.render import Rendered, chat_template_of
+from tunery.data.messages import Example, Message
+from tunery.data.render import Datasets, Rendered, chat_template_of
 
-# Bump when rendering changes what it produces for the same inputs.
-RENDER_VERSION = 1
+# Bump when rendering changes what it produces for the same inputs (2: validation examples kept).
+RENDER_VERSION = 2
 
 
 def _file_digest(path: str) -> str:
@@ -72,21 +73,34 @@ def _unpack_rows(tensors: dict[str, torch.Tensor], prefix: str) -> list[Rendered
     return rows
 
 
-def save(folder: Path, key: str, train: list[Rendered], val: list[Rendered], warnings: list[str]) -> None:
-    """Write the rendered rows under `folder` (temporary names, then renamed: never half a file)."""
+def _example_json(example: Example) -> dict:
+    messages = None if example.messages is None else [[m.role, m.content, m.weight] for m in example.messages]
+    return {"source": example.source, "line": example.line, "messages": messages, "text": example.text}
+
+
+def _example_from_json(data: dict) -> Example:
+    messages = None if data["messages"] is None else [Message(*m) for m in data["messages"]]
+    return Example(data["source"], data["line"], messages, data["text"])
+
+
+def save(folder: Path, key: str, data: Datasets) -> None:
+    """Write a `Datasets` under `folder` (temporary names, then renamed: never half a file)."""
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = _pack_rows(train, "train") | _pack_rows(val, "val")
+    tensors = _pack_rows(data.train, "train") | _pack_rows(data.val, "val")
     tmp = folder / f".{key}.safetensors.tmp"
     save_file(tensors, str(tmp))
-    (folder / f".{key}.json.tmp").write_text(json.dumps({"warnings": warnings}))
+    meta = {"warnings": data.warnings, "val_examples": [_example_json(e) for e in data.val_examples]}
+    (folder / f".{key}.json.tmp").write_text(json.dumps(meta))
     os.replace(folder / f".{key}.json.tmp", folder / f"{key}.json")
     os.replace(tmp, folder / f"{key}.safetensors")  # last: its presence means both are complete
 
 
-def load(folder: Path, key: str) -> tuple[list[Rendered], list[Rendered], list[str]] | None:
-    """The rows saved under `key`, or None when there are none."""
-    weights, meta = folder / f"{key}.safetensors", folder / f"{key}.json"
-    if not (weights.is_file() and meta.is_file()):
+def load(folder: Path, key: str) -> Datasets | None:
+    """The `Datasets` saved under `key`, or None when there is none."""
+    weights, meta_path = folder / f"{key}.safetensors", folder / f"{key}.json"
+    if not (weights.is_file() and meta_path.is_file()):
         return None
     tensors = load_file(str(weights))
-    return _unpack_rows(tensors, "train"), _unpack_rows(tensors, "val"), json.loads(meta.read_text())["warnings"]
+    meta = json.loads(meta_path.read_text())
+    examples = [_example_from_json(e) for e in meta["val_examples"]]
+    return Datasets(_unpack_rows(tensors, "train"), _unpack_rows(tensors, "val"), meta["warnings"], examples)

@@ -11,7 +11,13 @@ significant loss on the forgetting probe is added as the cost it is.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 from tunery.eval.aggregate import cost_rank
+
+if TYPE_CHECKING:
+    from tunery.eval.evaluate import EvalOptions
 
 APPROACH = {
     (False, "zero-shot"): "prompting (zero-shot)",
@@ -102,6 +108,19 @@ def summary_sentence(result: dict) -> str:
         sentence += (f"; {1 - best['scores'][primary]['mean']:.0%} of answers still miss, so fine-tuning is "
                      "worth trying if that is too many")
     return sentence + _forgetting_clause(result, chosen) + "."
+
+
+@dataclass
+class AdviseOptions:
+    """Everything `tunery advise` can be told; `evaluation` holds the options it shares with `tunery eval`."""
+
+    data: str
+    train: list[str]
+    model: str
+    run: str | None
+    holdout: float
+    limit: int
+    evaluation: EvalOptions
 
 
 def split_for_advice(data: str, train: list[str], holdout: float, limit: int, seed: int):

@@ -41,8 +41,7 @@ def _eval_figures(root: Path) -> dict:
 
 def compare_runs(runs: list[str]) -> dict:
     """{"runs": [...], "rows": [{"key", "values", "differs", "section"}]} for figures, eval and config."""
-    import yaml
-
+    
     from tunery.runfolder import RunFolder, is_run_folder
 
     columns = []
@@ -51,7 +50,8 @@ def compare_runs(runs: list[str]) -> dict:
         if not is_run_folder(root):
             raise TuneryError(f"{run} is not a run folder (no run.json)")
         folder = RunFolder(root)
-        config = yaml.safe_load(folder.config.read_text(encoding="utf-8")) if folder.config.is_file() else {}
+        typed = folder.read_config()
+        config = typed.model_dump(mode="json") if typed is not None else {}
         info = folder.read_info()
         columns.append({"figures": {k: info.get(k) for k in FIGURES}, "eval": _eval_figures(root),
                         "config": flatten(config)})

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from tunery.config import defaults
 from tunery import __version__
 from tunery.data.messages import Example
 from tunery.errors import TuneryError
@@ -32,17 +33,17 @@ class EvalOptions:
 
     graders: list[str] = field(default_factory=list)  # empty: chosen from the references
     baselines: tuple[str, ...] = DEFAULT_BASELINES
-    k: int = 3
-    retrieval: str = "bm25"
+    k: int = defaults.SHOTS
+    retrieval: str = defaults.RETRIEVAL
     train: list[str] = field(default_factory=list)  # example pool; empty: the first run's training files
-    max_new_tokens: int = 64
+    max_new_tokens: int = defaults.MAX_NEW_TOKENS
     temperature: float = 0.0
     seed: int = 0
-    batch_size: int = 8
+    batch_size: int = defaults.EVAL_BATCH_SIZE
     limit: int | None = None
     probe: str | None = "builtin"  # builtin, a file in the eval format with graders per record, or None
     probe_max_new_tokens: int = 32
-    max_length: int = 1024
+    max_length: int = defaults.MAX_LENGTH
     near_threshold: float = signals.NEAR_THRESHOLD
 
 
@@ -58,17 +59,16 @@ class RunTarget:
 
 def read_run_target(path: Path) -> RunTarget:
     """Base model, training files and metrics of a run folder (from run.json and config.yaml)."""
-    import yaml
-
     from tunery.inference import read_run_info
     from tunery.runfolder import RunFolder
 
     folder = RunFolder(path)
     info = read_run_info(path)
-    config = yaml.safe_load(folder.config.read_text(encoding="utf-8")) if folder.config.is_file() else {}
-    data = (config or {}).get("data") or {}
+    typed = folder.read_config()
+    config = typed.model_dump(mode="json") if typed is not None else {}
+    data = config.get("data") or {}
     return RunTarget(str(path), info["base_model"], list(data.get("train") or []), data.get("format", "auto"),
-                     folder.read_metrics(), config or {})
+                     folder.read_metrics(), config)
 
 
 def resolve_targets(targets: list[str]) -> tuple[list[RunTarget], list[str]]:

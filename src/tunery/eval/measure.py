@@ -8,12 +8,13 @@ import time
 
 import torch
 
+from tunery.config import defaults
 from tunery.data.messages import Example, Message
 
 
 @torch.inference_mode()
 def answer_loss(model, tokenizer, prompts: list[list[dict]], references: list[str],
-                max_length: int = 1024, batch_size: int = 8) -> dict:
+                max_length: int = defaults.MAX_LENGTH, batch_size: int = defaults.EVAL_BATCH_SIZE) -> dict:
     """Mean loss per reference token (and perplexity) of each reference given its prompt.
 
     Each conversation is rendered with the chat template and only the last assistant turn (the
@@ -21,7 +22,7 @@ def answer_loss(model, tokenizer, prompts: list[list[dict]], references: list[st
     same prompts as generation are used, so few-shot and retrieval rows get the loss with their shots.
     """
     from tunery.data.render import render_example
-    from tunery.trainers.forward import mean_loss
+    from tunery.models.forward import mean_loss
 
     rows = []
     for prompt, reference in zip(prompts, references):

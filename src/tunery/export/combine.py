@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import yaml
 
+from tunery.config.load import to_yaml
 from tunery.errors import TuneryError
 from tunery.export.lora_math import split_adapter
 from tunery.export.merge import ADAPTER_KINDS, read_adapter
@@ -156,7 +156,7 @@ def combine_runs(run_dirs: list[str | Path], method: str, out_dir: str | Path, w
 
 def _write_run(model, parts: list[dict], out: RunFolder, method: str, weights: list[float],
                density: float | None, seed: int, log) -> dict:
-    from tunery.export.card import write_adapter_card
+    from tunery.runcard import write_adapter_card
 
     tmp = out.root.with_name(f".tmp-{out.root.name}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -164,10 +164,11 @@ def _write_run(model, parts: list[dict], out: RunFolder, method: str, weights: l
     model.save_pretrained(staged.adapter, safe_serialization=True)
     first = RunFolder(Path(parts[0]["run"]))
     shutil.copytree(first.tokenizer, staged.tokenizer)
-    config = yaml.safe_load(first.config.read_text()) if first.config.is_file() else {}
-    train = [f for part in parts for f in _train_files(Path(part["run"]))]
-    config = config | {"data": (config.get("data") or {}) | {"train": train}}
-    write_text_atomic(staged.config, yaml.safe_dump(config, sort_keys=False))
+    config = first.read_config()
+    if config is not None:
+        train = [f for part in parts for f in _train_files(Path(part["run"]))]
+        combined = config.model_copy(update={"data": config.data.model_copy(update={"train": train})})
+        write_text_atomic(staged.config, to_yaml(combined))
     tensors, adapter_config = read_adapter(staged.adapter)
     info = staged.update_info(
         base_model=parts[0]["base_model"], adapter=parts[0]["adapter"], method="combine", status="finished",
@@ -183,7 +184,5 @@ def _write_run(model, parts: list[dict], out: RunFolder, method: str, weights: l
 
 
 def _train_files(run_dir: Path) -> list[str]:
-    path = RunFolder(run_dir).config
-    if not path.is_file():
-        return []
-    return list(((yaml.safe_load(path.read_text()) or {}).get("data") or {}).get("train") or [])
+    config = RunFolder(run_dir).read_config()
+    return list(config.data.train) if config is not None else []

@@ -130,7 +130,7 @@ def write_modelfile(tokenizer, gguf_path: Path, out: Path) -> dict:
 
 def _card(run: RunFolder) -> None:
     """Runs trained before adapter cards existed get one now (the text is a function of the run)."""
-    from tunery.export.card import write_adapter_card
+    from tunery.runcard import write_adapter_card
 
     write_adapter_card(run.root)
 

@@ -139,7 +139,7 @@ def merge_run(run_dir: str | Path, out_dir: str | Path, dtype: str = "float32", 
         )
     tokenizer = AutoTokenizer.from_pretrained(run.tokenizer)
     if kind in ADAPTER_KINDS:
-        from tunery.export.card import write_adapter_card
+        from tunery.runcard import write_adapter_card
 
         write_adapter_card(run.root)
         print_(f"merging {run.adapter} into {info['base_model']} ...")

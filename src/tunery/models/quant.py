@@ -21,6 +21,7 @@ from tunery._deps import require
 from tunery.config.schema import LoraSection, TrainConfig
 from tunery.errors import TuneryError
 from tunery.models.load import DTYPES, load_model, resolve_model_source
+from tunery.runfolder import RunFolder
 
 
 def bnb_config(lora: LoraSection):
@@ -79,13 +80,8 @@ def load_for_training(cfg: TrainConfig):
 
 def run_lora_section(run_root: str | Path | None) -> LoraSection:
     """The `lora:` section a run was trained with (defaults when the run has no config.yaml)."""
-    import yaml
-
-    path = Path(run_root) / "config.yaml" if run_root else None
-    if path is None or not path.is_file():
-        return LoraSection()
-    raw = yaml.safe_load(path.read_text()) or {}
-    return LoraSection.model_validate(raw.get("lora") or {})
+    config = RunFolder(Path(run_root)).read_config() if run_root else None
+    return config.lora if config is not None else LoraSection()
 
 
 def load_base_for_run(info: dict, run_root: str | Path | None = None, dtype: str = "float32"):

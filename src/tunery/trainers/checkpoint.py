@@ -24,6 +24,7 @@ COMPLETE = "COMPLETE"
 WEIGHTS = "trainable.safetensors"
 OPTIMIZER = "optimizer.safetensors"
 STATE = "state.json"
+METHOD = "method.safetensors"  # what a method carries between steps (an RL generation buffer), if anything
 
 
 def step_dir(root: Path, step: int) -> Path:
@@ -83,11 +84,13 @@ def restore_rng(tensors: dict[str, torch.Tensor], meta: dict, rank: int = 0) -> 
 
 def save_checkpoint(root: Path, step: int, weights: dict[str, torch.Tensor],
                     optimizer: torch.optim.Optimizer | dict, loop_state: dict,
-                    rank_rng: list[torch.Tensor] | None = None) -> Path:
+                    rank_rng: list[torch.Tensor] | None = None,
+                    method_state: dict[str, torch.Tensor] | None = None) -> Path:
     """Write checkpoint `step` atomically and return its folder.
 
     `optimizer`: the optimizer, or its state dict with full tensors (a sharded run gathers it first).
-    `rank_rng`: each rank's torch RNG state in a multi-process run (rank 0's own is saved anyway)."""
+    `rank_rng`: each rank's torch RNG state in a multi-process run (rank 0's own is saved anyway).
+    `method_state`: tensors the training method carries between steps (none for most methods)."""
     assert_finite_state(weights, f"checkpoint step {step}")
     root.mkdir(parents=True, exist_ok=True)
     final = step_dir(root, step)
@@ -102,6 +105,9 @@ def save_checkpoint(root: Path, step: int, weights: dict[str, torch.Tensor],
     rng_meta["world"] = len(rank_rng) if rank_rng else 1
     both = {f"opt.{k}": v for k, v in opt_tensors.items()} | {f"rng.{k}": v for k, v in rng_tensors.items()}
     save_file(both, str(tmp / OPTIMIZER))
+    if method_state:
+        assert_finite_state(method_state, f"checkpoint step {step} (method state)")
+        save_file({k: v.detach().contiguous() for k, v in method_state.items()}, str(tmp / METHOD))
     state = {"step": step, "loop": loop_state, "optimizer": opt_meta, "rng": rng_meta}
     (tmp / STATE).write_text(json.dumps(state, indent=1))
     _fsync_tree(tmp)
@@ -139,6 +145,12 @@ def load_checkpoint(folder: Path, tensors: bool = True
     weights = load_file(str(folder / WEIGHTS))
     extra = load_file(str(folder / OPTIMIZER))
     return weights, extra, state
+
+
+def load_method_state(folder: Path) -> dict[str, torch.Tensor]:
+    """The method's tensors saved in checkpoint `folder` ({} when it saved none)."""
+    path = folder / METHOD
+    return load_file(str(path)) if path.is_file() else {}
 
 
 def restore_training_state(folder: Path, optimizer: torch.optim.Optimizer, extra: dict, state: dict,

@@ -66,6 +66,17 @@ def sum_over_ranks(value: float, d: Dist) -> float:
     return float(t.item())
 
 
+def sum_all_over_ranks(values: list[float], d: Dist) -> list[float]:
+    """Each value summed over ranks, in one all-reduce of a float64 vector."""
+    if not d.active:
+        return [float(v) for v in values]
+    import torch.distributed as dist
+
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
 def max_over_ranks(value: int, d: Dist) -> int:
     if not d.active:
         return value

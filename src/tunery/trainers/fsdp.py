@@ -20,9 +20,7 @@ import torch
 from tunery.errors import TuneryError
 from tunery.models import adapters
 from tunery.trainers import distributed as ddp
-from tunery.trainers.common import IGNORE
-from tunery.trainers.forward import model_inputs, causal_lm_of, has_plain_head
-from tunery.trainers.losses import causal_lm_sum, token_ce_sum
+from tunery.models.forward import causal_lm_of
 
 
 def is_sharded(model) -> bool:
@@ -65,25 +63,6 @@ def shard(model, dist: ddp.Dist):
         unit.set_gradient_divide_factor(1.0)
         unit.set_force_sum_reduction_for_comms(True)
     return model
-
-
-def forward_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """`forward.forward_loss` for a sharded model: the same summed loss, through the root's forward.
-
-    FSDP gathers the root's own weights (embeddings, final norm, head) in the root's forward hook, so the
-    head cannot be called on its own as in the unsharded path; transformers' `logits_to_keep` mask runs
-    it at the trained positions only, inside that forward (the families of `PLAIN_HEAD_FAMILIES` all
-    take it). The batch moves to the shards' device (a GPU with CUDA)."""
-    device = next(model.parameters()).device
-    batch = {k: v.to(device) for k, v in batch.items()}
-    if not has_plain_head(model):
-        return causal_lm_sum(model(**model_inputs(batch)).logits, batch["labels"])
-    targets = batch["labels"][:, 1:]
-    keep = targets != IGNORE
-    # Position t predicts token t + 1: keep the hidden state at t where label t + 1 is trained.
-    positions = torch.nn.functional.pad(keep, (0, 1), value=False)
-    logits = model(**model_inputs(batch), logits_to_keep=positions).logits
-    return token_ce_sum(logits, targets[keep])
 
 
 def passes_to_match(done: int, dist: ddp.Dist) -> int:

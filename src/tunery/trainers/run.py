@@ -13,17 +13,20 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import yaml
 
 from tunery import __version__
-from tunery.config.load import describe, load_config, to_yaml, validate
+from tunery.config.load import describe, load_config, to_yaml
 from tunery.config.schema import TrainConfig
 from tunery.errors import TuneryError
 from tunery.models import adapters
 from tunery.runfolder import RunFolder, write_text_atomic
 from tunery.trainers import checkpoint as ckpt
 from tunery.trainers import distributed as ddp
-from tunery.trainers import fsdp, report, sft
+from tunery.trainers import loop as training_loop
+from tunery.trainers.methods import method_for
+from tunery.trainers.preflight import estimate, format_estimate, peak_mb
+from tunery.trainers.strategy import choose
+from tunery.trainers.summary import write_summary
 
 EXIT_INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
@@ -44,25 +47,22 @@ def run_training(cfg: TrainConfig, root: Path, resume: bool = False,
     log = log if dist.is_main else (lambda _text: None)
     if cfg.training.fsdp and not dist.active:
         log("training.fsdp is set but this run has one process: training unsharded")
-    s = prepare(cfg, dist, log, cache_dir=root / "cache")
-    if fsdp.is_sharded(s.model):  # the preflight estimate does not model sharded weights yet
+    loop = prepare(cfg, dist, log, cache_dir=root / "cache")
+    if loop.strategy.name == "sharded":  # the preflight estimate does not model sharded weights yet
         log(f"FSDP: weights, gradients and AdamW moments sharded over {dist.world} processes; "
             "no preflight memory check")
     elif cfg.training.preflight:
-        preflight(s, dist, log)
+        preflight(loop, log)
     torch.manual_seed(cfg.training.seed + dist.rank)  # each rank its own dropout stream, all reproducible
-    st = _start_or_resume(s, run, cfg, resume, log)
-    trainable, total = adapters.count_parameters(s.model)
-    train, val = s.train, s.val
-    _update_info(run,base_model=portable_spec(cfg.base_model), adapter=cfg.adapter, dtype=cfg.dtype, method=cfg.method,
-                    status="running", tunery_version=__version__, total_steps=s.plan.total_steps,
-                    train_examples=len(train), val_examples=len(val),
-                    trainable_params=trainable, total_params=total)
-    log(f"{len(train)} training / {len(val)} validation examples; {s.plan.total_steps} steps; "
+    st = _start_or_resume(loop, run, cfg, resume, log)
+    trainable, total = adapters.count_parameters(loop.model)
+    _update_info(run, base_model=portable_spec(cfg.base_model), adapter=cfg.adapter, dtype=cfg.dtype,
+                 method=cfg.method, status="running", tunery_version=__version__,
+                 total_steps=loop.plan.total_steps, train_examples=len(loop.train), val_examples=len(loop.val),
+                 trainable_params=trainable, total_params=total)
+    log(f"{len(loop.train)} training / {len(loop.val)} validation examples; {loop.plan.total_steps} steps; "
         f"{trainable:,} of {total:,} parameters trainable")
-    st, reason = sft.train(s, run, st, should_stop)
-    from tunery.plan import peak_mb
-
+    st, reason = training_loop.train(loop, run, st, should_stop)
     figures = dict(step=st.step, best_step=st.best_step, best_val_loss=st.best_val, best_score=st.best_score,
                    watched=cfg.eval.early_stopping_on, tokens=st.tokens,
                    trained_tokens=st.trained_tokens, elapsed_s=round(st.elapsed, 1), final_loss=st.last_loss,
@@ -70,33 +70,24 @@ def run_training(cfg: TrainConfig, root: Path, resume: bool = False,
     if reason == "interrupted":
         log(f"stopped at step {st.step}; checkpoint written. Continue with --resume.")
         return _update_info(run, status="stopped", **figures)
-    sharded = fsdp.is_sharded(s.model)
-    full_state = _best_full_state(s, run, st) if sharded else None
+    training_loop.restore_best(loop, run, st)
+    full_state = loop.strategy.final_state(loop.model)  # gathered on rank 0 when sharded, else None
     if dist.is_main:
-        if not sharded:
-            sft.restore_best(s, run, st)
-        target = report.save_final(s.model, s.tokenizer, run, cfg.adapter, state_dict=full_state)
+        target = loop.method.final_artefact(loop.model, run, state_dict=full_state)
         info = run.update_info(status="finished", stop_reason=reason, **figures)
-        report.write_summary(run, info)
-        log(f"saved {target} ({sft.describe_best(s, st)})")
+        write_summary(run, info)
+        log(f"saved {target} ({loop.watch.describe_best(st)})")
     ddp.barrier(dist)
     return run.read_info()
 
 
-def _best_full_state(s: sft.Setup, run: RunFolder, st: sft.LoopState) -> dict:
-    """A sharded run's final weights, gathered: every rank restores the best and sends its shards to
-    rank 0, which gets the full state dict (the other ranks an empty one)."""
-    sft.restore_best(s, run, st)
-    return fsdp.full_model_state(s.model)
-
-
 def prepare(cfg: TrainConfig, dist: ddp.Dist = ddp.SINGLE, log: Callable[[str], None] = print,
-            cache_dir: Path | None = None) -> sft.Setup:
-    """Load tokenizer and model, render the data, and set up the recipe (what `train` and `plan` share).
+            cache_dir: Path | None = None) -> training_loop.Loop:
+    """Load tokenizer and model, load the method's data, and set up the loop (what `train` and `plan`
+    share).
 
     With `cache_dir` (a run's `cache/`), rendered data is reused when nothing it depends on changed;
     only rank 0 writes it."""
-    from tunery.data.dataset import build_datasets
     from tunery.data.render import chat_template_of
     from tunery.models.load import load_tokenizer
     from tunery.models.quant import load_for_training
@@ -109,20 +100,19 @@ def prepare(cfg: TrainConfig, dist: ddp.Dist = ddp.SINGLE, log: Callable[[str], 
     tokenizer.chat_template = chat_template_of(tokenizer)
     model = load_for_training(cfg)  # load_model(base, dtype), or a 4-bit base for adapter: qlora
     log(f"loaded {cfg.base_model} in {time.monotonic() - started:.1f} s")
-    train, val, warnings = build_datasets(cfg, tokenizer, cache_dir=cache_dir, write_cache=dist.is_main)
-    for warning in warnings:
+    method = method_for(cfg, tokenizer)
+    data = method.load_data(cache_dir=cache_dir, write_cache=dist.is_main)
+    for warning in data.warnings:
         log(f"warning: {warning}")
-    return sft.setup(cfg, model, tokenizer, train, val, dist)
+    return training_loop.setup(cfg, method, model, data, choose(cfg.training.fsdp, dist))
 
 
-def preflight(s: sft.Setup, dist: ddp.Dist, log: Callable[[str], None]) -> None:
+def preflight(loop: training_loop.Loop, log: Callable[[str], None]) -> None:
     """Refuse a run whose estimated peak memory does not fit, before any step is spent."""
-    from tunery.plan import estimate, format_estimate
-
-    est = estimate(s)
+    est = estimate(loop)
     log(f"preflight: estimated peak {est.peak_mb:.0f} MiB of {est.available_mb:.0f} MiB available, "
         f"~{est.seconds_per_step:.2f} s per step")
-    if ddp.any_rank(not est.fits, dist):
+    if loop.strategy.any(not est.fits):
         raise TuneryError(
             "this run would not fit in memory:\n" + format_estimate(est),
             fix="apply one of the suggestions above, or set training.preflight=false to try anyway",
@@ -139,7 +129,8 @@ def portable_spec(spec: str) -> str:
     return str(path.resolve()) if path.exists() else spec
 
 
-def _start_or_resume(s: sft.Setup, run: RunFolder, cfg: TrainConfig, resume: bool, log) -> sft.LoopState:
+def _start_or_resume(loop: training_loop.Loop, run: RunFolder, cfg: TrainConfig, resume: bool,
+                     log) -> training_loop.LoopState:
     latest = ckpt.latest_checkpoint(run.checkpoints) if resume else None
     if latest is None:
         if run.writable:
@@ -147,11 +138,11 @@ def _start_or_resume(s: sft.Setup, run: RunFolder, cfg: TrainConfig, resume: boo
             write_text_atomic(run.config, to_yaml(cfg))
             if run.metrics.exists():
                 run.metrics.unlink()
-        return sft.LoopState()
-    st = sft.resume(s, latest)
+        return training_loop.LoopState()
+    st = training_loop.resume(loop, latest)
     if run.writable:
         run.truncate_metrics(st.step)
-    log(f"resumed from {latest} (step {st.step} of {s.plan.total_steps})")
+    log(f"resumed from {latest} (step {st.step} of {loop.plan.total_steps})")
     return st
 
 
@@ -225,7 +216,7 @@ def train_from_config(config_path: str | Path, overrides: list[str], resume: boo
 
 def _saved_config(run: RunFolder, requested: TrainConfig, speak: bool = True) -> TrainConfig:
     """Resume with the config the run started with; say which requested values differ from it."""
-    saved = validate(yaml.safe_load(run.config.read_text()))
+    saved = run.read_config()
     old, new = saved.model_dump(mode="json"), requested.model_dump(mode="json")
     changed = [k for k in new if new[k] != old.get(k)]
     if changed and speak:

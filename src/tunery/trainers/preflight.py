@@ -1,9 +1,11 @@
 """Preflight: estimate a run's peak memory and time before training, and say what to change if it won't fit.
 
 The estimate combines what the shapes give exactly (weights, gradients, AdamW moments) with what two
-probe micro-batches measure on this machine (activation memory per token and seconds per token, from
-forward+backward passes on real examples of the run). Peak memory is the whole process's resident set
-on CPU and the device's allocated memory on CUDA.
+probe passes measure on this machine (activation memory per token and seconds per token, from forward
+and backward passes of the method's own loss on real examples of the run). The pieces it sizes come from
+the loop's own `step_pieces`, so it measures the steps this process will run (its share under data
+parallel, cut by `training.chunk_tokens`). Peak memory is the whole process's resident set on CPU and
+the device's allocated memory on CUDA.
 """
 
 from __future__ import annotations
@@ -15,8 +17,7 @@ from pathlib import Path
 
 import torch
 
-from tunery.trainers import common
-from tunery.trainers.forward import forward_loss
+from tunery.trainers.loop import Loop, pass_loss, step_pieces
 
 MIB = 1024 * 1024
 
@@ -86,78 +87,78 @@ def available_mb(cuda: bool) -> float:
     return float("inf")
 
 
-def rows_with_tokens(rows: list, tokens: int) -> list:
-    """Examples from the run's own data adding up to about `tokens` (repeated if the data is short)."""
+def rows_with_tokens(rows: list, tokens: int, size) -> list:
+    """Examples from the run's own data adding up to about `tokens` (repeated if the data is short);
+    `size(row)` counts a row's tokens."""
     picked, total, i = [], 0, 0
-    ordered = sorted(rows, key=lambda r: -len(r.ids))
+    ordered = sorted(rows, key=lambda r: -size(r))
     while total < tokens and ordered:
         row = ordered[i % len(ordered)]
         picked.append(row)
-        total += len(row.ids)
+        total += size(row)
         i += 1
     return picked
 
 
-def probe(s, tokens: int) -> tuple[float, float]:
+def probe(loop: Loop, tokens: int) -> tuple[float, float]:
     """(peak memory in MiB, seconds per token) of one forward+backward of ~`tokens` tokens.
 
     The peak is absolute (the process's high-water mark, or the device's): memory freed by an earlier
     probe stays with the process and is reused, so growth above the current level would undercount."""
-    cuda = _cuda(s.model)
-    batch = common.make_batch(rows_with_tokens(s.train, tokens), s.tokenizer.pad_token_id, True)
+    cuda = _cuda(loop.model)
+    batch = loop.method.collate(rows_with_tokens(loop.train, tokens, loop.method.row_tokens))
     if cuda:
         batch = {k: v.cuda() for k, v in batch.items()}
         torch.cuda.synchronize()
-    was_training = s.model.training
-    s.model.eval()  # no dropout: the probe draws nothing from the RNG the run will use
+    was_training = loop.model.training
+    loop.model.eval()  # no dropout: the probe draws nothing from the RNG the run will use
     reset_peak(cuda)
     start = time.perf_counter()
-    loss, n = forward_loss(s.model, batch)
-    (loss / max(n, 1)).backward()
+    out = pass_loss(loop, batch)
+    (out.total / max(out.count, 1)).backward()
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     peak = peak_mb(cuda)
-    s.optimizer.zero_grad(set_to_none=True)
-    s.model.train(was_training)
-    return peak, seconds / common.count_tokens(batch)
+    loop.optimizer.zero_grad(set_to_none=True)
+    loop.model.train(was_training)
+    return peak, seconds / loop.method.batch_tokens(batch)
 
 
-def micro_token_stats(s) -> tuple[int, float]:
-    """(largest piece run through forward+backward at once, in tokens, over the first epoch; mean
-    tokens per optimizer step). With packing a micro-batch runs in pieces of `training.chunk_tokens`."""
-    plan, tc, largest, total = s.plan, s.cfg.training, 0, 0
-    steps = min(plan.steps_per_epoch, plan.total_steps)
+def piece_token_stats(loop: Loop) -> tuple[int, float]:
+    """(largest piece this process runs through forward+backward at once over the first epoch, in
+    tokens; mean tokens per optimizer step for this process), from the loop's own `step_pieces`."""
+    size = loop.method.row_tokens
+    steps = min(loop.plan.steps_per_epoch, loop.plan.total_steps)
+    largest, total = 0, 0
     for step in range(steps):
-        for idx in common.micro_batches_for_step(plan, step):
-            rows = [s.train[i] for i in idx]
-            pieces = common.split_by_tokens(rows, tc.chunk_tokens) if tc.packing else [rows]
-            largest = max([largest] + [sum(len(r.ids) for r in piece) for piece in pieces])
-            total += sum(len(r.ids) for r in rows)
+        for piece in step_pieces(loop, step):
+            tokens = sum(size(row) for row in piece)
+            largest, total = max(largest, tokens), total + tokens
     return largest, total / max(steps, 1)
 
 
-def estimate(s) -> Estimate:
-    """Estimate peak memory and time of the run set up in `s` (a `sft.Setup`), probing two batch sizes."""
-    cuda = _cuda(s.model)
+def estimate(loop: Loop) -> Estimate:
+    """Estimate peak memory and time of the run set up in `loop`, probing two batch sizes."""
+    cuda = _cuda(loop.model)
     base = current_mb(cuda)
-    trainable = [p for p in s.model.parameters() if p.requires_grad]
+    trainable = [p for p in loop.model.parameters() if p.requires_grad]
     n_train = sum(p.numel() for p in trainable)
-    n_total = sum(p.numel() for p in s.model.parameters())
+    n_total = sum(p.numel() for p in loop.model.parameters())
     optimizer = 2 * sum(p.numel() * 4 for p in trainable) / MIB  # AdamW moments are kept in fp32
-    largest, per_step = micro_token_stats(s)
+    largest, per_step = piece_token_stats(loop)
     # The larger probe is the largest piece itself: its high-water mark is what the run will reach.
     small, big = max(16, largest // 2), max(32, largest)
-    probe(s, small)  # warm-up: pages the weights in, first-call allocations, kernel selection
-    peak_small, _ = probe(s, small)
-    peak_big, sec_per_token = probe(s, big)
+    probe(loop, small)  # warm-up: pages the weights in, first-call allocations, kernel selection
+    peak_small, _ = probe(loop, small)
+    peak_big, sec_per_token = probe(loop, big)
     slope = max(0.0, (peak_big - peak_small) / (big - small))
     fixed = max(0.0, peak_small - slope * small - base)
     peak = base + optimizer + fixed + slope * largest
-    est = Estimate(n_total, n_train, s.plan.total_steps, per_step, largest, round(base, 1), round(optimizer, 1),
+    est = Estimate(n_total, n_train, loop.plan.total_steps, per_step, largest, round(base, 1), round(optimizer, 1),
                    round(fixed, 1), round(slope * 1000, 2), round(peak, 1), round(available_mb(cuda), 1),
-                   round(sec_per_token * per_step, 3), round(sec_per_token * per_step * s.plan.total_steps, 1))
-    est.suggestions = suggest(s.cfg, est)
+                   round(sec_per_token * per_step, 3), round(sec_per_token * per_step * loop.plan.total_steps, 1))
+    est.suggestions = suggest(loop.cfg, est)
     return est
 
 

@@ -1,4 +1,4 @@
-"""Loss functions as pure tensor functions, chosen by name from a registry.
+"""Language-model losses: next-token cross-entropy, as pure tensor functions.
 
 Each returns the loss *summed* over trained tokens and the count of those tokens, so that gradient
 accumulation can divide by the trained tokens of the whole optimizer step (1 x 8 == 8 x 1).
@@ -6,15 +6,10 @@ accumulation can divide by the trained tokens of the whole optimizer step (1 x 8
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 import torch.nn.functional as F
 
-from tunery.trainers.common import IGNORE
-
-LossFn = Callable[..., tuple[torch.Tensor, int]]
-
+from tunery.data.batching import IGNORE
 
 def causal_lm_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Next-token cross-entropy summed over trained positions.
@@ -39,14 +34,3 @@ def token_ce_sum(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Ten
     if n == 0:
         return logits.sum() * 0.0, 0
     return F.cross_entropy(logits.float(), targets, reduction="sum"), n
-
-
-LOSSES: dict[str, LossFn] = {"causal_lm": causal_lm_sum, "token_ce": token_ce_sum}
-
-
-def get_loss(name: str) -> LossFn:
-    """The registered loss called `name`."""
-    try:
-        return LOSSES[name]
-    except KeyError:
-        raise KeyError(f"unknown loss '{name}'; known: {', '.join(sorted(LOSSES))}") from None

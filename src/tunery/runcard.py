@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import yaml
-
 from tunery.runfolder import RunFolder, write_text_atomic
 
 
@@ -31,9 +29,8 @@ def vllm_problems(adapter_config: dict) -> list[str]:
 
 
 def _config(run: RunFolder) -> dict:
-    if not run.config.is_file():
-        return {}
-    return yaml.safe_load(run.config.read_text()) or {}
+    config = run.read_config()
+    return config.model_dump(mode="json") if config is not None else {}
 
 
 def _fmt(value, digits: int = 4) -> str:

@@ -1,0 +1,14 @@
+"""The defaults that commands and library functions share with the config schema, in one place.
+
+The schema (`config/schema.py`) takes its field defaults from here, and so do the command-line options
+and function signatures that mirror a config key. Plain constants, so that the command line can read
+them without importing pydantic.
+"""
+
+BASE_MODEL = "smollm2-135m-instruct"  # the embedded default model (models/embedded.py)
+MAX_LENGTH = 1024  # data.max_length: longest example in tokens
+MAX_NEW_TOKENS = 64  # eval.max_new_tokens: most tokens generated per answer
+TRAIN_ON = "assistant"  # data.train_on
+EVAL_BATCH_SIZE = 8  # prompts generated together by `tunery eval`
+SHOTS = 3  # examples in few-shot and retrieval prompts
+RETRIEVAL = "bm25"  # retrieval method of the baselines

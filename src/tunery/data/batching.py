@@ -1,0 +1,123 @@
+"""From rendered rows to the tensors a forward pass takes: the step plan, padding-free packing,
+right-padded collation, and cutting a micro-batch into pieces by tokens.
+
+Each is a pure function of its arguments, so that every method batches the same way and a resumed run
+rebuilds exactly the batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+IGNORE = -100  # label value that carries no loss
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """How the examples are cut into micro-batches and optimizer steps."""
+
+    n_examples: int
+    batch_size: int
+    grad_accum: int
+    total_steps: int
+    seed: int
+
+    @property
+    def micro_per_epoch(self) -> int:
+        return math.ceil(self.n_examples / self.batch_size)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.micro_per_epoch / self.grad_accum)
+
+
+def make_plan(n_examples: int, batch_size: int, grad_accum: int, epochs: float,
+              max_steps: int | None, seed: int) -> StepPlan:
+    """The step plan: `max_steps` wins over `epochs`; a fractional epoch count is rounded up to a step."""
+    plan = StepPlan(n_examples, batch_size, grad_accum, 0, seed)
+    total = max_steps if max_steps is not None else math.ceil(epochs * plan.steps_per_epoch)
+    return StepPlan(n_examples, batch_size, grad_accum, max(1, total), seed)
+
+
+def epoch_order(plan: StepPlan, epoch: int) -> list[int]:
+    """The shuffled example order of one epoch: a pure function of (seed, epoch)."""
+    gen = torch.Generator().manual_seed(plan.seed * 1_000_003 + epoch)
+    return torch.randperm(plan.n_examples, generator=gen).tolist()
+
+
+def micro_batches_for_step(plan: StepPlan, step: int) -> list[list[int]]:
+    """Example indices of each micro-batch of optimizer step `step` (0-based).
+
+    Depends only on the plan and the step, which is what makes resume exact: no iterator state to save.
+    """
+    epoch, within = divmod(step, plan.steps_per_epoch)
+    order = epoch_order(plan, epoch)
+    first = within * plan.grad_accum
+    last = min(first + plan.grad_accum, plan.micro_per_epoch)
+    return [order[m * plan.batch_size:(m + 1) * plan.batch_size] for m in range(first, last)]
+
+
+def split_by_tokens(rows, limit: int | None) -> list[list]:
+    """Consecutive pieces of `rows` with at most `limit` tokens each (a longer row alone), in order."""
+    if limit is None:
+        return [list(rows)]
+    pieces, current, size = [], [], 0
+    for row in rows:
+        if current and size + len(row.ids) > limit:
+            pieces.append(current)
+            current, size = [], 0
+        current.append(row)
+        size += len(row.ids)
+    return pieces + ([current] if current else [])
+
+
+def collate(rows, pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad rendered examples into `input_ids`, `attention_mask` and `labels` (IGNORE where untrained)."""
+    width = max(len(r.ids) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    for i, row in enumerate(rows):
+        n = len(row.ids)
+        ids[i, :n] = torch.tensor(row.ids, dtype=torch.long)
+        attention[i, :n] = 1
+        trained = torch.tensor(row.trained, dtype=torch.bool)
+        labels[i, :n] = torch.where(trained, ids[i, :n], torch.full_like(ids[i, :n], IGNORE))
+    return {"input_ids": ids, "attention_mask": attention, "labels": labels}
+
+
+def pack(rows) -> dict[str, torch.Tensor]:
+    """Padding-free batch: every row concatenated into one sequence, positions restarting per row.
+
+    With `position_ids` restarting and no attention mask, transformers keeps attention inside each
+    sequence (only with `use_cache=False`), so the loss equals the padded batch's, without the work
+    spent on padding. The first token of each row gets no label: the token before it belongs to
+    another sequence.
+    """
+    ids = torch.tensor([t for r in rows for t in r.ids], dtype=torch.long).unsqueeze(0)
+    positions = torch.cat([torch.arange(len(r.ids)) for r in rows]).unsqueeze(0)
+    labels = torch.cat([
+        torch.tensor([IGNORE] + [t if m else IGNORE for t, m in zip(r.ids[1:], r.trained[1:])])
+        for r in rows
+    ]).unsqueeze(0)
+    return {"input_ids": ids, "position_ids": positions, "labels": labels}
+
+
+def count_trained(batch: dict[str, torch.Tensor]) -> int:
+    """Tokens that carry loss: labels set at positions 1.. (position 0 has nothing to predict it)."""
+    return int((batch["labels"][:, 1:] != IGNORE).sum())
+
+
+def count_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Real (non-padding) tokens of a batch, packed or padded."""
+    if "attention_mask" in batch:
+        return int(batch["attention_mask"].sum())
+    return int(batch["input_ids"].numel())
+
+
+def make_batch(rows, pad_id: int, packed: bool) -> dict[str, torch.Tensor]:
+    """The one place batches are built: padding-free (packed) or right-padded."""
+    return pack(rows) if packed else collate(rows, pad_id)

@@ -1,0 +1,98 @@
+"""The one place a training forward pass turns a batch into logits and a summed loss.
+
+For the common decoder families the output head runs only at the positions whose next token carries
+loss: a chat example trains perhaps a third of its tokens, and the head (vocabulary x hidden, 49k x 576
+for SmolLM2) plus its softmax is a large share of the work per token. Families whose head does more
+than a plain linear layer (logit soft-capping, scaling) take the full path, which computes the same loss.
+
+How the logits at chosen positions are computed is a `LogitsAt` function: `head_logits` (the decoder,
+then the head at those positions) for a model held whole by one process, `root_logits` (the model's own
+forward with a boolean `logits_to_keep`) where the head cannot be called on its own, as under FSDP.
+Methods take the function they are given and never ask which one it is.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+from tunery.data.batching import IGNORE, make_batch
+from tunery.losses.lm import token_ce_sum
+
+# Families whose logits are exactly `lm_head(last_hidden_state)`.
+PLAIN_HEAD_FAMILIES = {"llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "smollm3"}
+
+# (model, batch, positions [B, T] bool) -> logits [positions.sum(), vocab]
+LogitsAt = Callable[[torch.nn.Module, dict, torch.Tensor], torch.Tensor]
+
+
+def causal_lm_of(model):
+    """The transformers causal LM inside a PEFT wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def has_plain_head(model) -> bool:
+    causal = causal_lm_of(model)
+    config = causal.config
+    return (config.model_type in PLAIN_HEAD_FAMILIES
+            and getattr(config, "final_logit_softcapping", None) is None
+            and getattr(config, "logit_scale", None) is None)
+
+
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    keys = ("input_ids", "attention_mask", "position_ids")
+    # use_cache=False: no KV cache in training, and packed rows stay apart only without it.
+    return {k: batch[k] for k in keys if k in batch} | {"use_cache": False}
+
+
+def head_logits(model, batch: dict[str, torch.Tensor], positions: torch.Tensor) -> torch.Tensor:
+    """Logits at `positions` (True where wanted): the decoder once, then the head only there."""
+    if not has_plain_head(model):
+        return model(**model_inputs(batch)).logits[positions]
+    causal = causal_lm_of(model)
+    hidden = causal.get_decoder()(**model_inputs(batch)).last_hidden_state
+    return causal.get_output_embeddings()(hidden[positions])
+
+
+def root_logits(model, batch: dict[str, torch.Tensor], positions: torch.Tensor) -> torch.Tensor:
+    """Logits at `positions` through the model's own forward (a boolean `logits_to_keep` runs the
+    head there only, inside that forward). FSDP gathers the root's weights (embeddings, final norm,
+    head) in the root's forward hook, so a sharded model must take this path. The batch moves to the
+    weights' device (a GPU with CUDA)."""
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in batch.items()}
+    if not has_plain_head(model):
+        return model(**model_inputs(batch)).logits[positions.to(device)]
+    return model(**model_inputs(batch), logits_to_keep=positions.to(device)).logits
+
+
+def next_token_targets(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positions [B, T] whose next token is trained, those next tokens [n]): position t predicts t + 1."""
+    targets = labels[:, 1:]
+    keep = targets != IGNORE
+    return torch.nn.functional.pad(keep, (0, 1), value=False), targets[keep]
+
+
+def forward_loss(model, batch: dict[str, torch.Tensor], trained_only: bool = True,
+                 logits_at: LogitsAt = head_logits) -> tuple[torch.Tensor, int]:
+    """Summed next-token loss over trained tokens of one micro-batch, and their count.
+
+    `trained_only=False` runs the head at every position (the plain path, kept for the invariant tests)."""
+    positions, targets = next_token_targets(batch["labels"])
+    if not trained_only:
+        logits = model(**model_inputs(batch)).logits
+        return token_ce_sum(logits[positions], targets)
+    return token_ce_sum(logits_at(model, batch, positions), targets)
+
+
+@torch.no_grad()
+def mean_loss(model, rows, pad_id: int, batch_size: int = 8, packed: bool = True) -> tuple[float, int]:
+    """Mean loss per trained token over rendered rows, `batch_size` rows at a time, and the token count
+    (nan without any). What held-out and answer losses are, wherever they are measured."""
+    total, count = 0.0, 0
+    for start in range(0, len(rows), batch_size):
+        loss_sum, n = forward_loss(model, make_batch(rows[start:start + batch_size], pad_id, packed))
+        total, count = total + float(loss_sum), count + int(n)
+    return (total / count if count else math.nan), count

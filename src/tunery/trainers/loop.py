@@ -1,0 +1,278 @@
+"""The training loop that every method plugs into: setup -> train -> (resume) -> restore best.
+
+One step: this process's pieces of the step's micro-batches (`step_pieces`), forward and backward of
+each through the method's loss, divided by the units of the whole step (`accumulate`), then the update
+with the NaN guard (`optimizer_step`). Validation, graders, the best step and early stopping go through
+the `Watch`; checkpoints through the strategy. Batches are a pure function of the step, so a resumed run
+sees exactly what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from tunery.config.schema import TrainConfig
+from tunery.data import batching
+from tunery.data.render import Datasets
+from tunery.errors import TuneryError
+from tunery.models import adapters
+from tunery.runfolder import RunFolder
+from tunery.trainers import checkpoint as ckpt
+from tunery.trainers.common import lr_factor
+from tunery.trainers.method import LossOut, Method
+from tunery.trainers.progress import Progress
+from tunery.trainers.strategy import Single
+from tunery.trainers.watch import Watch
+
+
+@dataclass
+class LoopState:
+    """Everything about the loop that is not a tensor; saved as JSON in each checkpoint."""
+
+    step: int = 0  # optimizer steps done
+    best_val: float | None = None
+    best_step: int | None = None  # step of the best watched figure (val loss, or grader score)
+    best_score: float | None = None  # best mean of the first grader (eval.graders), if any
+    evals_since_best: int = 0
+    bad_steps: int = 0
+    tokens: int = 0
+    trained_tokens: int = 0  # units that carried loss (trained tokens for SFT)
+    elapsed: float = 0.0
+    last_loss: float | None = None
+
+
+@dataclass
+class StepResult:
+    """What one step's forward and backward passes give, summed over pieces and processes."""
+
+    loss: float  # mean loss per unit
+    units: int
+    tokens: int
+    figures: dict[str, float] = field(default_factory=dict)  # means per unit
+
+
+@dataclass
+class Loop:
+    cfg: TrainConfig
+    method: Method
+    strategy: Single
+    model: torch.nn.Module
+    train: list
+    val: list
+    optimizer: torch.optim.Optimizer
+    plan: batching.StepPlan
+    save_every: int
+    watch: Watch
+
+
+def setup(cfg: TrainConfig, method: Method, model, data: Datasets, strategy: Single | None = None) -> Loop:
+    """Make the model trainable (as the strategy holds it), build the optimizer, the step plan and the watch."""
+    strategy = strategy or Single()
+    model = strategy.wrap(adapters.prepare_trainable(model, cfg))
+    model.train()
+    method.prepare(model)
+    tc = cfg.training
+    params = [p for p in model.parameters() if p.requires_grad]
+    # foreach=False keeps the update order fixed, which exact resume relies on.
+    optimizer = torch.optim.AdamW(params, lr=cfg.peak_lr(), betas=tc.betas,
+                                  weight_decay=tc.weight_decay, foreach=False)
+    # batch_size is per process: N processes step through the examples N x batch_size at a time.
+    plan = batching.make_plan(len(data.train), tc.batch_size * strategy.dist.world, tc.grad_accum, tc.epochs,
+                              tc.max_steps, tc.seed)
+    watch = Watch.for_run(cfg, plan.total_steps, data.val_examples)
+    save_every = tc.save_every or watch.eval_every
+    return Loop(cfg, method, strategy, model, data.train, data.val, optimizer, plan, save_every, watch)
+
+
+def step_pieces(loop: Loop, step: int) -> list[list]:
+    """This process's rows of optimizer step `step`, in the pieces run through forward and backward:
+    what the loop trains on and what the preflight measures."""
+    micro = batching.micro_batches_for_step(loop.plan, step)
+    rows = [[loop.train[i] for i in loop.strategy.my_share(idx)] for idx in micro]
+    return [piece for r in rows for piece in loop.method.pieces(r) if piece]
+
+
+def pass_loss(loop: Loop, batch: dict[str, torch.Tensor]) -> LossOut:
+    """One forward pass of the method's loss, through the strategy's way to the logits."""
+    return loop.method.loss(loop.model, batch, loop.strategy.logits_at)
+
+
+def _fillers(loop: Loop, done: int) -> list[dict[str, torch.Tensor]]:
+    """Batches for the passes this process runs to keep in step with the others (none for most
+    strategies). Any example will do: their loss is multiplied by zero or dropped."""
+    return [loop.method.collate(loop.train[:1])] * loop.strategy.filler_passes(done)
+
+
+def accumulate(loop: Loop, step: int) -> StepResult:
+    """Forward and backward every piece of `step`. Each piece's summed loss is divided by the units of
+    the whole step (every piece, every process), so 1 x 8 and 8 x 1 give the same update."""
+    method, strategy = loop.method, loop.strategy
+    batches = [method.collate(piece) for piece in step_pieces(loop, step)]
+    units = int(strategy.sum(sum(method.units(b) for b in batches)))
+    fillers = _fillers(loop, len(batches))  # agreed on before any pass: the agreement is a collective too
+    loss_total, tokens = 0.0, 0
+    figures = dict.fromkeys(method.figures, 0.0)
+    for batch in batches:
+        out = pass_loss(loop, batch)
+        (out.total / max(units, 1)).backward()
+        loss_total += float(out.total.detach())
+        tokens += method.batch_tokens(batch)
+        for key in figures:
+            figures[key] += float(out.figures.get(key, 0.0))
+    for batch in fillers:
+        (pass_loss(loop, batch).total * 0.0).backward()  # gradients of exactly zero: only the collectives matter
+    loss_total, tokens, *sums = strategy.sum_all([loss_total, tokens, *figures.values()])
+    means = {key: value / max(units, 1) for key, value in zip(figures, sums)}
+    return StepResult(loss_total / max(units, 1), units, int(tokens), means)
+
+
+def optimizer_step(loop: Loop, step: int, loss: float) -> tuple[bool, float, float]:
+    """Combine gradients over processes, clip, and apply the update unless the loss or gradient is
+    NaN/inf. Returns (applied, lr, grad norm)."""
+    tc = loop.cfg.training
+    params = [p for p in loop.model.parameters() if p.requires_grad]
+    loop.strategy.combine_gradients(params)
+    max_norm = tc.max_grad_norm if tc.max_grad_norm is not None else float("inf")
+    # Sharded gradients are DTensors: the norm is then over the whole gradient, the same on every rank.
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    warmup = math.ceil(tc.warmup_ratio * loop.plan.total_steps)
+    lr = loop.cfg.peak_lr() * lr_factor(step, loop.plan.total_steps, warmup, tc.scheduler)
+    applied = math.isfinite(loss) and math.isfinite(grad_norm)
+    if applied:
+        for group in loop.optimizer.param_groups:
+            group["lr"] = lr
+        loop.optimizer.step()
+    loop.optimizer.zero_grad(set_to_none=True)
+    return applied, lr, grad_norm
+
+
+@torch.no_grad()
+def evaluate(loop: Loop) -> tuple[float, dict[str, float]] | None:
+    """Mean loss per unit over the whole validation set and the method's figures (None without one)."""
+    if not loop.val:
+        return None
+    loop.model.eval()
+    method, strategy = loop.method, loop.strategy
+    bs = loop.cfg.training.batch_size
+    mine = strategy.my_share(list(range(len(loop.val))))
+    total, count = 0.0, 0
+    figures = dict.fromkeys(method.figures, 0.0)
+    for start in range(0, len(mine), bs):
+        out = pass_loss(loop, method.collate([loop.val[i] for i in mine[start:start + bs]]))
+        total, count = total + float(out.total), count + out.count
+        for key in figures:
+            figures[key] += float(out.figures.get(key, 0.0))
+    for batch in _fillers(loop, math.ceil(len(mine) / bs)):
+        pass_loss(loop, batch)
+    loop.model.train()
+    total, count, *sums = strategy.sum_all([total, count, *figures.values()])
+    if not count:
+        return None
+    return total / count, {f"val_{key}": value / count for key, value in zip(figures, sums)}
+
+
+def resume(loop: Loop, folder: Path) -> LoopState:
+    """Load weights, optimizer moments, RNG streams, the method's state and the loop state from a
+    complete checkpoint."""
+    state = loop.strategy.load_checkpoint(loop.model, loop.optimizer, folder)
+    loop.method.load_state_tensors(ckpt.load_method_state(folder))
+    return LoopState(**state["loop"])
+
+
+def save(loop: Loop, run: RunFolder, st: LoopState) -> None:
+    """Write a checkpoint for the current step and drop old ones (never the best, never the newest).
+
+    Every process takes part (RNG streams and sharded tensors are gathered); the main one writes."""
+    weights, optimizer, rank_rng = loop.strategy.checkpoint_tensors(loop.model, loop.optimizer)
+    if loop.strategy.is_main:
+        ckpt.save_checkpoint(run.checkpoints, st.step, weights, optimizer, asdict(st), rank_rng=rank_rng,
+                             method_state=loop.method.state_tensors())
+        protect = {st.best_step} if st.best_step is not None else set()
+        ckpt.rotate(run.checkpoints, loop.cfg.training.keep_checkpoints, protect)
+    loop.strategy.barrier()
+
+
+def restore_best(loop: Loop, run: RunFolder, st: LoopState) -> None:
+    """Put the best weights (lowest validation loss, or highest grader score) back before the final
+    save. Every process calls this."""
+    if st.best_step is None or st.best_step == st.step:
+        return
+    loop.strategy.load_weights(loop.model, ckpt.step_dir(run.checkpoints, st.best_step))
+
+
+def _guard(st: LoopState, applied: bool, result: StepResult, grad_norm: float, max_bad: int, say) -> None:
+    """Count steps whose update was skipped for a NaN/inf loss or gradient; stop after `max_bad` in a row."""
+    st.bad_steps = 0 if applied else st.bad_steps + 1
+    if applied:
+        st.last_loss = result.loss
+        return
+    say(f"step {st.step}: loss {result.loss} / grad norm {grad_norm}: not finite, update skipped")
+    if st.bad_steps >= max_bad:
+        raise TuneryError(
+            f"training stopped at step {st.step}: {st.bad_steps} steps in a row had a NaN/inf loss or gradient",
+            why="the updates were skipped, so the saved weights are the last finite ones",
+            fix="lower training.lr, keep training.max_grad_norm set, or check the data",
+        )
+
+
+def _evaluate_and_watch(loop: Loop, run: RunFolder, st: LoopState, say) -> bool:
+    """Validation and graders when due; True when early stopping says stop."""
+    stop = False
+    if loop.watch.validation_due(st.step):
+        measured = evaluate(loop)
+        if measured is not None:
+            stop = loop.watch.on_validation(st, measured[0], measured[1], run, say)
+    if loop.watch.grader_due(st.step):
+        scores = loop.watch.score(loop.model, loop.method.tokenizer)
+        stop = loop.watch.on_grader(st, scores, run, say) or stop
+    return stop
+
+
+def train(loop: Loop, run: RunFolder, st: LoopState, should_stop: Callable[[], bool]) -> tuple[LoopState, str]:
+    """The loop. Returns the final state and why it ended: finished, early_stopped or interrupted."""
+    tc, total = loop.cfg.training, loop.plan.total_steps
+    main = loop.strategy.is_main
+    if main:
+        run.root.mkdir(parents=True, exist_ok=True)
+    else:  # only the main process writes metrics and prints
+        run = RunFolder(run.root, writable=False)
+    progress = Progress(total, st.step, st.elapsed, enabled=main)
+    reason = "finished"
+    try:
+        while st.step < total:
+            result = accumulate(loop, st.step)
+            applied, lr, grad_norm = optimizer_step(loop, st.step, result.loss)
+            st.step += 1
+            _guard(st, applied, result, grad_norm, tc.max_bad_steps, progress.write)
+            st.tokens, st.trained_tokens = st.tokens + result.tokens, st.trained_tokens + result.units
+            st.elapsed = progress.elapsed()
+            progress.count(result.tokens)
+            progress.step_done(st.step, result.loss, lr)
+            if st.step % tc.log_every == 0 or st.step == total:
+                log_step(run, progress, st, result, lr, grad_norm)
+            stop_early = _evaluate_and_watch(loop, run, st, progress.write)
+            interrupted = loop.strategy.any(should_stop())
+            if st.step % loop.save_every == 0 or st.best_step == st.step or interrupted or stop_early:
+                save(loop, run, st)
+            if stop_early:
+                progress.write(f"early stopping at step {st.step}: {loop.watch.describe_best(st, since=True)}")
+                return st, "early_stopped"
+            if interrupted:
+                return st, "interrupted"
+    finally:
+        progress.close()
+    return st, reason
+
+
+def log_step(run: RunFolder, progress: Progress, st: LoopState, result: StepResult, lr: float,
+             grad_norm: float) -> None:
+    tok_s = progress.tokens_per_second()
+    run.append_metrics({"kind": "train", "step": st.step, "loss": result.loss, "lr": lr, "grad_norm": grad_norm,
+                        "trained_tokens": result.units, **result.figures, "tokens_per_s": round(tok_s, 1),
+                        "elapsed_s": round(st.elapsed, 2)})
+    progress.log_line(st.step, result.loss, lr, tok_s)

@@ -1,0 +1,101 @@
+"""What a training method is: only what differs between methods, nothing of the loop.
+
+The loop (`trainers/loop.py`) owns accumulation, the NaN guard, validation, graders during training,
+early stopping, checkpoints, exact resume and the final save, under any strategy. A method supplies:
+
+- `load_data`: its records as rows (and the validation examples graders may answer);
+- `pieces` and `collate`: how the rows of one micro-batch become the batches run through forward and
+  backward one at a time;
+- `units`: how many units (trained tokens, pairs, completions) a batch's loss is summed over, known
+  before its forward pass;
+- `loss`: a `LossOut` for one batch: the loss *summed* over the batch's units (trained tokens, pairs,
+  completions), how many units, and figures to log (also sums over units; the loop logs their means);
+- `final_artefact`: what the run leaves behind (by default adapter/ or model/, plus tokenizer/);
+- optionally `state_tensors` / `load_state_tensors`, for methods that carry state between steps (an RL
+  method's generation buffer), which the loop saves in every checkpoint.
+
+The loop divides every batch's summed loss by the units of the whole step, over every micro-batch and
+process, so that 1 x 8 and 8 x 1 give the same update whatever the method.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from tunery.config.schema import TrainConfig
+from tunery.data.batching import count_tokens, count_trained, make_batch, split_by_tokens
+from tunery.data.render import Datasets
+from tunery.models.forward import LogitsAt
+from tunery.runfolder import RunFolder
+
+
+@dataclass
+class LossOut:
+    """One batch's contribution to a step."""
+
+    total: torch.Tensor  # the loss summed over the batch's units
+    count: int  # units the step's loss is averaged over (trained tokens, pairs, ...)
+    figures: dict[str, float] = field(default_factory=dict)  # sums over the units, logged as means
+
+
+class Method:
+    """Defaults shared by methods that train on rendered token rows (`Rendered`: ids + trained flags).
+
+    A subclass overrides what differs; `name` is the config's `method` value, `unit` names what
+    `LossOut.count` counts in the log."""
+
+    name = "method"
+    unit = "tokens"
+    figures: tuple[str, ...] = ()  # names of the figures `loss` returns, logged as means per unit
+
+    def __init__(self, cfg: TrainConfig, tokenizer):
+        self.cfg, self.tokenizer = cfg, tokenizer
+
+    def load_data(self, cache_dir: Path | None = None, write_cache: bool = True) -> Datasets:
+        raise NotImplementedError
+
+    def prepare(self, model) -> None:
+        """Called once the model is trainable and placed, before any step (a reference model, say)."""
+
+    def pieces(self, rows: list) -> list[list]:
+        """A micro-batch's rows in the pieces that go through forward and backward one at a time.
+
+        With packing, pieces of at most `training.chunk_tokens` tokens: the step's gradient is the same
+        sum, but only one piece's activations are alive at a time."""
+        tc = self.cfg.training
+        return split_by_tokens(rows, tc.chunk_tokens) if tc.packing else [list(rows)]
+
+    def collate(self, rows: list) -> dict[str, torch.Tensor]:
+        return make_batch(rows, self.tokenizer.pad_token_id, self.cfg.training.packing)
+
+    def row_tokens(self, row) -> int:
+        """Tokens one row puts through the model (what pieces and the preflight count)."""
+        return len(row.ids)
+
+    def batch_tokens(self, batch: dict[str, torch.Tensor]) -> int:
+        """Real tokens of a batch (throughput figures)."""
+        return count_tokens(batch)
+
+    def units(self, batch: dict[str, torch.Tensor]) -> int:
+        """The units a batch's loss is summed over, known before its forward pass (trained tokens)."""
+        return count_trained(batch)
+
+    def loss(self, model, batch: dict[str, torch.Tensor], logits_at: LogitsAt) -> LossOut:
+        raise NotImplementedError
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Tensors the method carries between steps, saved in every checkpoint (none by default)."""
+        return {}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Put back what `state_tensors` returned when the checkpoint was written."""
+
+    def final_artefact(self, model, run: RunFolder, state_dict: dict | None = None) -> Path:
+        """Write what the run leaves behind; returns its folder. `state_dict`: the full weights when
+        they were gathered from several processes."""
+        from tunery.trainers.final_save import save_final
+
+        return save_final(model, self.tokenizer, run, self.cfg.adapter, state_dict=state_dict)

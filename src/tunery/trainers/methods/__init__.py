@@ -1,0 +1,14 @@
+"""The training methods, by the name a config gives in `method:`. Adding one is a class and a line here."""
+
+from __future__ import annotations
+
+from tunery.config.schema import TrainConfig
+from tunery.trainers.method import Method
+from tunery.trainers.methods.sft import CPT, SFT
+
+METHODS: dict[str, type[Method]] = {"sft": SFT, "cpt": CPT}
+
+
+def method_for(cfg: TrainConfig, tokenizer) -> Method:
+    """The method `cfg.method` names, set up with the run's config and tokenizer."""
+    return METHODS[cfg.method](cfg, tokenizer)

@@ -1,0 +1,163 @@
+"""The one watch over a run: validation loss, graders scored during training, the best step and the
+patience of early stopping.
+
+The loop tells the watch what it measured (`on_validation`, `on_grader`); the watch records it in
+metrics.jsonl, moves the best step, counts evaluations since the best, and says when patience ran out.
+What it watches is `eval.early_stopping_on`: the validation loss (lower is better) or the first
+grader's score (higher is better, by more than `eval.min_delta`). Best figures and the patience count
+live in the loop's state, which every checkpoint saves, so a resumed run stops where an uninterrupted
+one would.
+
+Graders answer a seeded sample of the validation examples the loop already loaded (or `eval.data`),
+greedily, with the current weights.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+
+from tunery.config.schema import TrainConfig
+from tunery.data.messages import Example
+from tunery.errors import TuneryError
+from tunery.graders import Grader, parse_graders
+
+
+@dataclass
+class GraderItem:
+    """One example answered during training: its prompt (chat dicts) and reference answer."""
+
+    prompt: list[dict]
+    reference: str
+
+
+def as_grader_item(example: Example) -> GraderItem:
+    """The prompt before the last assistant turn, and that turn as the reference."""
+    messages = example.messages or []
+    last = max((i for i, m in enumerate(messages) if m.role == "assistant"), default=None)
+    if last is None:
+        raise TuneryError(f"{example.location}: graders need an assistant turn to compare against")
+    prompt = [{"role": m.role, "content": m.content} for m in messages[:last]]
+    return GraderItem(prompt, messages[last].content)
+
+
+def grader_sample(cfg: TrainConfig, val_examples: list[Example]) -> list[GraderItem]:
+    """`eval.sample` examples of `eval.data` (or of the validation examples), drawn once with the
+    training seed, in their file order."""
+    if cfg.eval.data:
+        from tunery.data.dataset import load_examples
+        from tunery.data.problems import raise_if_errors
+
+        examples, problems = load_examples(cfg.eval.data, cfg.data.format)
+        raise_if_errors(problems)
+    else:
+        examples = val_examples
+    items = [as_grader_item(e) for e in examples if e.messages is not None]
+    if len(items) <= cfg.eval.sample:
+        return items
+    keep = sorted(random.Random(cfg.training.seed).sample(range(len(items)), cfg.eval.sample))
+    return [items[i] for i in keep]
+
+
+@dataclass
+class Watch:
+    """Validation, graders, best step and patience for one run."""
+
+    cfg: TrainConfig
+    total_steps: int
+    eval_every: int
+    graders: list[Grader] = field(default_factory=list)
+    items: list[GraderItem] = field(default_factory=list)
+
+    @classmethod
+    def for_run(cls, cfg: TrainConfig, total_steps: int, val_examples: list[Example]) -> "Watch":
+        eval_every = cfg.training.eval_every or max(1, total_steps // 10)
+        if not cfg.eval.graders:
+            return cls(cfg, total_steps, eval_every)
+        items = grader_sample(cfg, val_examples)
+        if not items:
+            raise TuneryError(
+                "eval.graders is set but there are no examples to score during training",
+                why="graders answer validation examples, and this run has none",
+                fix="set data.validation, data.val_split or eval.data",
+            )
+        return cls(cfg, total_steps, eval_every, parse_graders(cfg.eval.graders), items)
+
+    @property
+    def watches_grader(self) -> bool:
+        return self.cfg.eval.early_stopping_on == "grader"
+
+    def validation_due(self, step: int) -> bool:
+        """Validation runs every `eval_every` steps and at the last step (1-based, after the update)."""
+        return step % self.eval_every == 0 or step == self.total_steps
+
+    def grader_due(self, step: int) -> bool:
+        """Graders are scored every `eval.every` steps (or at each validation) and at the last step."""
+        if not self.items:
+            return False
+        every = self.cfg.eval.every or self.eval_every
+        return step % every == 0 or step == self.total_steps
+
+    def on_validation(self, st, val: float, figures: dict, run, say) -> bool:
+        """Record a validation loss (and the method's figures); True when early stopping says stop."""
+        improved = st.best_val is None or val < st.best_val
+        if improved:
+            st.best_val = val
+        run.append_metrics({"kind": "eval", "step": st.step, "val_loss": val,
+                            "val_ppl": math.exp(min(val, 50.0)), **figures, "best": improved})
+        say(f"step {st.step}: validation loss {val:.4f}" + (" (best)" if improved else ""))
+        return not self.watches_grader and self._count_toward_patience(st, improved)
+
+    def on_grader(self, st, scores: dict, run, say) -> bool:
+        """Record a grader scoring; True when early stopping (watching the grader) says stop."""
+        score = scores["score"]
+        improved = st.best_score is None or score > st.best_score + self.cfg.eval.min_delta
+        if improved:
+            st.best_score = score
+        run.append_metrics({"kind": "grader", "step": st.step, **scores, "best": improved})
+        label = self.graders[0].label
+        say(f"step {st.step}: {label} {score:.3f} on {scores['n']} examples" + (" (best)" if improved else ""))
+        return self.watches_grader and self._count_toward_patience(st, improved)
+
+    def _count_toward_patience(self, st, improved: bool) -> bool:
+        """Move the best step or the count of evaluations since it; True when patience ran out."""
+        if improved:
+            st.best_step, st.evals_since_best = st.step, 0
+        else:
+            st.evals_since_best += 1
+        patience = self.cfg.training.early_stopping_patience
+        return patience is not None and st.evals_since_best >= patience
+
+    def score(self, model, tokenizer) -> dict:
+        """Answer the sample greedily with the current weights and score it:
+        {"score": first grader's mean, label: mean, ..., "n": count}.
+
+        Every process answers the same sample: the weights are identical after the gradients are
+        combined, so the scores and the stopping decision are too, without another collective (and a
+        sharded model runs the same forward passes in step, which FSDP's all-gathers need)."""
+        from tunery.inference import generate_batch
+
+        was_training = model.training
+        model.eval()
+        try:
+            answers = generate_batch(model, tokenizer, [i.prompt for i in self.items],
+                                     max_new_tokens=self.cfg.eval.max_new_tokens,
+                                     batch_size=self.cfg.training.batch_size)
+        finally:
+            model.train(was_training)
+        n = len(self.items)
+        means = {g.label: sum(g.score(a, i.reference) for a, i in zip(answers, self.items)) / n
+                 for g in self.graders}
+        return {"score": means[self.graders[0].label], **means, "n": n}
+
+    def describe_best(self, st, since: bool = False) -> str:
+        """'best validation loss 0.1234 at step 8' (or the grader's score when early stopping watches it)."""
+        if self.watches_grader and st.best_score is not None:
+            best = f"best {self.graders[0].label} {st.best_score:.3f} at step {st.best_step}"
+            what = "grader score"
+        else:
+            best = (f"best validation loss {st.best_val:.4f} at step {st.best_step}"
+                    if st.best_val is not None else "no validation loss")
+            what = "validation loss"
+        return f"no better {what} in {st.evals_since_best} evaluations ({best})" if since else best
