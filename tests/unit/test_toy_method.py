@@ -59,7 +59,7 @@ def test_a_toy_method_trains_checkpoints_and_resumes_bitwise(smol_tokenizer, tmp
     assert (reason, st.step, st.trained_tokens) == ("finished", 6, 12)  # 6 steps x 2 rows
     metrics = RunFolder(tmp_path / "a").read_metrics()
     train = [m for m in metrics if m["kind"] == "train"]
-    assert [m["trained_tokens"] for m in train] == [2] * 6 and all(0 <= m["correct"] <= 1 for m in train)
+    assert [m["trained_rows"] for m in train] == [2] * 6 and all(0 <= m["correct"] <= 1 for m in train)
     evals = [m for m in metrics if m["kind"] == "eval"]
     assert [m["step"] for m in evals] == [2, 4, 6] and all("val_correct" in m for m in evals)
 

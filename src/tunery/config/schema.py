@@ -249,6 +249,35 @@ class EvalSection(Section):
         return self
 
 
+class PreferenceSection(Section):
+    """Preference methods: `dpo` (with its loss variants), `orpo`, `kto` and `reward`."""
+
+    loss: Literal["sigmoid", "ipo", "hinge", "robust", "simpo"] = Field(
+        "sigmoid",
+        description="`method: dpo` loss: `sigmoid` (DPO), `ipo`, `hinge`, `robust` (label noise), or the "
+        "reference-free `simpo`.",
+    )
+    beta: float = Field(
+        0.1, gt=0, description="How far the tuned model may move from the reference (DPO's beta; ORPO's "
+        "and KTO's beta; SimPO's reward scale)."
+    )
+    label_smoothing: float = Field(
+        0.0, ge=0.0, lt=0.5, description="Assumed share of flipped pairs (`sigmoid`: conservative DPO; `robust`)."
+    )
+    simpo_gamma: float = Field(0.5, ge=0.0, description="SimPO's target reward margin.")
+    reference: Literal["auto", "adapter_off", "precomputed"] = Field(
+        "auto",
+        description="Where the reference log-probabilities come from: `adapter_off` (LoRA: the same model "
+        "with the adapter switched off, no second copy in memory), `precomputed` (once before training, "
+        "kept in the run folder), or `auto` (adapter_off for LoRA/QLoRA, precomputed for full fine-tuning).",
+    )
+    desirable_weight: float = Field(1.0, gt=0, description="KTO: weight of desirable (label true) examples.")
+    undesirable_weight: float = Field(1.0, gt=0, description="KTO: weight of undesirable (label false) examples.")
+    use_margin: bool = Field(
+        True, description="`reward`: subtract a pair's `margin` field (when present) inside the Bradley-Terry loss."
+    )
+
+
 class OutputSection(Section):
     """Where the run folder goes."""
 
@@ -261,10 +290,11 @@ class OutputSection(Section):
 class TrainConfig(Section):
     """A whole training run."""
 
-    method: Literal["sft", "cpt"] = Field(
+    method: Literal["sft", "cpt", "dpo", "orpo", "kto", "reward"] = Field(
         "sft",
-        description="`sft`: supervised fine-tuning on conversations; `cpt`: continued "
-        "pre-training on raw text (every token trained).",
+        description="`sft`: supervised fine-tuning on conversations; `cpt`: continued pre-training on raw "
+        "text (every token trained); `dpo` and `orpo`: preference pairs (prompt, chosen, rejected); `kto`: "
+        "answers labelled desirable or not; `reward`: a reward model (scalar head) trained on pairs.",
     )
     base_model: str = Field(
         defaults.BASE_MODEL,
@@ -285,6 +315,9 @@ class TrainConfig(Section):
     training: TrainingSection = Field(default_factory=TrainingSection, description="Loop settings.")
     output: OutputSection = Field(default_factory=OutputSection, description="Output settings.")
     eval: EvalSection = Field(default_factory=EvalSection, description="Generation-based evaluation settings.")
+    preference: PreferenceSection = Field(
+        default_factory=PreferenceSection, description="Settings of the preference methods (dpo, orpo, kto, reward)."
+    )
 
     @model_validator(mode="after")
     def _needs_training_data(self) -> "TrainConfig":

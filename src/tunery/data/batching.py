@@ -60,17 +60,19 @@ def micro_batches_for_step(plan: StepPlan, step: int) -> list[list[int]]:
     return [order[m * plan.batch_size:(m + 1) * plan.batch_size] for m in range(first, last)]
 
 
-def split_by_tokens(rows, limit: int | None) -> list[list]:
-    """Consecutive pieces of `rows` with at most `limit` tokens each (a longer row alone), in order."""
+def split_by_tokens(rows, limit: int | None, size_of=lambda row: len(row.ids)) -> list[list]:
+    """Consecutive pieces of `rows` with at most `limit` tokens each (a longer row alone), in order;
+    `size_of(row)` counts a row's tokens."""
     if limit is None:
         return [list(rows)]
     pieces, current, size = [], [], 0
     for row in rows:
-        if current and size + len(row.ids) > limit:
+        tokens = size_of(row)
+        if current and size + tokens > limit:
             pieces.append(current)
             current, size = [], 0
         current.append(row)
-        size += len(row.ids)
+        size += tokens
     return pieces + ([current] if current else [])
 
 
@@ -121,3 +123,14 @@ def count_tokens(batch: dict[str, torch.Tensor]) -> int:
 def make_batch(rows, pad_id: int, packed: bool) -> dict[str, torch.Tensor]:
     """The one place batches are built: padding-free (packed) or right-padded."""
     return pack(rows) if packed else collate(rows, pad_id)
+
+
+def make_sequence_batch(rows, pad_id: int, packed: bool) -> dict[str, torch.Tensor]:
+    """`make_batch` of `rows`, plus which row each trained target token belongs to (`target_seq`, in
+    the order the targets are listed: row by row, left to right) and the row count (`sequences`), so
+    that per-row log-probs can be summed from one forward pass over all of them."""
+    batch = make_batch(rows, pad_id, packed)
+    counts = [sum(row.trained[1:]) for row in rows]  # position 0 predicts nothing
+    batch["target_seq"] = torch.repeat_interleave(torch.arange(len(rows)), torch.tensor(counts, dtype=torch.long))
+    batch["sequences"] = torch.tensor(len(rows))
+    return batch

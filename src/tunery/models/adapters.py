@@ -8,8 +8,11 @@ from tunery.config.schema import LoraSection, TrainConfig
 from tunery.errors import TuneryError
 
 
-def prepare_trainable(model, cfg: TrainConfig):
+def prepare_trainable(model, cfg: TrainConfig, task_type: str = "CAUSAL_LM", extra_modules: list[str] = ()):
     """Wrap `model` with a LoRA adapter (PEFT) or mark every weight trainable, per `cfg.adapter`.
+
+    `task_type` is PEFT's name of the model's task (`SEQ_CLS` for a reward model); `extra_modules` are
+    trained in full next to the adapter and saved with it (a reward model's new head).
 
     `qlora` expects a base loaded in 4 bits (`models.quant.load_for_training`) and puts the same LoRA
     (or DoRA / rsLoRA) on top; the 4-bit weights stay frozen. The adapter's initial weights come from
@@ -32,7 +35,7 @@ def prepare_trainable(model, cfg: TrainConfig):
 
     torch.manual_seed(cfg.training.seed)
     try:
-        return get_peft_model(model, peft_lora_config(cfg.lora))
+        return get_peft_model(model, peft_lora_config(cfg.lora, task_type, extra_modules))
     except ValueError as exc:
         raise TuneryError(
             "the LoRA target modules do not match this model",
@@ -42,7 +45,7 @@ def prepare_trainable(model, cfg: TrainConfig):
         ) from exc
 
 
-def peft_lora_config(lora: LoraSection):
+def peft_lora_config(lora: LoraSection, task_type: str = "CAUSAL_LM", extra_modules: list[str] = ()):
     """PEFT's LoraConfig for a `lora:` section (target names, pattern or all-linear; DoRA; rsLoRA)."""
     from peft import LoraConfig
 
@@ -51,10 +54,10 @@ def peft_lora_config(lora: LoraSection):
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         target_modules=lora.target_modules,
-        modules_to_save=list(lora.modules_to_save) or None,
+        modules_to_save=list(dict.fromkeys([*lora.modules_to_save, *extra_modules])) or None,
         use_dora=lora.dora,
         use_rslora=lora.rslora,
-        task_type="CAUSAL_LM",
+        task_type=task_type,
     )
 
 

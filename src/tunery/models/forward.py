@@ -87,6 +87,21 @@ def forward_loss(model, batch: dict[str, torch.Tensor], trained_only: bool = Tru
     return token_ce_sum(logits_at(model, batch, positions), targets)
 
 
+def sequence_logps(model, batch: dict[str, torch.Tensor], logits_at: LogitsAt = head_logits
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of log-probs of each sequence's trained tokens [S], their count [S]) for a batch that says
+    which sequence each trained token belongs to (`target_seq`, in the order `next_token_targets` lists
+    them) and how many sequences it holds (`sequences`). What preference and RL methods score answers by."""
+    positions, targets = next_token_targets(batch["labels"])
+    logits = logits_at(model, batch, positions)
+    token_logps = -torch.nn.functional.cross_entropy(logits.float(), targets.to(logits.device), reduction="none")
+    seq = batch["target_seq"].to(token_logps.device)
+    count = int(batch["sequences"])
+    sums = torch.zeros(count, dtype=token_logps.dtype, device=token_logps.device).index_add(0, seq, token_logps)
+    counts = torch.bincount(seq, minlength=count).to(token_logps.dtype)
+    return sums, counts
+
+
 @torch.no_grad()
 def mean_loss(model, rows, pad_id: int, batch_size: int = 8, packed: bool = True) -> tuple[float, int]:
     """Mean loss per trained token over rendered rows, `batch_size` rows at a time, and the token count

@@ -20,7 +20,6 @@ from tunery.config.schema import TrainConfig
 from tunery.data import batching
 from tunery.data.render import Datasets
 from tunery.errors import TuneryError
-from tunery.models import adapters
 from tunery.runfolder import RunFolder
 from tunery.trainers import checkpoint as ckpt
 from tunery.trainers.common import lr_factor
@@ -73,9 +72,9 @@ class Loop:
 def setup(cfg: TrainConfig, method: Method, model, data: Datasets, strategy: Single | None = None) -> Loop:
     """Make the model trainable (as the strategy holds it), build the optimizer, the step plan and the watch."""
     strategy = strategy or Single()
-    model = strategy.wrap(adapters.prepare_trainable(model, cfg))
+    model = strategy.wrap(method.make_trainable(model))
     model.train()
-    method.prepare(model)
+    method.prepare(model, strategy.logits_at)
     tc = cfg.training
     params = [p for p in model.parameters() if p.requires_grad]
     # foreach=False keeps the update order fixed, which exact resume relies on.
@@ -162,12 +161,13 @@ def evaluate(loop: Loop) -> tuple[float, dict[str, float]] | None:
     mine = strategy.my_share(list(range(len(loop.val))))
     total, count = 0.0, 0
     figures = dict.fromkeys(method.figures, 0.0)
+    fillers = _fillers(loop, math.ceil(len(mine) / bs))  # agreed on before any pass, as in `accumulate`
     for start in range(0, len(mine), bs):
         out = pass_loss(loop, method.collate([loop.val[i] for i in mine[start:start + bs]]))
         total, count = total + float(out.total), count + out.count
         for key in figures:
             figures[key] += float(out.figures.get(key, 0.0))
-    for batch in _fillers(loop, math.ceil(len(mine) / bs)):
+    for batch in fillers:
         pass_loss(loop, batch)
     loop.model.train()
     total, count, *sums = strategy.sum_all([total, count, *figures.values()])
@@ -254,7 +254,7 @@ def train(loop: Loop, run: RunFolder, st: LoopState, should_stop: Callable[[], b
             progress.count(result.tokens)
             progress.step_done(st.step, result.loss, lr)
             if st.step % tc.log_every == 0 or st.step == total:
-                log_step(run, progress, st, result, lr, grad_norm)
+                log_step(run, progress, st, result, lr, grad_norm, loop.method.unit)
             stop_early = _evaluate_and_watch(loop, run, st, progress.write)
             interrupted = loop.strategy.any(should_stop())
             if st.step % loop.save_every == 0 or st.best_step == st.step or interrupted or stop_early:
@@ -270,9 +270,9 @@ def train(loop: Loop, run: RunFolder, st: LoopState, should_stop: Callable[[], b
 
 
 def log_step(run: RunFolder, progress: Progress, st: LoopState, result: StepResult, lr: float,
-             grad_norm: float) -> None:
+             grad_norm: float, unit: str = "tokens") -> None:
     tok_s = progress.tokens_per_second()
     run.append_metrics({"kind": "train", "step": st.step, "loss": result.loss, "lr": lr, "grad_norm": grad_norm,
-                        "trained_tokens": result.units, **result.figures, "tokens_per_s": round(tok_s, 1),
+                        f"trained_{unit}": result.units, **result.figures, "tokens_per_s": round(tok_s, 1),
                         "elapsed_s": round(st.elapsed, 2)})
     progress.log_line(st.step, result.loss, lr, tok_s)

@@ -28,6 +28,7 @@ import torch
 from tunery.config.schema import TrainConfig
 from tunery.data.batching import count_tokens, count_trained, make_batch, split_by_tokens
 from tunery.data.render import Datasets
+from tunery.models import adapters
 from tunery.models.forward import LogitsAt
 from tunery.runfolder import RunFolder
 
@@ -54,11 +55,22 @@ class Method:
     def __init__(self, cfg: TrainConfig, tokenizer):
         self.cfg, self.tokenizer = cfg, tokenizer
 
+    def load_base(self):
+        """The base model this method trains (a causal LM in `cfg.dtype`, or 4-bit for QLoRA)."""
+        from tunery.models.quant import load_for_training
+
+        return load_for_training(self.cfg)
+
     def load_data(self, cache_dir: Path | None = None, write_cache: bool = True) -> Datasets:
         raise NotImplementedError
 
-    def prepare(self, model) -> None:
-        """Called once the model is trainable and placed, before any step (a reference model, say)."""
+    def make_trainable(self, model):
+        """The model in its trainable form (LoRA, QLoRA or every weight, per the config)."""
+        return adapters.prepare_trainable(model, self.cfg)
+
+    def prepare(self, model, logits_at: LogitsAt) -> None:
+        """Called once the model is trainable and placed, before any step or resume, with the base
+        weights still in place (precomputed reference log-probs, say)."""
 
     def pieces(self, rows: list) -> list[list]:
         """A micro-batch's rows in the pieces that go through forward and backward one at a time.
@@ -66,7 +78,7 @@ class Method:
         With packing, pieces of at most `training.chunk_tokens` tokens: the step's gradient is the same
         sum, but only one piece's activations are alive at a time."""
         tc = self.cfg.training
-        return split_by_tokens(rows, tc.chunk_tokens) if tc.packing else [list(rows)]
+        return split_by_tokens(rows, tc.chunk_tokens, self.row_tokens) if tc.packing else [list(rows)]
 
     def collate(self, rows: list) -> dict[str, torch.Tensor]:
         return make_batch(rows, self.tokenizer.pad_token_id, self.cfg.training.packing)

@@ -90,7 +90,6 @@ def prepare(cfg: TrainConfig, dist: ddp.Dist = ddp.SINGLE, log: Callable[[str], 
     only rank 0 writes it."""
     from tunery.data.render import chat_template_of
     from tunery.models.load import load_tokenizer
-    from tunery.models.quant import load_for_training
 
     if cfg.training.threads:
         torch.set_num_threads(cfg.training.threads)
@@ -98,9 +97,9 @@ def prepare(cfg: TrainConfig, dist: ddp.Dist = ddp.SINGLE, log: Callable[[str], 
     tokenizer = load_tokenizer(cfg.base_model)
     # Pin the template used for rendering, so the saved tokenizer/ carries exactly that one.
     tokenizer.chat_template = chat_template_of(tokenizer)
-    model = load_for_training(cfg)  # load_model(base, dtype), or a 4-bit base for adapter: qlora
-    log(f"loaded {cfg.base_model} in {time.monotonic() - started:.1f} s")
     method = method_for(cfg, tokenizer)
+    model = method.load_base()  # the causal LM in cfg.dtype, or a 4-bit base for adapter: qlora
+    log(f"loaded {cfg.base_model} in {time.monotonic() - started:.1f} s")
     data = method.load_data(cache_dir=cache_dir, write_cache=dist.is_main)
     for warning in data.warnings:
         log(f"warning: {warning}")

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from tunery.config.schema import TrainConfig
 from tunery.trainers.method import Method
+from tunery.trainers.methods.preference import DPO, KTO, ORPO
+from tunery.trainers.methods.reward import RewardModel
 from tunery.trainers.methods.sft import CPT, SFT
 
-METHODS: dict[str, type[Method]] = {"sft": SFT, "cpt": CPT}
+METHODS: dict[str, type[Method]] = {"sft": SFT, "cpt": CPT, "dpo": DPO, "orpo": ORPO, "kto": KTO,
+                                   "reward": RewardModel}
 
 
 def method_for(cfg: TrainConfig, tokenizer) -> Method:
