@@ -34,16 +34,32 @@ def test_config_loads_and_names_existing_data(config):
         assert Path(name).is_file(), f"{config} names {name}, which does not exist"
 
 
+PREFERENCE_METHODS = {"dpo": "pairs", "orpo": "pairs", "reward": "pairs", "kto": "feedback"}
+
+
 @pytest.mark.parametrize("config", CONFIGS, ids=_ids(CONFIGS))
 def test_config_data_passes_the_data_check(config, capsys):
     from tunery.cli.data import run_check
 
     cfg = load_config(config).config
+    if cfg.method in PREFERENCE_METHODS:  # `tunery data check` lints conversations; training reads these
+        return _check_preference_data(cfg)
     code = run_check(
         [Path(p) for p in cfg.data.train], cfg.base_model, [Path(p) for p in cfg.data.validation],
         cfg.data.max_length, cfg.data.train_on, cfg.data.format, as_json=True, method=cfg.method,
     )
     assert code == 0, capsys.readouterr().out
+
+
+def _check_preference_data(cfg) -> None:
+    """Every record converts, and every pair renders within max_length with both answers whole, as
+    training loads them."""
+    from tunery.data.preference import build_pair_datasets
+    from tunery.models.load import load_tokenizer
+
+    data = build_pair_datasets(cfg, load_tokenizer(cfg.base_model))
+    assert data.warnings == [] and len(data.train) + len(data.val) == sum(
+        1 for path in cfg.data.train for _ in open(path, encoding="utf-8"))
 
 
 def _load_script(path: Path):
@@ -96,3 +112,32 @@ def test_quickstart_demo_runs_the_three_commands_a_user_would(monkeypatch):
     assert typed[2][2:] == ("--data", demo.shown(demo.HELDOUT), "--baselines", "zero", "--graders", "exact",
                             "--probe", "none", "--max-new-tokens", "40")
     assert demo.run_dir() == Path("runs") / "quickstart"
+
+
+def _pairs(name: str) -> list[dict]:
+    return [json.loads(line) for line in (EXAMPLES / "preference" / name).read_text(encoding="utf-8").splitlines()]
+
+
+def test_preference_pairs_keep_their_rule_and_held_out_content_is_never_trained_on():
+    make_data = _load_script(EXAMPLES / "preference" / "make_data.py")
+    train, heldout = _pairs("train.jsonl"), _pairs("heldout.jsonl")
+    assert (len(train), len(heldout)) == (320, 200)
+    for records in (train, heldout):
+        rules = [r["prompt"][0]["content"] for r in records]
+        assert {rules.count(text) for text in make_data.RULES.values()} == {len(records) // 4}  # equal shares
+        assert len({json.dumps(r) for r in records}) == len(records)
+    by_rule = {text: name for name, text in make_data.RULES.items()}
+    is_sentence = lambda text: text.endswith(".") and " " in text  # noqa: E731
+    for r in train + heldout:
+        rule, chosen, rejected = by_rule[r["prompt"][0]["content"]], r["chosen"], r["rejected"]
+        short, sentence = (chosen, rejected) if rule == "short" else (rejected, chosen)
+        if rule in ("short", "sentence"):  # the same content, as a bare answer or as a sentence
+            assert not is_sentence(short) and is_sentence(sentence) and short.lower() in sentence.lower()
+            assert sentence[0].isupper() and (short.isdigit() or short in r["prompt"][1]["content"])
+        else:  # the same sentence, in the rule's case or in ordinary case
+            assert is_sentence(rejected) and rejected[0].isupper() and chosen != rejected
+            assert chosen == (rejected.upper() if rule == "upper" else rejected.lower())
+    words = lambda records: {w.strip(".?,") for r in records for w in r["prompt"][1]["content"].split()}  # noqa: E731
+    held_only = {w for lst in (make_data.NAMES, make_data.CITIES, make_data.THINGS, make_data.COLOURS, make_data.PETS)
+                 for w in make_data.split(lst, heldout=True)}
+    assert held_only & words(heldout) and not held_only & words(train)  # no held-out person, place or thing trained

@@ -67,8 +67,14 @@ def write_and_print(result: dict, targets: list[str], out: Path | None, as_json:
     if as_json:
         print(json.dumps(finite(result), indent=2))
         return
-    print(format_table(result))
-    print(format_details(result))
+    if result.get("kind") == "pairs":
+        from tunery.eval.pairs import format_pairs_details, format_pairs_table
+
+        print(format_pairs_table(result))
+        print(format_pairs_details(result))
+    else:
+        print(format_table(result))
+        print(format_details(result))
     print(f"\nwrote {json_path} and {html_path}")
 
 

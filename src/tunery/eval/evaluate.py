@@ -169,8 +169,14 @@ def evaluate(targets: list[str], data: str, opts: EvalOptions | None = None,
     """Evaluate run folders and/or base models on `data` against the baselines; the eval.json dict.
 
     `items` and `pool` replace reading `data` and the training files (`tunery advise` splits one file).
+    A file of preference pairs is scored by `tunery.eval.pairs` instead (which answer each model prefers).
     """
     opts = opts or EvalOptions()
+    if items is None:
+        from tunery.eval.pairs import evaluate_pairs, is_pairs_file
+
+        if is_pairs_file(data):
+            return evaluate_pairs(targets, data, opts, log)
     if not targets:
         raise TuneryError("name at least one run folder or base model to evaluate")
     started = time.monotonic()

@@ -160,6 +160,10 @@ def _fmt(value) -> str:
 
 def render_report(result: dict, metrics_by_run: dict[str, list[dict]]) -> str:
     """The whole page as a string."""
+    if result.get("kind") == "pairs":
+        from tunery.eval.pairs_report import render_pairs_report
+
+        return render_pairs_report(result, metrics_by_run)
     gen = result["generation"]
     parts = [
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>tunery eval report</title>",

@@ -12,6 +12,7 @@ reinforcement learning (`reward`), and a release gate (`gate`). Written as ``KIN
 ``json_schema:S``  the answer is JSON valid against schema S (inline JSON, or a file path)
 ``contains[:TEXT]`` TEXT (default: the reference) occurs in the answer, ignoring case
 ``max_words:N``    the answer has between 1 and N words
+``reward_model:R`` sigmoid of reward run R's reward of the answer given its prompt (graders/reward_model.py)
 =================  =======================================================================
 
 In a data file a record may carry its own list, e.g. ``"graders": ["contains:Paris"]`` or
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tunery.errors import TuneryError
-from tunery.graders import checks
+from tunery.graders import checks, reward_model
 from tunery.graders.schema import compile_schema
 
 
@@ -103,6 +104,7 @@ KINDS: dict[str, Kind] = {
     "json_schema": Kind(_prep_schema, checks.json_schema, False),
     "contains": Kind(lambda kind, arg: arg or None, checks.contains, False),
     "max_words": Kind(_prep_words, checks.max_words, False),
+    "reward_model": Kind(reward_model.prepare, reward_model.score_answer, False),
 }
 
 
