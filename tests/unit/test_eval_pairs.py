@@ -69,15 +69,23 @@ def test_the_base_scores_each_answer_by_its_log_prob_and_is_its_own_reference(tm
     assert base["scores"]["accuracy"] == {"mean": 0.5, "low": 0.5, "high": 0.5, "n": 5, "level": 0.95}
 
 
-def test_a_dpo_run_is_scored_against_its_base_on_held_out_pairs(dpo_run):
+def test_a_dpo_run_is_scored_against_its_base_on_held_out_pairs(dpo_run, tiny_model_dir, monkeypatch):
+    from tunery.eval import pairs
+
     run, heldout = dpo_run
+    passes = []
+    real = pairs.answer_logps
+    monkeypatch.setattr(pairs, "answer_logps", lambda *a, **k: passes.append(1) or real(*a, **k))
     result = evaluate([str(run)], heldout, OPTS, **QUIET)
+    assert len(passes) == 2  # the run, and its adapter off; the base row reuses the latter
     base, tuned = result["systems"]
     assert (base["system"]["kind"], tuned["system"]["kind"], tuned["system"]["name"]) == ("base", "policy", "tuned (dpo)")
     assert tuned["system"]["reference"].endswith("(adapter off)")
-    for b, t in zip(base["per_example"], tuned["per_example"]):
-        # the adapter switched off is the base model: the same log-probs as the base row's
-        assert t["ref_logp_chosen"] == pytest.approx(b["logp_chosen"], abs=1e-4)
+    model, tokenizer = load_model(str(tiny_model_dir)), load_tokenizer(str(tiny_model_dir))
+    for p, b, t in zip(read_pairs(heldout), base["per_example"], tuned["per_example"]):
+        # the adapter switched off is the base model
+        assert t["ref_logp_chosen"] == pytest.approx(hand_logp(model, tokenizer, p.conversation("chosen")), abs=1e-4)
+        assert (b["logp_chosen"], b["logp_rejected"]) == (t["ref_logp_chosen"], t["ref_logp_rejected"])
         margin = (t["logp_chosen"] - t["ref_logp_chosen"]) - (t["logp_rejected"] - t["ref_logp_rejected"])
         assert t["scores"]["accuracy"] == float(margin > 0)
         assert t["log_ratio_chosen"] - t["log_ratio_rejected"] == pytest.approx(margin, abs=1e-5)

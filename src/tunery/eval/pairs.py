@@ -20,8 +20,9 @@ accuracy against the base's (50%, so against chance), and, for a policy, its log
 the base's; a reward model's accuracy also against the base's log-prob accuracy (does the reward model
 rank pairs better than the base model's likelihood does?).
 
-One model is loaded at a time; the base's log-probs are computed once and reused as the reference of
-every full-weight run whose pairs render to the same tokens.
+One model is loaded at a time, and the base model's log-probs are computed once: a LoRA run scores the
+pairs with its adapter switched off (its reference) before the base row is made, and the base row and
+every full-weight run whose pairs render to the same tokens reuse them.
 """
 
 from __future__ import annotations
@@ -218,50 +219,57 @@ def plan_targets(targets: list[str]) -> list[PairTarget]:
     return planned
 
 
-def score_base(target: PairTarget, pairs: list, opts, log) -> tuple[dict, dict]:
-    """The base row, and what runs reuse as their reference: {"ids": rendered rows' ids, "logps"}."""
-    from tunery.inference import load_for_inference
+def score_base(target: PairTarget, pairs: list, opts, log, known: dict | None = None) -> tuple[dict, dict]:
+    """The base row, and what other rows reuse: {"ids": the rendered rows' ids, "logps", "counts"}. When a
+    LoRA run has already scored the same token rows with its adapter switched off (`known`), those are
+    the base model's log-probs and the base is not loaded again."""
+    from tunery.models.load import load_model, load_tokenizer
 
-    model, tokenizer = load_for_inference(target.key)
+    tokenizer = load_tokenizer(target.key)
     rows, warnings = render_pairs(pairs, tokenizer, opts.max_length)
-    logps, counts = answer_logps(model, rows, tokenizer.pad_token_id, opts.batch_size)
-    del model
-    gc.collect()
+    if known is not None and known["ids"] == _ids(rows):
+        logps, counts = known["logps"], known["counts"]
+    else:
+        logps, counts = answer_logps(load_model(target.key), rows, tokenizer.pad_token_id, opts.batch_size)
+        gc.collect()
     columns = policy_scores(logps, counts, logps)
     row = system_row(target.name, target.key, "base", pairs, columns, {"logp": logps, "tokens": counts}, opts.seed)
-    return row | {"warnings": warnings}, {"ids": _ids(rows), "logps": logps}
+    return row | {"warnings": warnings}, {"ids": _ids(rows), "logps": logps, "counts": counts}
 
 
 def _ids(rows: list) -> list:
     return [(tuple(r.chosen.ids), tuple(r.rejected.ids)) for r in rows]
 
 
-def score_policy(target: PairTarget, pairs: list, reference: dict, opts, log) -> dict:
-    """A policy run's row: its log-probs, and the reference's (adapter off, or the base's reused)."""
+def score_policy(target: PairTarget, pairs: list, reference: dict | None, opts, log) -> tuple[dict, dict | None]:
+    """A policy run's row: its log-probs and the reference's (the adapter switched off, or the base's
+    reused), and, for a LoRA run, the base model's log-probs it measured (its adapter off) for the base row."""
     from tunery.inference import load_run
+    from tunery.models.load import load_model
     from tunery.trainers.methods.preference import reference_mode
 
     model, tokenizer = load_run(Path(target.key))
     rows, warnings = render_pairs(pairs, tokenizer, opts.max_length)
     logps, counts = answer_logps(model, rows, tokenizer.pad_token_id, opts.batch_size)
+    shared = None
     if hasattr(model, "disable_adapter"):  # the reference DPO trained against: the adapter switched off
         with reference_mode(model):
             ref, _ = answer_logps(model, rows, tokenizer.pad_token_id, opts.batch_size)
         source = "adapter off"
-    elif _ids(rows) == reference["ids"]:
+        if target.adapter == "lora":  # a 4-bit base (QLoRA) is not the base model in its own dtype
+            shared = {"ids": _ids(rows), "logps": ref, "counts": counts}
+    elif reference is not None and _ids(rows) == reference["ids"]:
         ref, source = reference["logps"], "base model"
-    else:  # the run renders the pairs differently (its own chat template): score them with the base
+    else:  # full weights, and the base not scored on these tokens yet: score them with the base
         del model
         gc.collect()
-        from tunery.models.load import load_model
-
-        log(f"the run's tokenizer renders the pairs differently: scoring them with {target.base} as reference")
         ref, _ = answer_logps(load_model(target.base), rows, tokenizer.pad_token_id, opts.batch_size)
         source = "base model"
     columns = policy_scores(logps, counts, ref)
     values = {"logp": logps, "ref_logp": ref, "log_ratio": logps - ref, "tokens": counts}
-    return system_row(target.name, target.key, "policy", pairs, columns, values, opts.seed, method=target.method,
-                      reference=f"{target.base} ({source})") | {"warnings": warnings}
+    row = system_row(target.name, target.key, "policy", pairs, columns, values, opts.seed, method=target.method,
+                     reference=f"{target.base} ({source})")
+    return row | {"warnings": warnings}, shared
 
 
 def score_reward(target: PairTarget, pairs: list, opts, log) -> dict:
@@ -306,6 +314,14 @@ def comparisons(rows: list[dict], targets: list[PairTarget], seed: int) -> list[
     return out
 
 
+def _scoring_order(target: PairTarget) -> int:
+    """LoRA runs first: with the adapter off they score the pairs under the base model, which the base
+    rows and full runs then reuse instead of loading and scoring the base again; reward runs last."""
+    if target.kind == "policy" and target.adapter == "lora":
+        return 0
+    return {"base": 1, "policy": 2, "reward": 3}[target.kind]
+
+
 def evaluate_pairs(targets: list[str], data: str, opts, log: Callable[[str], None] = print) -> dict:
     """Score base models, policy runs and reward runs on the preference pairs of `data`; the eval.json
     dict (`kind: "pairs"`)."""
@@ -314,18 +330,21 @@ def evaluate_pairs(targets: list[str], data: str, opts, log: Callable[[str], Non
     started = time.monotonic()
     pairs = read_pairs(data, opts.limit)
     planned = plan_targets(targets)
-    rows, references, warnings = [], {}, []
-    for target in planned:
+    scored, known, warnings = {}, {}, []
+    for target in sorted(planned, key=_scoring_order):
         log(f"scoring {len(pairs)} pairs: {target.name} ({target.key})")
         if target.kind == "base":
-            row, references[target.key] = score_base(target, pairs, opts, log)
+            row, known[target.key] = score_base(target, pairs, opts, log, known.get(target.key))
         elif target.kind == "policy":
-            row = score_policy(target, pairs, references[target.base], opts, log)
+            row, shared = score_policy(target, pairs, known.get(target.base), opts, log)
+            if shared is not None:
+                known.setdefault(target.base, shared)
         else:
             row = score_reward(target, pairs, opts, log)
         warnings += [w for w in row.pop("warnings") if w not in warnings]
-        rows.append(row)
+        scored[target.key] = row
         gc.collect()
+    rows = [scored[t.key] for t in planned]  # bases first in the table
     tests = comparisons(rows, planned, opts.seed)
     result = {"tunery_version": __version__, "kind": "pairs", "data": str(data), "n_examples": len(pairs),
               "targets": [t.key for t in planned if t.kind != "base"], "columns": list(COLUMNS),
