@@ -44,7 +44,7 @@ def _project(folder, method: str) -> str:
 def runs(tmp_path_factory):
     folder = tmp_path_factory.mktemp("pref-e2e")
     for method in FIGURES:
-        run_tunery("train", _project(folder, method), cwd=folder, timeout=900)
+        run_tunery("train", _project(folder, method), cwd=folder, timeout=1800)
     return folder
 
 
@@ -113,7 +113,7 @@ def test_the_reward_adapter_loads_with_its_head_as_a_sequence_classifier(runs):
 def test_eval_on_held_out_pairs_scores_the_dpo_run_against_its_base(runs):
     heldout = runs / "heldout.jsonl"
     heldout.write_text("".join((EXAMPLE / "heldout.jsonl").read_text().splitlines(keepends=True)[:8]))
-    out = run_tunery("eval", str(runs / "runs" / "dpo"), "--data", str(heldout), "--json", cwd=runs, timeout=900)
+    out = run_tunery("eval", str(runs / "runs" / "dpo"), "--data", str(heldout), "--json", cwd=runs, timeout=1800)
     result = json.loads(out.stdout)
     assert result["kind"] == "pairs" and result["n_examples"] == 8
     base, tuned = result["systems"]

@@ -263,6 +263,7 @@ def score_policy(target: PairTarget, pairs: list, reference: dict | None, opts, 
     else:  # full weights, and the base not scored on these tokens yet: score them with the base
         del model
         gc.collect()
+        log(f"scoring the reference ({target.base}) on the run's tokens")
         ref, _ = answer_logps(load_model(target.base), rows, tokenizer.pad_token_id, opts.batch_size)
         source = "base model"
     columns = policy_scores(logps, counts, ref)
@@ -404,7 +405,9 @@ def _num(value) -> str:
 def format_pairs_details(result: dict) -> str:
     """The tests of each run against its base, the warnings and the summary."""
     lines = [f"({result['n_examples']} pairs from {result['data']}; 95% bootstrap intervals; a base model is "
-             "its own reference, so its preference accuracy is 50% by construction)"]
+             "its own reference, so its preference accuracy is 50% by construction; mean margin: the implicit "
+             "reward's log-ratio margin of a policy run, the reward margin of a reward run, log p(chosen) - "
+             "log p(rejected) of a base)"]
     for c in result["comparisons"]:
         verdict = "significant" if c["significant"] else "not significant"
         lines.append(f"{c['a']} {COLUMN_TEXT[c['a_column']]} vs {c['b']} {COLUMN_TEXT[c['b_column']]}: "
