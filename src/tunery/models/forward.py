@@ -87,18 +87,23 @@ def forward_loss(model, batch: dict[str, torch.Tensor], trained_only: bool = Tru
     return token_ce_sum(logits_at(model, batch, positions), targets)
 
 
+def token_logps(model, batch: dict[str, torch.Tensor], logits_at: LogitsAt = head_logits) -> torch.Tensor:
+    """Log-probability of every trained token [n], in the order `next_token_targets` lists them."""
+    positions, targets = next_token_targets(batch["labels"])
+    logits = logits_at(model, batch, positions)
+    return -torch.nn.functional.cross_entropy(logits.float(), targets.to(logits.device), reduction="none")
+
+
 def sequence_logps(model, batch: dict[str, torch.Tensor], logits_at: LogitsAt = head_logits
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of log-probs of each sequence's trained tokens [S], their count [S]) for a batch that says
     which sequence each trained token belongs to (`target_seq`, in the order `next_token_targets` lists
     them) and how many sequences it holds (`sequences`). What preference and RL methods score answers by."""
-    positions, targets = next_token_targets(batch["labels"])
-    logits = logits_at(model, batch, positions)
-    token_logps = -torch.nn.functional.cross_entropy(logits.float(), targets.to(logits.device), reduction="none")
-    seq = batch["target_seq"].to(token_logps.device)
+    logps = token_logps(model, batch, logits_at)
+    seq = batch["target_seq"].to(logps.device)
     count = int(batch["sequences"])
-    sums = torch.zeros(count, dtype=token_logps.dtype, device=token_logps.device).index_add(0, seq, token_logps)
-    counts = torch.bincount(seq, minlength=count).to(token_logps.dtype)
+    sums = torch.zeros(count, dtype=logps.dtype, device=logps.device).index_add(0, seq, logps)
+    counts = torch.bincount(seq, minlength=count).to(logps.dtype)
     return sums, counts
 
 

@@ -129,10 +129,11 @@ def piece_token_stats(loop: Loop) -> tuple[int, float]:
     """(largest piece this process runs through forward+backward at once over the first epoch, in
     tokens; mean tokens per optimizer step for this process), from the loop's own `step_pieces`."""
     size = loop.method.row_tokens
+    per_batch = loop.method.steps_per_batch
     steps = min(loop.plan.steps_per_epoch, loop.plan.total_steps)
     largest, total = 0, 0
-    for step in range(steps):
-        for piece in step_pieces(loop, step):
+    for batch in range(steps):
+        for piece in step_pieces(loop, batch * per_batch, dry=True):
             tokens = sum(size(row) for row in piece)
             largest, total = max(largest, tokens), total + tokens
     return largest, total / max(steps, 1)
@@ -155,9 +156,9 @@ def estimate(loop: Loop) -> Estimate:
     slope = max(0.0, (peak_big - peak_small) / (big - small))
     fixed = max(0.0, peak_small - slope * small - base)
     peak = base + optimizer + fixed + slope * largest
-    est = Estimate(n_total, n_train, loop.plan.total_steps, per_step, largest, round(base, 1), round(optimizer, 1),
+    est = Estimate(n_total, n_train, loop.total_steps, per_step, largest, round(base, 1), round(optimizer, 1),
                    round(fixed, 1), round(slope * 1000, 2), round(peak, 1), round(available_mb(cuda), 1),
-                   round(sec_per_token * per_step, 3), round(sec_per_token * per_step * loop.plan.total_steps, 1))
+                   round(sec_per_token * per_step, 3), round(sec_per_token * per_step * loop.total_steps, 1))
     est.suggestions = suggest(loop.cfg, est)
     return est
 

@@ -58,9 +58,9 @@ def run_training(cfg: TrainConfig, root: Path, resume: bool = False,
     trainable, total = adapters.count_parameters(loop.model)
     _update_info(run, base_model=portable_spec(cfg.base_model), adapter=cfg.adapter, dtype=cfg.dtype,
                  method=cfg.method, status="running", tunery_version=__version__,
-                 total_steps=loop.plan.total_steps, train_examples=len(loop.train), val_examples=len(loop.val),
+                 total_steps=loop.total_steps, train_examples=len(loop.train), val_examples=len(loop.val),
                  trainable_params=trainable, total_params=total)
-    log(f"{len(loop.train)} training / {len(loop.val)} validation examples; {loop.plan.total_steps} steps; "
+    log(f"{len(loop.train)} training / {len(loop.val)} validation examples; {loop.total_steps} steps; "
         f"{trainable:,} of {total:,} parameters trainable")
     st, reason = training_loop.train(loop, run, st, should_stop)
     figures = dict(step=st.step, best_step=st.best_step, best_val_loss=st.best_val, best_score=st.best_score,
@@ -141,7 +141,7 @@ def _start_or_resume(loop: training_loop.Loop, run: RunFolder, cfg: TrainConfig,
     st = training_loop.resume(loop, latest)
     if run.writable:
         run.truncate_metrics(st.step)
-    log(f"resumed from {latest} (step {st.step} of {loop.plan.total_steps})")
+    log(f"resumed from {latest} (step {st.step} of {loop.total_steps})")
     return st
 
 

@@ -67,6 +67,10 @@ class Single:
     def barrier(self) -> None:
         ddp.barrier(self.dist)
 
+    def gather_tensors(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Every process's `tensors`, keyed `rank{r}.name`, on the main process (all must call this)."""
+        return {f"rank{self.dist.rank}.{k}": v for k, v in tensors.items()}
+
     # What a checkpoint holds, and reading it back.
     def checkpoint_tensors(self, model, optimizer) -> tuple[dict, torch.optim.Optimizer | dict, list | None]:
         """(trainable weights, optimizer or its full state dict, every rank's RNG state or None)."""
@@ -108,6 +112,10 @@ class DataParallel(Single):
 
     def combine_gradients(self, params: list[torch.nn.Parameter]) -> None:
         ddp.sum_gradients(params, self.dist)
+
+    def gather_tensors(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        gathered = ddp.gather_objects({k: v.cpu() for k, v in tensors.items()}, self.dist)
+        return {f"rank{r}.{k}": v for r, part in enumerate(gathered) for k, v in part.items()}
 
     def checkpoint_tensors(self, model, optimizer):
         return adapters.trainable_state(model), optimizer, ddp.gather_rng_states(self.dist)

@@ -14,7 +14,6 @@ greedily, with the current weights.
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass, field
 
@@ -104,8 +103,7 @@ class Watch:
         improved = st.best_val is None or val < st.best_val
         if improved:
             st.best_val = val
-        run.append_metrics({"kind": "eval", "step": st.step, "val_loss": val,
-                            "val_ppl": math.exp(min(val, 50.0)), **figures, "best": improved})
+        run.append_metrics({"kind": "eval", "step": st.step, "val_loss": val, **figures, "best": improved})
         say(f"step {st.step}: validation loss {val:.4f}" + (" (best)" if improved else ""))
         return not self.watches_grader and self._count_toward_patience(st, improved)
 
