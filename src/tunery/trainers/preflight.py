@@ -100,13 +100,13 @@ def rows_with_tokens(rows: list, tokens: int, size) -> list:
     return picked
 
 
-def probe(loop: Loop, tokens: int) -> tuple[float, float]:
-    """(peak memory in MiB, seconds per token) of one forward+backward of ~`tokens` tokens.
+def probe(loop: Loop, pool: list, tokens: int) -> tuple[float, float]:
+    """(peak memory in MiB, seconds per token) of one forward+backward of ~`tokens` tokens of `pool`'s rows.
 
     The peak is absolute (the process's high-water mark, or the device's): memory freed by an earlier
     probe stays with the process and is reused, so growth above the current level would undercount."""
     cuda = _cuda(loop.model)
-    batch = loop.method.collate(rows_with_tokens(loop.train, tokens, loop.method.row_tokens))
+    batch = loop.method.collate(rows_with_tokens(pool, tokens, loop.method.row_tokens))
     if cuda:
         batch = {k: v.cuda() for k, v in batch.items()}
         torch.cuda.synchronize()
@@ -125,18 +125,19 @@ def probe(loop: Loop, tokens: int) -> tuple[float, float]:
     return peak, seconds / loop.method.batch_tokens(batch)
 
 
-def piece_token_stats(loop: Loop) -> tuple[int, float]:
-    """(largest piece this process runs through forward+backward at once over the first epoch, in
-    tokens; mean tokens per optimizer step for this process), from the loop's own `step_pieces`."""
-    size = loop.method.row_tokens
+def first_epoch_pieces(loop: Loop) -> list[list]:
+    """The pieces this process runs over the first epoch, from the loop's own `step_pieces` (dry: for
+    RL, answers of the longest length it may sample, not the prompts)."""
     per_batch = loop.method.steps_per_batch
     steps = min(loop.plan.steps_per_epoch, loop.plan.total_steps)
-    largest, total = 0, 0
-    for batch in range(steps):
-        for piece in step_pieces(loop, batch * per_batch, dry=True):
-            tokens = sum(size(row) for row in piece)
-            largest, total = max(largest, tokens), total + tokens
-    return largest, total / max(steps, 1)
+    return [piece for batch in range(steps) for piece in step_pieces(loop, batch * per_batch, dry=True)]
+
+
+def piece_token_stats(loop: Loop, pieces: list[list]) -> tuple[int, float]:
+    """(largest piece run through forward+backward at once, in tokens; mean tokens per optimizer step)."""
+    sizes = [sum(loop.method.row_tokens(row) for row in piece) for piece in pieces]
+    steps = min(loop.plan.steps_per_epoch, loop.plan.total_steps)
+    return max(sizes, default=0), sum(sizes) / max(steps, 1)
 
 
 def estimate(loop: Loop) -> Estimate:
@@ -147,12 +148,14 @@ def estimate(loop: Loop) -> Estimate:
     n_train = sum(p.numel() for p in trainable)
     n_total = sum(p.numel() for p in loop.model.parameters())
     optimizer = 2 * sum(p.numel() * 4 for p in trainable) / MIB  # AdamW moments are kept in fp32
-    largest, per_step = piece_token_stats(loop)
+    pieces = first_epoch_pieces(loop)
+    largest, per_step = piece_token_stats(loop, pieces)
+    pool = [row for piece in pieces for row in piece]
     # The larger probe is the largest piece itself: its high-water mark is what the run will reach.
     small, big = max(16, largest // 2), max(32, largest)
-    probe(loop, small)  # warm-up: pages the weights in, first-call allocations, kernel selection
-    peak_small, _ = probe(loop, small)
-    peak_big, sec_per_token = probe(loop, big)
+    probe(loop, pool, small)  # warm-up: pages the weights in, first-call allocations, kernel selection
+    peak_small, _ = probe(loop, pool, small)
+    peak_big, sec_per_token = probe(loop, pool, big)
     slope = max(0.0, (peak_big - peak_small) / (big - small))
     fixed = max(0.0, peak_small - slope * small - base)
     peak = base + optimizer + fixed + slope * largest
