@@ -72,12 +72,12 @@ def _own_graders(records: dict[int, object], example: Example) -> list[Grader] |
 
 def missing_fields(graders: list, items: list[EvalItem]) -> str | None:
     """'file:line: grader code_tests reads the record field 'tests', which it lacks' for the first
-    item that lacks a field some grader reads (its own graders included), else None: checked before
-    any answer is generated."""
+    item where a field some grader reads is missing or empty (its own graders included), else None:
+    checked before any answer is generated."""
     for item in items:
         for grader in list(graders) + list(item.graders or []):
             for name in getattr(grader, "reads", ()):
-                if name not in item.record:
+                if item.record.get(name) in (None, "", []):
                     return f"{item.id}: grader {grader.label} reads the record field '{name}', which it lacks"
     return None
 

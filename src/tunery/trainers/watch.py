@@ -103,7 +103,7 @@ class Watch:
             )
         graders = parse_graders(cfg.eval.graders)
         for grader, name in [(g, name) for g in graders for name in g.reads]:
-            lacking = next((i.where for i in items if name not in i.record), None)
+            lacking = next((i.where for i in items if i.record.get(name) in (None, "", [])), None)
             if lacking:  # said before training starts, not as zeros at every scoring
                 raise TuneryError(f"{lacking}: grader {grader.label} in eval.graders reads the record field "
                                   f"'{name}', which it lacks", fix="add it to every record scored during training")
