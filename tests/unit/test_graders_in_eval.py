@@ -86,6 +86,8 @@ def test_a_grader_failing_on_records_reports_once_and_a_missing_field_stops_befo
     failures = out["grader_failures"]["python:picky"]
     assert failures["count"] == 4 and failures["first"].startswith(f"{tasks}:3: python:") and "KeyError: 'mul'" in failures["first"]
     assert len([line for line in said if "grader python:picky failed" in line]) == 1
+    assert any(w.startswith("grader python:picky could not score 4 answer(s), which scored 0; the first: ")
+               for w in out["warnings"])
 
     no_tests = write_jsonl(tmp_path / "no_tests.jsonl", [coding_record(*TASKS[0]), {**coding_record(*TASKS[1]), "tests": None}])
     called = []

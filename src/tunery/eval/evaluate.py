@@ -216,6 +216,8 @@ def evaluate(targets: list[str], data: str, opts: EvalOptions | None = None,
     ordered = [aggregate.summarize(rows[s.name], labels, opts.seed) for s in systems]
     result = _assemble(ordered, labels, items, runs, pool, pool_files, probes, probe_items, data, opts)
     result["grader_failures"] = failures.to_json()
+    result["warnings"] += [f"grader {label} could not score {f['count']} answer(s), which scored 0; the first: "
+                           f"{f['first']}" for label, f in result["grader_failures"].items()]
     if sandbox is not None:
         result["sandbox"] = sandbox
     if thresholds:

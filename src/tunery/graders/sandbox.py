@@ -13,7 +13,6 @@ The child sets them before it reads the program, so the program never runs witho
 
 from __future__ import annotations
 
-import json
 import os
 import select
 import shutil
@@ -45,11 +44,13 @@ class Limits:
     open_files: int = 64  # RLIMIT_NOFILE
     layers: tuple[str, ...] = LAYERS  # tests switch layers off one at a time to see each one hold
 
-    def runner_config(self, root: str, probe: bool = False) -> dict:
-        return {"root": root, "probe": probe, "nobody": becomes_nobody(self),
-                "cpu_seconds": max(1, int(self.seconds + 0.999)),
-                "memory_bytes": self.memory_mb << 20, "file_bytes": self.file_mb << 20,
-                "open_files": self.open_files, "layers": {name: name in self.layers for name in LAYERS}}
+    def runner_args(self, root: str, probe: bool = False) -> list[str]:
+        """The runner's arguments: the folder, then one ``key=value`` line per setting."""
+        settings = {"probe": int(probe), "nobody": int(becomes_nobody(self)),
+                    "cpu_seconds": max(1, int(self.seconds + 0.999)), "memory_bytes": self.memory_mb << 20,
+                    "file_bytes": self.file_mb << 20, "open_files": self.open_files,
+                    "layers": ",".join(name for name in LAYERS if name in self.layers)}
+        return [root, "\n".join(f"{key}={value}" for key, value in settings.items())]
 
 
 def readable_by_others(path: str) -> bool:
@@ -178,8 +179,7 @@ def run_python(program: str, limits: Limits = Limits(), probe: bool = False) -> 
         raise TuneryError("the code sandbox needs Linux or macOS", why=f"this system is {os.name}")
     root = _make_folder(program, limits)
     env = {"HOME": str(root), "TMPDIR": str(root), "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
-    command = [sys.executable, "-I", "-S", "-c", _runner_source(),
-               json.dumps(limits.runner_config(str(root), probe))]
+    command = [sys.executable, "-I", "-S", "-c", _runner_source(), *limits.runner_args(str(root), probe)]
     started = time.monotonic()
     try:
         proc = subprocess.Popen(command, cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -223,11 +223,11 @@ def probe(limits: Limits = Limits()) -> dict:
     check = "import json, re, collections, math\nassert sum(range(4)) == 6\n"
     outcome = run_python(check, limits, probe=True)
     first_line = outcome.output.split("\n", 1)[0]
-    if not outcome.passed or not first_line.startswith("{"):
+    if not outcome.passed or not first_line.startswith("netns="):
         raise TuneryError("the code sandbox cannot run Python on this machine",
                           why=f"{outcome.detail}: {outcome.output[-2000:]}",
                           fix="run with TUNERY_DEBUG=1 and report the output")
-    _PROBED[limits] = json.loads(first_line)
+    _PROBED[limits] = dict(pair.split("=", 1) for pair in first_line.split("\t"))
     return _PROBED[limits]
 
 
