@@ -302,6 +302,18 @@ def test_a_completion_cannot_signal_other_processes_or_load_ctypes(private_tmp):
     assert_nothing_left(private_tmp)
 
 
+@pytest.mark.parametrize("pidfd", [True, False])
+def test_the_wait_ends_at_exit_and_at_the_deadline_with_or_without_pidfd(pidfd, private_tmp, monkeypatch):
+    if not pidfd:
+        monkeypatch.delattr(os, "pidfd_open", raising=False)  # older kernels and macOS poll waitid instead
+    quick = sb.run_python("print('done')", sb.Limits(seconds=3))
+    assert quick.passed and quick.output == "done\n" and quick.seconds < 2
+    # Output closed but still running: the deadline ends it.
+    closed = sb.run_python("import os, time\nos.close(1)\nos.close(2)\ntime.sleep(60)\n", sb.Limits(seconds=1))
+    assert closed.status == "timeout" and closed.seconds < 2
+    assert_nothing_left(private_tmp)
+
+
 def test_the_folder_is_deleted_even_when_the_program_locks_it(private_tmp):
     lock = "import os\nos.makedirs('a/b')\nopen('a/b/f', 'w').write('x')\nos.chmod('a/b', 0)\nos.chmod('a', 0)\n"
     assert sb.run_python(lock).passed

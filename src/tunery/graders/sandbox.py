@@ -127,8 +127,27 @@ def _read_bounded(proc: subprocess.Popen, deadline: float, limit: int) -> _Colle
             return got
 
 
+def _wait_unreaped(proc: subprocess.Popen, deadline: float) -> bool:
+    """Wait until the program exits (True) or the deadline passes (False) without reaping it: while its
+    zombie is there, its process-group id cannot be taken by another process, so killing the group
+    afterwards can only hit what the program left behind."""
+    if hasattr(os, "pidfd_open"):  # Linux 5.3+: the descriptor becomes readable when the process exits
+        fd = os.pidfd_open(proc.pid)
+        try:
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            return bool(poller.poll(max(0.0, deadline - time.monotonic()) * 1000))
+        finally:
+            os.close(fd)
+    while os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.002)
+    return True
+
+
 def _kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL the program's whole process group (anything it started too), then reap it."""
+    """SIGKILL the program's whole process group (anything it started too), then reap the program."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
@@ -186,11 +205,8 @@ def run_python(program: str, limits: Limits = Limits(), probe: bool = False) -> 
                                 stderr=subprocess.STDOUT, start_new_session=True)
         try:
             got = _read_bounded(proc, started + limits.seconds, limits.output_bytes)
-            if got.reason is None:
-                try:
-                    proc.wait(timeout=max(0.0, started + limits.seconds - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    got.reason = "timeout"
+            if got.reason is None and not _wait_unreaped(proc, started + limits.seconds):
+                got.reason = "timeout"
         finally:
             _kill_group(proc)
             proc.stdout.close()
