@@ -286,6 +286,26 @@ def test_landlock_alone_also_refuses_tcp_and_signals_where_the_kernel_has_them(p
         listener.close()
 
 
+AROUND_THE_HOOK = ("import os, subprocess\nr, w = os.pipe()\n"
+                   "subprocess._fork_exec(['/bin/echo', 'escaped'], [b'/bin'], True, (), None, None, -1, -1, -1, -1,"
+                   " -1, -1, r, w, True, False, -1, None, None, None, -1, None, False)\nprint('forked around it')\n")
+
+
+def test_a_fork_that_gets_round_the_audit_hook_is_stopped_by_the_kernel(private_tmp):
+    # The audit hook is Python-level: calling the fork primitive directly is not audited. The kernel
+    # layers (seccomp; RLIMIT_NPROC for a user other than root) are what stop it.
+    if sys.version_info[:2] != (3, 11):
+        pytest.skip("the private _fork_exec signature differs between Python versions")
+    around = sb.run_python(AROUND_THE_HOOK, sb.Limits(seconds=3, layers=("audit",)))
+    assert around.passed and "forked around it" in around.output  # the hook alone does not see it
+    layers = available_layers()
+    if not layers["seccomp"].startswith("on") and os.geteuid() == 0:
+        pytest.skip("neither seccomp nor RLIMIT_NPROC applies here")
+    stopped = sb.run_python(AROUND_THE_HOOK)
+    assert not stopped.passed and ("Operation not permitted" in stopped.output or "Resource temporarily" in stopped.output)
+    assert_nothing_left(private_tmp)
+
+
 def test_a_completion_cannot_signal_other_processes_or_load_ctypes(private_tmp):
     victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:

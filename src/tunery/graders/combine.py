@@ -77,7 +77,8 @@ def _term(item: Any, parse_single: Callable) -> tuple[float, Any]:
     if isinstance(item, str):
         match = TERM.match(item)
         if not match:
-            raise TuneryError(f"weighted grader term '{item}' needs a weight", fix="write it as WEIGHT*SPEC, e.g. 0.3*json")
+            raise TuneryError(f"weighted grader term '{item}' needs a weight",
+                              fix="write it as WEIGHT*SPEC, e.g. 0.3*json")
         return _weight(match.group("weight"), f"'{item}'"), parse_single(match.group("spec"))
     if isinstance(item, dict):
         if "weight" not in item:

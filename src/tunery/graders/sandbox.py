@@ -69,8 +69,9 @@ def readable_by_others(path: str) -> bool:
 
 
 def becomes_nobody(limits: "Limits") -> bool:
-    """Started as root, the child becomes nobody when it can still read the standard library."""
-    return "drop_root" in limits.layers and os.geteuid() == 0 and _stdlib_open_to_all()
+    """Started as root on Linux, the child becomes nobody when it can still read the standard library."""
+    return ("drop_root" in limits.layers and os.geteuid() == 0 and sys.platform.startswith("linux")
+            and _stdlib_open_to_all())
 
 
 @lru_cache(maxsize=1)
@@ -139,6 +140,12 @@ def _wait_unreaped(proc: subprocess.Popen, deadline: float) -> bool:
             return bool(poller.poll(max(0.0, deadline - time.monotonic()) * 1000))
         finally:
             os.close(fd)
+    if not hasattr(os, "waitid"):  # without either, reap it (the group is killed right after)
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            return True
+        except subprocess.TimeoutExpired:
+            return False
     while os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
         if time.monotonic() >= deadline:
             return False

@@ -156,16 +156,23 @@ def seccomp_no_processes() -> str:
 
 
 def set_limits(cfg: dict) -> str:
+    """Every resource limit; 'on', or 'on except ...' naming a limit this system refused (macOS
+    refuses some address-space limits)."""
     import resource
 
     r = resource
-    limits = [(r.RLIMIT_AS, cfg["memory_bytes"]), (r.RLIMIT_FSIZE, cfg["file_bytes"]),
-              (r.RLIMIT_NOFILE, cfg["open_files"]), (r.RLIMIT_CORE, 0), (r.RLIMIT_NPROC, 0)]
-    for which, value in limits:
-        r.setrlimit(which, (value, value))
+    limits = [("RLIMIT_AS", cfg["memory_bytes"]), ("RLIMIT_FSIZE", cfg["file_bytes"]),
+              ("RLIMIT_NOFILE", cfg["open_files"]), ("RLIMIT_CORE", 0), ("RLIMIT_NPROC", 0)]
     # The soft CPU limit sends SIGXCPU (which kills); the hard one, a second later, SIGKILL.
-    r.setrlimit(r.RLIMIT_CPU, (cfg["cpu_seconds"], cfg["cpu_seconds"] + 1))
-    return "on"
+    pairs = [(name, (value, value)) for name, value in limits]
+    pairs.append(("RLIMIT_CPU", (cfg["cpu_seconds"], cfg["cpu_seconds"] + 1)))
+    refused = []
+    for name, pair in pairs:
+        try:
+            r.setrlimit(getattr(r, name), pair)
+        except (OSError, ValueError) as exc:
+            refused.append(f"{name} ({exc})")
+    return "on" if not refused else "on except " + ", ".join(refused)
 
 
 PROCESS_EVENTS = frozenset({"os.system", "os.fork", "os.forkpty", "os.posix_spawn", "os.spawn", "os.exec", "os.kill",
@@ -241,13 +248,20 @@ def set_up(cfg: dict) -> dict:
     """Every layer the configuration asks for, in order; {layer: 'on' or why it is off}."""
     root = cfg["root"]
     layers = {}
-    steps = [("netns", new_network_namespace), ("landlock", lambda: landlock(root)), ("drop_root", lambda: drop_root(cfg["nobody"])),
+    steps = [("netns", new_network_namespace), ("landlock", lambda: landlock(root)),
+             ("drop_root", lambda: drop_root(cfg["nobody"])),
              ("seccomp", seccomp_no_processes), ("rlimits", lambda: set_limits(cfg))]
+    linux_only = ("netns", "landlock", "drop_root", "seccomp")  # raw syscall numbers and ids of Linux
     for name, step in steps:
-        try:
-            layers[name] = step() if cfg["layers"].get(name) else "off: not asked"
-        except OSError as exc:  # reported by the probe; the layers after it still apply
-            layers[name] = f"off: {exc}"
+        if not cfg["layers"].get(name):
+            layers[name] = "off: not asked"
+        elif name in linux_only and not sys.platform.startswith("linux"):
+            layers[name] = f"off: needs Linux (this is {sys.platform})"
+        else:
+            try:
+                layers[name] = step()
+            except OSError as exc:  # reported by the probe; the layers after it still apply
+                layers[name] = f"off: {exc}"
     forget_ctypes()
     layers["audit"] = install_audit_hook(root) if cfg["layers"].get("audit") else "off: not asked"
     return layers

@@ -98,7 +98,8 @@ def _prep_length(kind: str, arg: str | None) -> tuple[int, int, str]:
     match = LENGTH_RANGE.match(arg or "")
     if not match or int(match.group(1)) > int(match.group(2)):
         raise TuneryError(f"grader 'length_range' needs MIN-MAX with MIN <= MAX, then :chars to count "
-                          f"characters instead of words (got {arg!r})", fix="e.g. length_range:5-50 or length_range:20-400:chars")
+                          f"characters instead of words (got {arg!r})",
+                          fix="e.g. length_range:5-50 or length_range:20-400:chars")
     return int(match.group(1)), int(match.group(2)), match.group(3) or "words"
 
 

@@ -172,7 +172,8 @@ class Watch:
         finally:
             model.train(was_training)
         n = len(self.items)
-        refs, records, where = [i.reference for i in self.items], [i.record for i in self.items], [i.where for i in self.items]
+        refs, records = [i.reference for i in self.items], [i.record for i in self.items]
+        where = [i.where for i in self.items]
         means = {g.label: sum(score_batch(g, answers, refs, records, where, self.failures)) / n for g in self.graders}
         return {"score": means[self.graders[0].label], **means, "n": n}
 
