@@ -154,6 +154,13 @@ def test_labels_stay_unique_across_kinds_and_rewards_use_a_weighted_grader():
     assert reward(graders, "x y z w", "q") == 0.0
 
 
+def test_command_line_lists_keep_a_weighted_sum_with_free_text_whole():
+    from tunery.graders import split_spec_list
+
+    assert split_spec_list("0.5*exact+0.5*json,length_range:1-5") == ["0.5*exact+0.5*json", "length_range:1-5"]
+    assert split_spec_list("0.5*regex:^a,b$+0.5*exact") == ["0.5*regex:^a,b$+0.5*exact"]
+
+
 def test_gate_specs():
     assert parse_gate("exact>=0.8") == ("exact", 0.8)
     assert parse_gate(" 0.7*exact+0.3*json >= 95% ") == ("0.7*exact+0.3*json", 0.95)

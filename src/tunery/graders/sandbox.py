@@ -182,7 +182,10 @@ def remove_tree(path: Path) -> None:
             os.chmod(failed_path, 0o700)
         function(failed_path)
 
-    shutil.rmtree(path, onerror=allow_and_retry)
+    if sys.version_info >= (3, 12):  # onerror is deprecated there
+        shutil.rmtree(path, onexc=allow_and_retry)
+    else:
+        shutil.rmtree(path, onerror=allow_and_retry)
 
 
 @lru_cache(maxsize=1)
@@ -249,7 +252,7 @@ def probe(limits: Limits = Limits()) -> dict:
     if not outcome.passed or not first_line.startswith("netns="):
         raise TuneryError("the code sandbox cannot run Python on this machine",
                           why=f"{outcome.detail}: {outcome.output[-2000:]}",
-                          fix="run with TUNERY_DEBUG=1 and report the output")
+                          fix="the output above names the step that failed; please report it with this message")
     _PROBED[limits] = dict(pair.split("=", 1) for pair in first_line.split("\t"))
     return _PROBED[limits]
 

@@ -91,6 +91,7 @@ def _prep_words(kind: str, arg: str | None) -> int:
     return int(arg)
 
 
+TERM_START = re.compile(r"^\s*[\d.]+\s*\*")  # a weighted sum: its first term starts with WEIGHT*
 LENGTH_RANGE = re.compile(r"^(\d+)-(\d+)(?::(words|chars))?$")
 
 
@@ -249,7 +250,9 @@ def parse_graders(specs: list[str | dict | list]) -> list:
 
 def split_spec_list(text: str) -> list[str]:
     """``"exact,json"`` -> ``["exact", "json"]`` for the command line; a spec that itself holds a comma
-    (a regex, an inline schema) must be given with its own --graders option."""
-    if text.lstrip().startswith(("regex:", "json_schema:", "contains:")):
+    (a regex, an inline schema, or a weighted sum with one of them) must be given with its own --graders
+    option."""
+    free_text = ("regex:", "json_schema:", "contains:")
+    if text.lstrip().startswith(free_text) or TERM_START.match(text) and any(k in text for k in free_text):
         return [text.strip()]
     return [part.strip() for part in text.split(",") if part.strip()]
