@@ -193,8 +193,9 @@ def export(
 
 
 GRADERS_HELP = ("Grader spec (repeat, or comma-separate): exact, numeric[:TOL], regex:PAT, json, json_match, "
-                "json_schema:FILE|JSON, contains[:TEXT], max_words:N. Default: exact (+ json, json_match "
-                "when the references are JSON).")
+                "json_schema:FILE|JSON, contains[:TEXT], max_words:N, length_range:MIN-MAX[:chars], "
+                "python:FILE.py:FUNCTION, code_tests[:SECONDS], or a weighted sum 0.7*exact+0.3*json. "
+                "Default: exact (+ json, json_match when the references are JSON).")
 
 
 @app.command("eval")
@@ -220,21 +221,26 @@ def eval_(
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for eval.json and report.html (default: the "
                                        "run folder when one run is evaluated, else ./tunery-eval)."),
     as_json: bool = typer.Option(False, "--json", help="Print eval.json to stdout instead of the table."),
+    gates: Optional[List[str]] = typer.Option(None, "--gate", help="Release gate LABEL>=NUMBER (repeat): the "
+                                              "first run's mean score on that grader; exit code 1 when any fails."),
 ) -> None:
     """Evaluate runs against base zero-shot, few-shot and retrieval prompting on the same examples.
 
     Writes eval.json and a self-contained report.html (loss curves, table, plots, forgetting probe).
+    With --gate, exit code 1 when the first run misses a threshold (eval.json holds the checks).
 
     Examples:
       tunery eval runs/quickstart --data examples/quickstart/heldout.jsonl --limit 8 --max-new-tokens 40
       tunery eval runs/a runs/b --data val.jsonl --graders json_match --graders numeric:0.01 --json
+      tunery eval runs/coder --data tasks.jsonl --graders code_tests:5 --gate "code_tests:5>=0.6"
     """
     from tunery.cli.evaluation import grader_specs, parse_baselines, run_eval
     from tunery.eval.evaluate import EvalOptions
 
     opts = EvalOptions(graders=grader_specs(graders), baselines=parse_baselines(baselines), k=k, retrieval=retrieval,
                        train=[str(p) for p in train or []], max_new_tokens=max_new_tokens, temperature=temperature,
-                       seed=seed, batch_size=batch_size, limit=limit, probe=None if probe == "none" else probe)
+                       seed=seed, batch_size=batch_size, limit=limit, probe=None if probe == "none" else probe,
+                       gates=list(gates or []))
     raise typer.Exit(run_eval(targets, str(data), opts, out, as_json))
 
 

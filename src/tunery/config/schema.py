@@ -8,7 +8,7 @@ and a test fails when it is stale.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -206,10 +206,12 @@ class EvalSection(Section):
     """Generation-based evaluation: graders scored during training on a small sample and at the end,
     early stopping on a grader score, and the defaults of `tunery eval` for this run."""
 
-    graders: list[str] = Field(
+    graders: list[Union[str, dict[str, Any], list[Union[str, dict[str, Any]]]]] = Field(
         default_factory=list,
         description="Grader specs (`exact`, `numeric:0.01`, `regex:PAT`, `json`, `json_match`, "
-        "`json_schema:FILE`, `contains:TEXT`, `max_words:N`); the first is the score that early "
+        "`json_schema:FILE`, `contains:TEXT`, `max_words:N`, `length_range:MIN-MAX`, "
+        "`python:FILE.py:FUNCTION`, `code_tests:SECONDS`, a weighted sum `0.7*exact+0.3*json` or a list "
+        "of `{type, value, weight}` terms; see docs/eval.md); the first is the score that early "
         "stopping watches. Empty: no grader runs during training.",
     )
     every: int | None = Field(
@@ -243,7 +245,7 @@ class EvalSection(Section):
 
     @field_validator("graders")
     @classmethod
-    def _known_graders(cls, specs: list[str]) -> list[str]:
+    def _known_graders(cls, specs: list) -> list:
         return checked_graders(specs)
 
     @model_validator(mode="after")
@@ -291,7 +293,7 @@ class RLSection(Section):
         "grpo", description="`grpo`: advantages normalised within each group of answers to one prompt; `rloo`: "
         "leave-one-out baseline (each answer against the mean of the others)."
     )
-    graders: list[str | dict] = Field(
+    graders: list[Union[str, dict[str, Any], list[Union[str, dict[str, Any]]]]] = Field(
         default_factory=list,
         description="The reward: grader specs scored on each sampled answer (the record's fields, e.g. "
         "`answer`, are their reference); several are averaged. Required for `method: rl`.",

@@ -27,6 +27,7 @@ from tunery.data.problems import raise_if_errors
 from tunery.data.render import Datasets
 from tunery.errors import TuneryError
 from tunery.graders import parse_graders
+from tunery.graders.uses import Failures, score_batch
 from tunery.losses.rl import clipped_policy_loss, grpo_advantages, rloo_advantages
 from tunery.models.forward import LogitsAt, token_logps
 from tunery.trainers.method import LossOut, Method
@@ -80,6 +81,7 @@ class RL(Method):
                         "zero_spread", *labels)
         self.figure_units = {k: "completions" for k in ("reward", "reward_sq", "completion_tokens", "zero_spread",
                                                           "completions", *labels)}
+        self.failures = Failures()  # a grader failing on a record: that answer rewards 0, reported once
         self.buffer: tuple[int, list[list[Completion]]] | None = None
         if rl.kl_beta > 0 and cfg.adapter == "full":
             raise TuneryError("rl.kl_beta needs an adapter to switch off for the reference model",
@@ -105,6 +107,11 @@ class RL(Method):
             messages = [{"role": m.role, "content": m.content} for m in e.prompt]
             return PromptRow(prompt_ids(self.tokenizer, messages), messages, e.fields, e.location)
 
+        for grader, name in [(g, name) for g in self.graders for name in getattr(g, "reads", ())]:
+            lacking = next((e.location for e in train + val if e.fields.get(name) in (None, "", [])), None)
+            if lacking:  # said before training starts, not as zero rewards at every step
+                raise TuneryError(f"{lacking}: grader {grader.label} in rl.graders reads the record field '{name}', "
+                                  "which it lacks", fix="add it to every prompt record")
         examples = [_with_reference(e) for e in val]
         return Datasets([row(e) for e in train], [row(e) for e in val], [], [e for e in examples if e])
 
@@ -134,8 +141,7 @@ class RL(Method):
         answers = sample_answers(model, self.tokenizer, [p.ids for p in prompts for _ in range(g)],
                                  rl.max_new_tokens, rl.temperature, rl.top_p, seed, self._stops(model))
         texts = [self.tokenizer.decode(a, skip_special_tokens=True).strip() for a in answers]
-        scores = [[grader.score(text, reference_of(p.fields)) for grader in self.graders]
-                  for p, text in zip((p for p in prompts for _ in range(g)), texts)]
+        scores = self.score(texts, [p for p in prompts for _ in range(g)])
         rewards = torch.tensor([sum(s) / len(s) for s in scores], dtype=torch.float64).view(-1, g)
         advantages = self._advantages(rewards)
         spread = (rewards.max(dim=1).values - rewards.min(dim=1).values) == 0
@@ -149,6 +155,13 @@ class RL(Method):
             self._keep_old_logps(model, out)
         self._log(index, prompts, texts, out)
         return out
+
+    def score(self, texts: list[str], prompts: list[PromptRow]) -> list[list[float]]:
+        """Each answer's score under every grader (a batch at a time: programs run in parallel)."""
+        references = [reference_of(p.fields) for p in prompts]
+        columns = [score_batch(grader, texts, references, [p.fields for p in prompts], [p.location for p in prompts],
+                               self.failures) for grader in self.graders]
+        return [list(row) for row in zip(*columns)]
 
     def _advantages(self, rewards: torch.Tensor) -> torch.Tensor:
         if self.cfg.rl.algorithm == "rloo":
@@ -251,8 +264,7 @@ class RL(Method):
         prompts = [rows[i] for i in mine]
         answers = generate_batch(model, self.tokenizer, [p.messages for p in prompts],
                                  max_new_tokens=self.cfg.rl.max_new_tokens, batch_size=self.cfg.training.batch_size)
-        total = sum(sum(g.score(a, reference_of(p.fields)) for g in self.graders) / len(self.graders)
-                    for a, p in zip(answers, prompts))
+        total = sum(sum(row) / len(row) for row in self.score(answers, prompts)) if prompts else 0.0
         total, count = strategy.sum_all([total, len(prompts)])
         if not count:
             return None
