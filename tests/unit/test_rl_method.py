@@ -9,12 +9,11 @@ import json
 import pytest
 import torch
 
+from loop_helpers import same_trainable_weights, straight_and_resumed
 from pref_helpers import pref_config, write_jsonl
 from tunery.errors import TuneryError
 from tunery.inference import stop_token_ids
-from tunery.models import adapters
 from tunery.runfolder import RunFolder
-from tunery.trainers import checkpoint as ckpt
 from tunery.trainers import loop
 from tunery.trainers.methods.rl import completions_from_tensors, completions_to_tensors, reference_of
 from tunery.trainers.run import prepare
@@ -76,18 +75,8 @@ def test_the_sample_buffer_round_trips_through_tensors(tmp_path, tiny_model_dir)
 def test_rl_resumes_bitwise_including_the_sampler(tmp_path, tiny_model_dir, updates):
     """Interrupted after step 3: with two updates per sampling that is mid-way through a sample batch."""
     cfg = rl_config(tiny_model_dir, prompts_file(tmp_path), updates_per_generation=updates)
-    whole = prepare(cfg, **QUIET)
-    loop.train(whole, RunFolder(tmp_path / "a"), loop.LoopState(), lambda: False)
-    first = prepare(cfg, **QUIET)
-    calls = []
-    st, reason = loop.train(first, RunFolder(tmp_path / "b"), loop.LoopState(), lambda: len(calls.append(1) or calls) >= 3)
-    assert (reason, st.step) == ("interrupted", 3)
-    torch.manual_seed(77)
-    second = prepare(cfg, **QUIET)
-    st = loop.resume(second, ckpt.latest_checkpoint(tmp_path / "b" / "checkpoints"))
-    st, reason = loop.train(second, RunFolder(tmp_path / "b"), st, lambda: False)
-    a, b = adapters.trainable_state(whole.model), adapters.trainable_state(second.model)
-    assert reason == "finished" and all(torch.equal(a[k], b[k]) for k in a)
+    whole, resumed, reason = straight_and_resumed(lambda: prepare(cfg, **QUIET), tmp_path, stop_after=3)
+    assert reason == "finished" and same_trainable_weights(whole, resumed)
     rewards = [[m["reward"] for m in RunFolder(tmp_path / name).read_metrics() if m["kind"] == "train"]
                for name in ("a", "b")]
     assert len(rewards[0]) == 4 and rewards[0] == rewards[1]

@@ -20,7 +20,6 @@ What each method does per adapted layer, with w_i the user's weight and s_i the 
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 from pathlib import Path
 from typing import Callable
