@@ -74,6 +74,9 @@ def data_check(
     train_on: str = typer.Option("assistant", "--train-on", help="assistant | all | last"),
     fmt: str = typer.Option("auto", "--format", help="auto | messages | alpaca | sharegpt | prompt_completion | text"),
     method: str = typer.Option("auto", "--method", help="sft | cpt | auto (cpt when every file is raw text)"),
+    allow_special_tokens: bool = typer.Option(
+        False, "--allow-special-tokens",
+        help="Accept control tokens (<|im_end|> ...) spelled in text, as data.allow_special_tokens does."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Lint datasets: every bad record with file, line and reason, plus token statistics.
@@ -86,7 +89,8 @@ def data_check(
     from tunery.cli.data import run_check
 
     raise typer.Exit(
-        run_check(files, model, validation or [], max_length, train_on, fmt, as_json, method)
+        run_check(files, model, validation or [], max_length, train_on, fmt, as_json, method,
+                  allow_special_tokens)
     )
 
 

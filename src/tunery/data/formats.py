@@ -84,7 +84,7 @@ class _Collector:
     def is_text(self, value: str, what: str) -> bool:
         """False (and an error) when ``value`` holds a lone surrogate: JSON can escape one
         (``"\\udc80"``), but no tokenizer takes it, and encoding it as UTF-8 fails."""
-        found = LONE_SURROGATE.search(value)
+        found = None if value.isascii() else LONE_SURROGATE.search(value)
         if found is None:
             return True
         self.add(

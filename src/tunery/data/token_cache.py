@@ -20,7 +20,8 @@ from safetensors.torch import load_file, save_file
 from tunery.data.render import Rendered, chat_template_of
 
 # Bump when rendering changes what it produces for the same inputs.
-RENDER_VERSION = 1
+# 2: control tokens spelled in message content are tokenised as plain text.
+RENDER_VERSION = 2
 
 
 def _file_digest(path: str) -> str:
@@ -46,6 +47,7 @@ def cache_key(cfg, tokenizer) -> str:
         "validation": [_file_digest(p) for p in data.validation],
         "format": data.format, "train_on": data.train_on, "max_length": data.max_length,
         "val_split": data.val_split, "seed": cfg.training.seed, "method": cfg.method,
+        "allow_special_tokens": data.allow_special_tokens,
         "tokenizer": _tokenizer_digest(tokenizer),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
