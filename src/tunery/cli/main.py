@@ -1,7 +1,8 @@
 """The `tunery` command: thin typed wrappers that import the library only when a command runs.
 
 Errors from the library (`TuneryError`) are printed as a short message; set `TUNERY_DEBUG=1` for the
-traceback.
+traceback. Exit codes: 0 ok, 1 problems found, 2 usage or config error, 3 internal error, 130/143
+interrupted (`tunery.cli.crash`).
 """
 
 from __future__ import annotations
@@ -304,16 +305,25 @@ def combine(
 
 
 def main() -> None:
-    """Entry point: run the app and print `TuneryError`s as short messages."""
+    """Entry point. Exit codes (documented in README.md and `tunery.cli.crash`): 0 ok, 1 problems
+    found, 2 usage or config error (`TuneryError`s are printed as short messages), 3 internal error
+    (one line, the traceback in a file; `TUNERY_DEBUG=1` prints it), 130 on Ctrl-C."""
+    from tunery.cli import crash
     from tunery.errors import TuneryError
 
     try:
-        app()
+        app()  # exits itself: with the command's code, or 2 for a usage error
     except TuneryError as exc:
-        if os.environ.get("TUNERY_DEBUG") == "1":
-            raise
+        if crash.debug():
+            import traceback
+
+            traceback.print_exception(exc, file=sys.stderr)
         print(f"error: {exc.render()}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(crash.EXIT_USAGE)
+    except KeyboardInterrupt:
+        sys.exit(crash.EXIT_INTERRUPTED)
+    except Exception as exc:  # anything else is a bug: say so in one line, keep the traceback
+        sys.exit(crash.report_internal_error(exc, sys.argv))
 
 
 if __name__ == "__main__":
