@@ -150,3 +150,29 @@ def test_fast_template_rendering_is_used_and_equals_apply_chat_template(smol_tok
         assert renderer.render(dicts, prompt) == smol_tokenizer.apply_chat_template(
             dicts, tokenize=False, add_generation_prompt=prompt
         )
+
+
+def test_batches_over_several_workers_give_what_single_examples_give(smol_tokenizer):
+    # Three batches: the pipelined path (tokenising in a worker thread) must keep order and results.
+    from tunery.data.render import BATCH, render_examples
+
+    examples = []
+    for i in range(2 * BATCH + 40):
+        if i % 97 == 0:
+            examples.append(Example("m", i, text=f"document {i} <|endoftext|> more"))
+        elif i % 89 == 0:
+            examples.append(forged())
+        elif i % 83 == 0:  # the template cannot render an empty conversation's answer: an error
+            examples.append(Example("m", i, messages=[Message("assistant", "x"), Message("user", "y")]))
+        else:
+            examples.append(Example("m", i, messages=[Message("user", f"q {i}?"), Message("assistant", f"a {i}.")]))
+    batched = list(render_examples(examples, smol_tokenizer, "last", max_length=40))
+    assert len(batched) == len(examples)
+    def comparable(result):
+        return f"error: {result}" if isinstance(result, TuneryError) else result
+
+    for example, result in zip(examples, batched):
+        single = next(render_examples([example], smol_tokenizer, "last", max_length=40))
+        assert comparable(result) == comparable(single), example
+    errors = [i for i in range(len(examples)) if i % 97 and i % 89 and i % 83 == 0]
+    assert [i for i, r in enumerate(batched) if isinstance(r, TuneryError)] == errors

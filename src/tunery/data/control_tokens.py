@@ -40,6 +40,7 @@ class ControlTokens:
 
     spellings: frozenset[str]
     pattern: re.Pattern | None  # None when the tokenizer has no control token
+    first_chars: frozenset[str]  # every spelling starts with one of these (usually just "<")
 
     @classmethod
     def of(cls, tokenizer) -> "ControlTokens":
@@ -47,16 +48,20 @@ class ControlTokens:
         # Longest first, so that "<|im_end|>" wins over a shorter token it starts with.
         ordered = sorted(spellings, key=lambda s: (-len(s), s))
         pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
-        return cls(spellings, pattern)
+        return cls(spellings, pattern, frozenset(s[0] for s in spellings))
+
+    def _may_hold(self, text: str) -> bool:
+        # `"<" in text` is a fast scan; most text never gets to the slower alternation.
+        return self.pattern is not None and any(c in text for c in self.first_chars)
 
     def found_in(self, text: str) -> list[str]:
         """The control spellings ``text`` holds, sorted."""
-        if self.pattern is None or self.pattern.search(text) is None:
+        if not self._may_hold(text) or self.pattern.search(text) is None:
             return []
         return sorted({match.group() for match in self.pattern.finditer(text)})
 
     def in_messages(self, messages: list[Message]) -> bool:
-        return self.pattern is not None and any(self.pattern.search(m.content) for m in messages)
+        return any(self._may_hold(m.content) and self.pattern.search(m.content) for m in messages)
 
 
 def control_token_problems(example: Example, controls: ControlTokens, allowed: bool) -> list[Problem]:

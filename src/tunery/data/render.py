@@ -17,7 +17,9 @@ tokenised in one batch call (`render_examples`).
 from __future__ import annotations
 
 import bisect
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from tunery.data.chat_template import TemplateRenderer
@@ -225,16 +227,39 @@ def render_examples(
     examples: list[Example], tokenizer, train_on: str = "assistant", max_length: int | None = None
 ) -> Iterator[Rendered | TuneryError]:
     """`render_example` for many examples, in order, tokenised in batches; an example that cannot be
-    rendered gives its `TuneryError` (naming its file and line) in its place instead of stopping."""
+    rendered gives its `TuneryError` (naming its file and line) in its place instead of stopping.
+
+    With more than one batch, tokenising batch k (Rust, which releases the GIL) runs in a worker
+    thread while this thread renders the templates of batch k+1 and the caller consumes batch k-1.
+    Every call into the tokenizer happens in that one worker: a tokenizer must not be changed (as
+    ``split_special_tokens`` does) while another thread encodes with it.
+    """
     if train_on not in TRAIN_ON:
         raise TuneryError(f"unknown train_on '{train_on}'", fix=f"use one of {', '.join(TRAIN_ON)}")
     renderer = ChatRenderer(tokenizer)
-    for first in range(0, len(examples), BATCH):
-        yield from _render_batch(examples[first : first + BATCH], renderer, train_on, max_length)
+    batches = [examples[first : first + BATCH] for first in range(0, len(examples), BATCH)]
+    if len(batches) <= 1:
+        for batch in batches:
+            prepared = _prepare(batch, renderer, train_on)
+            yield from _finish(prepared, _tokenize(batch, prepared, tokenizer), max_length)
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tunery-tokenize") as worker:
+        pending: deque = deque()
+        for batch in batches:
+            prepared = _prepare(batch, renderer, train_on)
+            pending.append((prepared, worker.submit(_tokenize, batch, prepared, tokenizer)))
+            if len(pending) > 1:
+                done, future = pending.popleft()
+                yield from _finish(done, future.result(), max_length)
+        while pending:
+            done, future = pending.popleft()
+            yield from _finish(done, future.result(), max_length)
 
 
-def _render_batch(batch: list[Example], renderer: ChatRenderer, train_on: str, max_length: int | None):
-    prepared: list = []  # per example: (text, trained spans, content control spans), or an error
+def _prepare(batch: list[Example], renderer: ChatRenderer, train_on: str) -> list:
+    """Per example: None for raw text, (text, trained spans, content control spans) for a
+    conversation, or the `TuneryError` that rendering it raised."""
+    prepared: list = []
     for example in batch:
         if example.messages is None:
             prepared.append(None)
@@ -245,21 +270,40 @@ def _render_batch(batch: list[Example], renderer: ChatRenderer, train_on: str, m
             prepared.append((text, spans, controls))
         except TuneryError as exc:
             prepared.append(TuneryError(f"{example.location}: {exc.what}", exc.why, exc.fix))
-    chats = [p for p in prepared if isinstance(p, tuple)]
-    encoded = iter(encode_with_offsets(renderer.tokenizer, [text for text, _, _ in chats]))
+    return prepared
+
+
+def _tokenize(batch: list[Example], prepared: list, tokenizer) -> list:
+    """Every tokenizer call of a batch: per example, (ids, offsets) of a conversation (control
+    tokens from content re-tokenised as text), (ids, trained) of a raw text, or None after an error."""
+    chats = [item for item in prepared if isinstance(item, tuple)]
+    encoded = iter(encode_with_offsets(tokenizer, [text for text, _, _ in chats]) if chats else [])
     raw = [e.text or "" for e in batch if e.messages is None]
-    texts = iter(render_texts(raw, renderer.tokenizer) if raw else [])
+    texts = iter(render_texts(raw, tokenizer) if raw else [])
+    out: list = []
     for item in prepared:
+        if isinstance(item, TuneryError):
+            out.append(None)
+        elif item is None:
+            out.append(next(texts))
+        else:
+            text, _, controls = item
+            ids, offsets = next(encoded)
+            if controls:
+                ids, offsets = plain_text_regions(tokenizer, text, ids, offsets, controls)
+            out.append((ids, offsets))
+    return out
+
+
+def _finish(prepared: list, tokenized: list, max_length: int | None) -> Iterator[Rendered | TuneryError]:
+    for item, tokens in zip(prepared, tokenized):
         if isinstance(item, TuneryError):
             yield item
         elif item is None:
-            yield truncate(*next(texts), max_length)
+            yield truncate(*tokens, max_length)
         else:
-            text, spans, controls = item
-            ids, offsets = next(encoded)
-            if controls:
-                ids, offsets = plain_text_regions(renderer.tokenizer, text, ids, offsets, controls)
-            yield truncate(list(ids), mask_from_offsets(offsets, spans), max_length)
+            ids, offsets = tokens
+            yield truncate(list(ids), mask_from_offsets(offsets, item[1]), max_length)
 
 
 def render_example(
