@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from tunery.data.control_tokens import ControlTokens, control_token_problems
-from tunery.data.dataset import load_file, method_problems, progress
+from tunery.data.dataset import gc_paused, load_file, method_problems, progress
 from tunery.data.messages import Example
 from tunery.data.problems import Problem
 from tunery.data.render import TRAIN_ON, render_examples, truncate
@@ -253,6 +253,15 @@ def check_files(
     ``method: cpt`` trains every token and accepts raw text; ``auto`` means cpt when every training
     file is raw text (it can serve nothing else), sft otherwise. Statistics are per split.
     """
+    with gc_paused():
+        return _check_files(
+            train_paths, tokenizer, validation_paths, max_length, train_on, fmt, method, allow_special_tokens
+        )
+
+
+def _check_files(
+    train_paths, tokenizer, validation_paths, max_length, train_on, fmt, method, allow_special_tokens
+) -> LintReport:
     if train_on not in TRAIN_ON or method not in METHODS:
         raise TuneryError(
             f"unknown train_on '{train_on}' or method '{method}'",

@@ -303,7 +303,7 @@ def _finish(prepared: list, tokenized: list, max_length: int | None) -> Iterator
             yield truncate(*tokens, max_length)
         else:
             ids, offsets = tokens
-            yield truncate(list(ids), mask_from_offsets(offsets, item[1]), max_length)
+            yield truncate(ids, mask_from_offsets(offsets, item[1]), max_length)
 
 
 def render_example(
