@@ -17,7 +17,9 @@ import argparse
 import csv
 import io
 import json
+import os
 import random
+import resource
 import subprocess
 import sys
 import tempfile
@@ -306,13 +308,19 @@ def build_corpus(folder: Path, per_kind: int = 15, goods: int = 150, files_per_c
     return corpus
 
 
-def run_check(files: list[str], extra: tuple[str, ...] = ()) -> tuple[int, str, str, float]:
-    """`tunery data check FILES --json` in a subprocess: (exit code, stdout, stderr, seconds)."""
+def run_check(files: list[str], extra: tuple[str, ...] = ()) -> tuple[int, str, str, float, float]:
+    """`tunery data check FILES --json` in a subprocess: (exit code, stdout, stderr, wall seconds,
+    CPU seconds of the command, all its threads; on a shared machine the wall time depends on the
+    other jobs, the CPU time much less)."""
     command = [sys.executable, "-m", "tunery.cli.main", "data", "check", *files, "--json",
                "--max-length", str(MAX_LENGTH), *extra]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(command, capture_output=True, text=True)
-    return proc.returncode, proc.stdout, proc.stderr, time.perf_counter() - start
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return proc.returncode, proc.stdout, proc.stderr, wall, cpu
 
 
 def score(corpus: Corpus, code: int, stdout: str) -> dict:
@@ -358,7 +366,7 @@ def main() -> None:
         kinds = Counter(corpus.fuzz_kind.values())
         print(f"fuzz: {len(corpus.expected)} bad records of {len(kinds)} kinds and {len(corpus.good)} good "
               f"ones in {len(corpus.files)} files (JSONL, JSON, CSV, Parquet)")
-        code, stdout, stderr, seconds = run_check(corpus.files)
+        code, stdout, stderr, seconds, _ = run_check(corpus.files)
         result = score(corpus, code, stdout)
         print(f"caught on the right line: {result['caught']} / {result['bad_records']}")
         print(f"crashes: {result['crashes']}")
@@ -373,10 +381,11 @@ def main() -> None:
         if args.valid:
             path = folder / "valid.jsonl"
             write_valid(path, args.valid)
-            code, stdout, stderr, seconds = run_check([str(path)])
+            code, stdout, stderr, seconds, cpu = run_check([str(path)])
             ok = code == 0 and json.loads(stdout)["stats"]["train"]["examples"] == args.valid
             print(f"{args.valid} valid records: {seconds:.1f} s, {1000 * seconds / args.valid:.3f} ms a record "
-                  f"(whole command, start-up included; {'OK' if ok else 'FAILED: ' + stderr[-500:]})")
+                  f"(whole command, start-up included; CPU {cpu:.1f} s; load average "
+                  f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; {'OK' if ok else 'FAILED: ' + stderr[-500:]})")
     sys.exit(0 if result["crashes"] == result["false_positives"] == result["missed"] == 0 else 1)
 
 
