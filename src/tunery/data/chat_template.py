@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from functools import lru_cache
 
 _PROBES = (
     ([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}], False),
@@ -35,6 +36,7 @@ _PROBES = (
 )
 
 
+@lru_cache(maxsize=32)
 def _compile(template: str):
     import jinja2
     from jinja2.ext import Extension, loopcontrols
@@ -66,6 +68,9 @@ def _compile(template: str):
     return env.from_string(template)
 
 
+_AGREES: dict[tuple, bool] = {}  # (template, variables) -> fast path agreed with the reference
+
+
 class TemplateRenderer:
     """``render(messages, add_generation_prompt)`` with one template of one tokenizer."""
 
@@ -76,7 +81,14 @@ class TemplateRenderer:
             self._compiled = _compile(template)
         except Exception:  # a template Jinja cannot compile here: the reference path reports it
             self._compiled = None
-        if self._compiled is not None and not self._agrees_on_probes():
+        # The verdict depends only on the template and the variables it sees: probed once per pair,
+        # since `render_example` builds a renderer for each example it is given.
+        key = (template, tuple(sorted((k, str(v)) for k, v in self._variables.items())))
+        if self._compiled is not None and key not in _AGREES:
+            if len(_AGREES) >= 64:  # a long-lived process that saw many templates: start again
+                _AGREES.clear()
+            _AGREES[key] = self._agrees_on_probes()
+        if self._compiled is not None and not _AGREES[key]:
             self._compiled = None
 
     @property
