@@ -176,3 +176,21 @@ def test_batches_over_several_workers_give_what_single_examples_give(smol_tokeni
         assert comparable(result) == comparable(single), example
     errors = [i for i in range(len(examples)) if i % 97 and i % 89 and i % 83 == 0]
     assert [i for i, r in enumerate(batched) if isinstance(r, TuneryError)] == errors
+
+
+def test_fast_template_handles_generation_blocks_and_falls_back_on_its_own_failures(smol_tokenizer):
+    with_generation = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+        "{% if m['role'] == 'assistant' %}{% generation %}{{ m['content'] }}<|im_end|>{% endgeneration %}"
+        "{% else %}{{ m['content'] }}<|im_end|>{% endif %}\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    renderer = TemplateRenderer(smol_tokenizer, with_generation)
+    assert renderer.fast
+    dicts = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]
+    expected = smol_tokenizer.apply_chat_template(dicts, tokenize=False, chat_template=with_generation)
+    assert renderer.render(dicts, False) == expected and expected.endswith("assistant\nA<|im_end|>")
+    # A template that raises: the error is the reference path's own, with its message.
+    strict = "{{ raise_exception('roles must alternate') }}"
+    with pytest.raises(Exception, match="roles must alternate"):
+        TemplateRenderer(smol_tokenizer, strict).render(dicts, False)

@@ -109,8 +109,7 @@ def _deep_or_long(text: str, start: int, exc: Exception) -> JsonFault:
 
 def nesting_depth(text: str, start: int = 0) -> int:
     """The deepest bracket nesting of the value that starts at ``start`` (strings skipped)."""
-    end, depth = skip_value(text, start)
-    return depth
+    return skip_value(text, start)[1]
 
 
 def skip_value(text: str, start: int) -> tuple[int, int]:

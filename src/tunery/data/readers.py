@@ -8,6 +8,7 @@ record. In JSONL only ``\\n`` ends a record: a carriage return inside a line is 
 
 from __future__ import annotations
 
+import bisect
 import csv
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -139,7 +140,7 @@ def _json_piecewise(path: str, text: str, faults: dict[int, EncodingFault]) -> R
         if faults:
             return [], [_encoding_problem(path, line, next(iter(faults.values())), "record")]
         return [], [_json_problem(path, line, parse_json(text)[1])]
-    bad_positions = sorted((f.position, f) for f in faults.values())
+    bad = sorted(faults.values(), key=lambda f: f.position)
     records: list[Record] = []
     problems: list[Problem] = []
     for element in array_elements(text, array_start):
@@ -147,7 +148,7 @@ def _json_piecewise(path: str, text: str, faults: dict[int, EncodingFault]) -> R
             problems.append(_json_problem(path, 0, element))
             break
         line = element.index + 1
-        fault = _first_inside(bad_positions, element.start, element.end)
+        fault = _first_inside(bad, element.start, element.end)
         if fault is not None:
             problems.append(_encoding_problem(path, line, fault, "record"))
         elif element.fault is not None:
@@ -157,11 +158,10 @@ def _json_piecewise(path: str, text: str, faults: dict[int, EncodingFault]) -> R
     return records, problems
 
 
-def _first_inside(bad: list[tuple[int, EncodingFault]], start: int, end: int) -> EncodingFault | None:
-    for position, fault in bad:
-        if start <= position < end:
-            return fault
-    return None
+def _first_inside(bad: list[EncodingFault], start: int, end: int) -> EncodingFault | None:
+    """The first fault (``bad`` sorted by position) inside [start, end), found by bisection."""
+    index = bisect.bisect_left(bad, start, key=lambda f: f.position)
+    return bad[index] if index < len(bad) and bad[index].position < end else None
 
 
 def _decode_nested(path: str, line: int, row: dict) -> Problem | None:
