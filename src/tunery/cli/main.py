@@ -1,12 +1,12 @@
 """The `tunery` command: thin typed wrappers that import the library only when a command runs.
 
 Errors from the library (`TuneryError`) are printed as a short message; set `TUNERY_DEBUG=1` for the
-traceback.
+traceback. Exit codes: 0 ok, 1 problems found, 2 usage or config error, 3 internal error, 130/143
+interrupted (`tunery.cli.crash`).
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -75,7 +75,10 @@ def data_check(
     max_length: int = typer.Option(defaults.MAX_LENGTH, "--max-length", help="Longest example in tokens."),
     train_on: str = typer.Option(defaults.TRAIN_ON, "--train-on", help="assistant | all | last"),
     fmt: str = typer.Option("auto", "--format", help="auto | messages | alpaca | sharegpt | prompt_completion | text"),
-    method: str = typer.Option("auto", "--method", help="sft | cpt | auto (cpt when every file is raw text)"),
+    method: str = typer.Option("auto", "--method", help="sft | cpt | auto (cpt when every file is raw text) | dpo | orpo | reward (pairs) | kto (labelled answers) | rl (prompts)"),
+    allow_special_tokens: bool = typer.Option(
+        False, "--allow-special-tokens",
+        help="Accept control tokens (<|im_end|> ...) spelled in text, as data.allow_special_tokens does."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Lint datasets: every bad record with file, line and reason, plus token statistics.
@@ -88,7 +91,8 @@ def data_check(
     from tunery.cli.data import run_check
 
     raise typer.Exit(
-        run_check(files, model, validation or [], max_length, train_on, fmt, as_json, method)
+        run_check(files, model, validation or [], max_length, train_on, fmt, as_json, method,
+                  allow_special_tokens)
     )
 
 
@@ -315,16 +319,25 @@ def combine(
 
 
 def main() -> None:
-    """Entry point: run the app and print `TuneryError`s as short messages."""
+    """Entry point. Exit codes (documented in README.md and `tunery.cli.crash`): 0 ok, 1 problems
+    found, 2 usage or config error (`TuneryError`s are printed as short messages), 3 internal error
+    (one line, the traceback in a file; `TUNERY_DEBUG=1` prints it), 130 on Ctrl-C."""
+    from tunery.cli import crash
     from tunery.errors import TuneryError
 
     try:
-        app()
+        app()  # exits itself: with the command's code, or 2 for a usage error
     except TuneryError as exc:
-        if os.environ.get("TUNERY_DEBUG") == "1":
-            raise
+        if crash.debug():
+            import traceback
+
+            traceback.print_exception(exc, file=sys.stderr)
         print(f"error: {exc.render()}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(crash.EXIT_USAGE)
+    except KeyboardInterrupt:
+        sys.exit(crash.EXIT_INTERRUPTED)
+    except Exception as exc:  # anything else is a bug: say so in one line, keep the traceback
+        sys.exit(crash.report_internal_error(exc, sys.argv))
 
 
 if __name__ == "__main__":

@@ -114,6 +114,12 @@ class DataSection(Section):
     max_length: int = Field(
         defaults.MAX_LENGTH, ge=8, description="Longest example in tokens; longer ones are cut at the end."
     )
+    allow_special_tokens: bool = Field(
+        False,
+        description="Accept records whose text spells a control token of the template (`<|im_end|>`, "
+        "`</s>` ...). Off: such a record is an error, since it can forge turns the template never "
+        "wrote. On: it is trained, with that text tokenised as ordinary text, never as the control token.",
+    )
 
 
 class TrainingSection(Section):

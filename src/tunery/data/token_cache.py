@@ -20,8 +20,10 @@ from safetensors.torch import load_file, save_file
 from tunery.data.messages import Example, Message
 from tunery.data.render import Datasets, Rendered, chat_template_of
 
-# Bump when rendering changes what it produces for the same inputs (2: validation examples kept).
-RENDER_VERSION = 2
+# Bump when rendering changes what it produces for the same inputs.
+# 2: control tokens spelled in message content are tokenised as plain text.
+# 3: validation examples kept with the rows.
+RENDER_VERSION = 3
 
 
 def _file_digest(path: str) -> str:
@@ -47,6 +49,7 @@ def cache_key(cfg, tokenizer) -> str:
         "validation": [_file_digest(p) for p in data.validation],
         "format": data.format, "train_on": data.train_on, "max_length": data.max_length,
         "val_split": data.val_split, "seed": cfg.training.seed, "method": cfg.method,
+        "allow_special_tokens": data.allow_special_tokens,
         "tokenizer": _tokenizer_digest(tokenizer),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]

@@ -22,7 +22,7 @@ import torch
 
 from tunery.data.batching import make_sequence_batch
 from tunery.data.messages import Example, Message
-from tunery.data.preference import PromptExample, load_records, split_examples
+from tunery.data.preference import PromptExample, forged_turns, load_records, split_examples
 from tunery.data.problems import raise_if_errors
 from tunery.data.render import Datasets
 from tunery.errors import TuneryError
@@ -96,7 +96,8 @@ class RL(Method):
         data = self.cfg.data
         train, problems = load_records(data.train, "prompts")
         val, found = load_records(data.validation, "prompts")
-        raise_if_errors(problems + found)
+        prompts = [Example(e.source, e.line, messages=e.prompt) for e in train + val]
+        raise_if_errors(problems + found + forged_turns(self.tokenizer, prompts, data.allow_special_tokens))
         if not data.validation and data.val_split > 0:
             train, val = split_examples(train, data.val_split, self.cfg.training.seed)
         if not train:
