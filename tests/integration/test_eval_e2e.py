@@ -9,7 +9,7 @@ import json
 import pytest
 
 from cli_helpers import REPO, run_tunery
-from eval_helpers import CHROMIUM, blue_pixels, report_dom
+from eval_helpers import blue_pixels, report_dom
 
 pytestmark = pytest.mark.e2e
 QUICK = REPO / "examples" / "quickstart"
@@ -63,7 +63,6 @@ def test_forgetting_probe_and_signals(quickstart_eval):
     assert result["leakage"]["checked"] and result["leakage"]["exact"] == 0
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed (apt-get install -y chromium)")
 def test_the_report_renders_with_its_table_and_plots(quickstart_eval, tmp_path):
     run, result = quickstart_eval
     dom, _, shot = report_dom(run / "report.html", tmp_path)

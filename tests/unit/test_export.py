@@ -9,6 +9,7 @@ import torch
 
 from adapter_helpers import make_adapter_run, tiny_bpe_tokenizer, write_base
 from cli_helpers import run_tunery
+from external_tools import llama_cpp, require
 from tunery.errors import TuneryError
 from tunery.export import gguf_writer, llamacpp, ollama
 from tunery.export.exporter import export_run
@@ -64,10 +65,9 @@ def test_gguf_round_trip_on_the_tiny_model(tiny_run, tmp_path, file_type):
     assert fields["tokenizer.ggml.eot_token_id"].contents() == 2
 
 
-@pytest.mark.skipif(llamacpp.find_extension() is None,
-                    reason="llama-cpp-cffi is not installed (make test installs it with --no-deps)")
 @pytest.mark.parametrize("file_type", ["f32", "q8_0"])
 def test_llama_cpp_reads_the_export_as_the_run_does(tiny_run, tmp_path, file_type):
+    require("llama.cpp", llama_cpp())
     record = export_run(tiny_run, "gguf", tmp_path / "out", gguf_type=file_type, **QUIET)["llama_cpp"]
     assert record["ran"] is True and record["passed"] is True, record["failures"]
     assert record["reader"] == "llama.cpp (llama-cpp-cffi)"
@@ -80,6 +80,16 @@ def test_llama_cpp_reads_the_export_as_the_run_does(tiny_run, tmp_path, file_typ
     assert record["logits"]["positions"] > 30
     if file_type == "f32":
         assert record["greedy_identical"] is True
+
+
+def test_llama_cpp_must_stop_on_every_end_id_of_the_run(tiny_run, tmp_path, monkeypatch):
+    """A file from which llama.cpp reads no end-of-generation id (or fewer than the run stops on) fails:
+    served by llama.cpp, its answers would not stop where the run's do."""
+    require("llama.cpp", llama_cpp())
+    monkeypatch.setattr(llamacpp.LlamaCpp, "end_ids", lambda self: [])
+    record = export_run(tiny_run, "gguf", tmp_path / "out", gguf_type="f32", **QUIET)
+    assert record["llama_cpp"]["tokenizer"]["stop_ids_identical"] is False
+    assert "llama.cpp: stop tokens differ" in record["failures"] and record["passed"] is False
 
 
 def test_verification_catches_a_wrong_tensor_layout(tiny_run, tmp_path, monkeypatch):
