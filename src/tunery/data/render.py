@@ -13,6 +13,7 @@ as SentencePiece's ``▁Paris`` does, is the answer's first token and must be le
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from tunery.data.messages import Example, Message
@@ -111,9 +112,25 @@ def trained_spans(
         end = _prefix_length(full, through, i, "through the answer")
         while end > start and full[end - 1].isspace():
             end -= 1
+        start = _after_empty_reasoning(full, start, end)
         if end > start:
             spans.append((start, end))
     return full, spans
+
+
+# An empty reasoning block at the start of an answer: "<think>\n\n</think>\n\n" (Qwen3).
+_EMPTY_REASONING = re.compile(r"<think>\s*</think>\s*")
+
+
+def _after_empty_reasoning(full: str, start: int, end: int) -> int:
+    """Where training starts in an answer whose rendering opens with an empty reasoning block.
+
+    Qwen3's template writes ``<think>\n\n</think>\n\n`` before a final answer that has no reasoning:
+    boilerplate that the template writes itself, the same in every example, not part of the answer. It
+    is left out of the loss; a block with reasoning in it is the answer's and is trained.
+    Only the text right at the answer's start is looked at (never a search through the answer)."""
+    found = _EMPTY_REASONING.match(full, start, end)
+    return found.end() if found else start
 
 
 def mask_from_offsets(offsets: list[tuple[int, int]], spans: list[Span]) -> list[bool]:
