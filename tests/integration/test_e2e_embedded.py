@@ -78,4 +78,5 @@ def test_train_a_few_steps_then_generate(tmp_path):
     answers = json.loads(out.stdout)
     assert [a["prompt"] for a in answers] == prompts
     parsed = [json.loads(a["answer"]) for a in answers]  # valid JSON, nothing around it
-    assert [sorted(p) for p in parsed] == [["city", "name", "nights"]] * 2
+    assert parsed == [{"name": "Lena Park", "city": "Oslo", "nights": 2},
+                      {"name": "Omar Haddad", "city": "Cairo", "nights": 4}]

@@ -172,9 +172,9 @@ def test_the_preflight_refuses_a_run_that_cannot_fit_before_step_1(project):
     assert re.search(r"estimated peak: \d+ MiB of 64 MiB available: does NOT fit", proc.stderr)
     assert "training.preflight=false" in proc.stderr and "Traceback" not in proc.stderr
     run = project / "runs" / "tight"
-    assert not (run / "checkpoints").exists()  # not one step was spent
-    metrics = run / "metrics.jsonl"
-    assert not metrics.exists() or not train_steps(run)
+    # Not one step was spent: no checkpoint, no metrics line, no weights (only the rendered data's cache).
+    assert not (run / "checkpoints").exists() and not (run / "metrics.jsonl").exists()
+    assert not (run / "adapter").exists()
 
 
 def test_the_preflight_time_estimate_is_within_a_factor_of_2_5_of_the_measured_step_time(project):
