@@ -78,6 +78,9 @@ def straight_then_killed_and_resumed(project, args: list[str]):
     assert len(workers) >= 3, "expected torchrun and its workers below the launcher"  # the tree is found
     kill_tree(proc)  # the launcher, torchrun and both workers: only what this test started
     proc.wait()
+    deadline = time.monotonic() + 60  # a killed process takes a moment to be torn down on a busy machine
+    while [p for p in workers if alive(p)] and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert not [p for p in workers if alive(p)], "a worker survived the kill"
     resumed = run_tunery("train", *args, "output.name=killed", "--resume", cwd=project, timeout=600)
     assert "resumed from" in resumed.stdout
