@@ -17,6 +17,7 @@ tokenised in one batch call (`render_examples`).
 from __future__ import annotations
 
 import bisect
+import re
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -142,6 +143,7 @@ class ChatRenderer:
             end = _prefix_length(full, through, i, "through the answer")
             while end > start and full[end - 1].isspace():
                 end -= 1
+            start = _after_empty_reasoning(full, start, end)
             if end > start:
                 spans.append((start, end))
         return full, spans
@@ -152,6 +154,21 @@ def trained_spans(
 ) -> tuple[str, list[Span]]:
     """The rendered conversation and the character spans whose tokens are trained."""
     return ChatRenderer(tokenizer).spans(messages, train_on)
+
+
+# An empty reasoning block at the start of an answer: "<think>\n\n</think>\n\n" (Qwen3).
+_EMPTY_REASONING = re.compile(r"<think>\s*</think>\s*")
+
+
+def _after_empty_reasoning(full: str, start: int, end: int) -> int:
+    """Where training starts in an answer whose rendering opens with an empty reasoning block.
+
+    Qwen3's template writes ``<think>\n\n</think>\n\n`` before a final answer that has no reasoning:
+    boilerplate that the template writes itself, the same in every example, not part of the answer. It
+    is left out of the loss; a block with reasoning in it is the answer's and is trained.
+    Only the text right at the answer's start is looked at (never a search through the answer)."""
+    found = _EMPTY_REASONING.match(full, start, end)
+    return found.end() if found else start
 
 
 def mask_from_offsets(offsets: list[tuple[int, int]], spans: list[Span]) -> list[bool]:

@@ -123,7 +123,9 @@ def verify_with_llama_cpp(path: Path, reference_logits: list, reference_greedy: 
         "reader": "llama.cpp (llama-cpp-cffi)",
         "tokenizer": {"chat_template_identical": got.chat_template == chat_template_of(tokenizer),
                       "probe_tokens_identical": got.prompt_ids == rows,
-                      "stop_ids": stops, "stop_ids_identical": set(got.end_ids) <= set(stops)},
+                      # The same set, not a subset: an end id the run has and llama.cpp lacks is an
+                      # answer that never stops there (an empty set would stop nowhere).
+                      "stop_ids": stops, "stop_ids_identical": set(got.end_ids) == set(stops)},
         "logits": compare_logits(reference_logits, got.logits),
         "greedy_identical": got.greedy == reference_greedy,
     }

@@ -11,12 +11,14 @@ the device's allocated memory on CUDA.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
+from tunery.errors import TuneryError
 from tunery.trainers.loop import Loop, pass_loss, step_pieces
 
 MIB = 1024 * 1024
@@ -77,7 +79,24 @@ def _status_kb(key: str) -> float:
     return float("nan")
 
 
+MEMORY_LIMIT_VARIABLE = "TUNERY_MEMORY_LIMIT_MB"
+
+
 def available_mb(cuda: bool) -> float:
+    """Memory this process may use (MiB): the device's free memory, or the machine's available memory,
+    capped by `TUNERY_MEMORY_LIMIT_MB` when set (a budget on a shared machine, below what is free)."""
+    machine = _machine_available_mb(cuda)
+    limit = os.environ.get(MEMORY_LIMIT_VARIABLE)
+    if not limit:
+        return machine
+    try:
+        return min(machine, float(limit))
+    except ValueError:
+        raise TuneryError(f"{MEMORY_LIMIT_VARIABLE}={limit!r} is not a number of MiB",
+                          fix="set it to a number such as 8000, or unset it") from None
+
+
+def _machine_available_mb(cuda: bool) -> float:
     if cuda:
         free, _total = torch.cuda.mem_get_info()
         return free / MIB + torch.cuda.memory_allocated() / MIB
