@@ -15,9 +15,14 @@ FAMILIES = {
     "mistral-7b-instruct-v0.2": (["<s>", "</s>", "[INST]", "[/INST]"], "<s>", "</s>"),
     "mistral-nemo-instruct-2407": (["<s>", "</s>", "[INST]", "[/INST]"], "<s>", "</s>"),
     "qwen2.5-7b-instruct": ([], None, "<|im_end|>"),
-    "qwen3-0.6b": (["<think>", "</think>"], None, "<|im_end|>"),
+    "qwen3-0.6b": ([], None, "<|im_end|>"),
     "gemma-2-2b-it": (["<bos>", "<start_of_turn>", "<end_of_turn>"], "<bos>", "<end_of_turn>"),
 }
+
+
+# Added tokens that are not special (Qwen3's tokenizer marks its reasoning tags "special": false): text
+# spelling them becomes that token, and they are the model's own format, not control tokens of the template.
+PLAIN_ADDED = {"qwen3-0.6b": ["<think>", "</think>"]}
 
 
 def real_template(name: str) -> str:
@@ -30,6 +35,10 @@ def tokenizer_with(base, name: str):
     tok = copy.deepcopy(base)
     if specials:
         tok.add_special_tokens({"additional_special_tokens": specials})
+    if name in PLAIN_ADDED:
+        from tokenizers import AddedToken
+
+        tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in PLAIN_ADDED[name]])
     if bos:
         tok.bos_token = bos
     if eos:
