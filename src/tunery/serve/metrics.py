@@ -28,6 +28,8 @@ class Metrics:
         self.completion_tokens = prom.Counter("tunery_completion_tokens", "Tokens generated", ["model"], registry=r)
         self.rejected = prom.Counter("tunery_rejected", "Requests refused before generation, by reason",
                                      ["reason"], registry=r)
+        self.ended = prom.Counter("tunery_sequences_ended", "Sequences ended, by reason (stop, length, "
+                                  "cancelled: the client went away, error)", ["reason"], registry=r)
         self.queue_depth = prom.Gauge("tunery_queue_depth", "Sequences waiting for a decoding slot", registry=r)
         self.running = prom.Gauge("tunery_running_sequences", "Sequences decoding now", registry=r)
         self.latency = prom.Histogram("tunery_request_latency_seconds", "Time from request to last token",
@@ -47,6 +49,8 @@ class Metrics:
         if stats.prefill_rows:
             self.prefill_rows.observe(stats.prefill_rows)
         self.step_seconds.observe(seconds)
+        for seq in stats.finished:
+            self.ended.labels(reason=seq.finish_reason).inc()
 
     def load(self, queued: int, running: int) -> None:
         self.queue_depth.set(queued)

@@ -149,7 +149,9 @@ class Scheduler:
             return
         for engine in self._engines():
             if engine.has_work:
-                engine.cancel_all("the server is shutting down and this request did not finish in time")
+                ended = engine.cancel_all("the server is shutting down and this request did not finish in time")
+                if self.metrics:
+                    self.metrics.ended.labels(reason="error").inc(len(ended))
 
     def _publish(self) -> None:
         if self.metrics:
