@@ -252,3 +252,29 @@ def test_a_thousand_malformed_requests_never_get_a_5xx(runs):
                 seen[answer.status_code] = seen.get(answer.status_code, 0) + 1
             assert http.get("/health").status_code == 200  # and it still serves
     assert sum(n for code, n in seen.items() if 400 <= code < 500) >= 1000
+
+
+def test_each_run_is_rendered_with_its_own_chat_template_and_stops_at_its_end_token(runs, tmp_path, smol_tokenizer):
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from tunery.inference import prompt_ids
+
+    _, (alpha, _, _) = runs
+    custom = tmp_path / "custom"
+    shutil.copytree(alpha, custom)
+    tokenizer = AutoTokenizer.from_pretrained(custom / "tokenizer")
+    tokenizer.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }} says\n{{ m['content'] }}"
+                               "<|endoftext|>{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant says\n"
+                               "{% endif %}")
+    tokenizer.save_pretrained(custom / "tokenizer")
+    with running_server([str(alpha), str(custom)]) as (url, state):
+        answers = {name: client(url).chat.completions.create(model=name, messages=CHAT, max_tokens=2)
+                   for name in ("alpha", "custom")}
+        assert answers["custom"].usage.prompt_tokens == len(prompt_ids(tokenizer, CHAT))
+        assert answers["alpha"].usage.prompt_tokens == len(prompt_ids(smol_tokenizer, CHAT))
+        assert answers["custom"].usage.prompt_tokens != answers["alpha"].usage.prompt_tokens
+        end_of_turn = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+        assert end_of_turn in state.registry.get("custom").stop_ids
+        assert end_of_turn not in state.registry.get("alpha").stop_ids

@@ -343,9 +343,11 @@ def serve(
     log_requests: Optional[Path] = typer.Option(None, "--log-requests", help="Append every exchange and its "
                                                 "feedback to this JSONL file (see `tunery data from-log`)."),
     max_batch: int = typer.Option(16, "--max-batch", min=1, help="Sequences decoded together."),
-    max_queue: int = typer.Option(64, "--max-queue", min=0, help="Sequences waiting for a slot before 429."),
+    max_queue: int = typer.Option(64, "--max-queue", min=1, help="Sequences waiting for a slot before 429."),
     max_prompt_tokens: int = typer.Option(2048, "--max-prompt-tokens", min=1, help="Longest prompt taken."),
     max_tokens: int = typer.Option(512, "--max-tokens", min=1, help="Most tokens one request may ask for."),
+    prefill_tokens: int = typer.Option(512, "--prefill-tokens", min=1, help="Prompt tokens taken into the batch "
+                                       "per step (more: new requests start sooner, running ones pause longer)."),
     shutdown_timeout: float = typer.Option(30.0, "--shutdown-timeout", min=0.0, help="Seconds SIGTERM lets "
                                            "running requests finish before ending them with an error."),
     dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16"),
@@ -362,7 +364,7 @@ def serve(
     from tunery.cli.serve import run_serve
 
     raise typer.Exit(run_serve(runs or [], base, host, port, api_key, engine, log_requests, max_batch, max_queue,
-                               max_prompt_tokens, max_tokens, shutdown_timeout, dtype, threads))
+                               max_prompt_tokens, max_tokens, shutdown_timeout, dtype, threads, prefill_tokens))
 
 
 def main() -> None:

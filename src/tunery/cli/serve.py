@@ -10,7 +10,8 @@ from tunery.errors import TuneryError
 
 def run_serve(runs: list[str], base: str | None, host: str, port: int, api_key: str | None, engine: str,
               log_requests: Path | None, max_batch: int, max_queue: int, max_prompt_tokens: int,
-              max_tokens: int, shutdown_timeout: float, dtype: str, threads: int | None) -> int:
+              max_tokens: int, shutdown_timeout: float, dtype: str, threads: int | None,
+              prefill_tokens: int = 512) -> int:
     """Serve the runs until SIGTERM / Ctrl-C; returns the exit code."""
     from tunery.serve.server import check_bind
 
@@ -31,7 +32,8 @@ def run_serve(runs: list[str], base: str | None, host: str, port: int, api_key: 
     options = ServeOptions(
         host=host, port=port, api_key=api_key, base=base, max_queue=max_queue,
         shutdown_timeout=shutdown_timeout, log_requests=log_requests, threads=threads,
-        engine=EngineOptions(max_batch=max_batch, max_context=max_prompt_tokens + max_tokens, dtype=dtype),
+        engine=EngineOptions(max_batch=max_batch, max_context=max_prompt_tokens + max_tokens,
+                             prefill_tokens=prefill_tokens, dtype=dtype),
         limits=Limits(max_prompt_tokens=max_prompt_tokens, max_tokens=max_tokens))
     return serve(runs, options)
 
