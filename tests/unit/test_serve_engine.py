@@ -190,3 +190,27 @@ def test_a_json_schema_row_only_ever_emits_valid_json(served):
         assert out[i][-1].finish_reason == "stop"
         text = "".join(d.text for d in out[i])
         jsonschema.validate(json.loads(text), schema)
+
+
+def test_a_dora_run_is_served_merged_on_an_engine_of_its_own(served, tmp_path):
+    from tunery.inference import load_run
+    from tunery.serve.registry import EngineOptions, Registry
+
+    model, tok, runs = served
+    base_dir = runs[0].parent.parent / "base"
+    dora, _ = make_adapter_run(tmp_path, tok, base_dir, seed=21, name="dora", dora=True, rslora=True,
+                               target=("q_proj", "v_proj", "down_proj"), adapter_scale=0.5)
+    registry = Registry(EngineOptions(max_batch=4, max_context=256))
+    for run in (runs[0], dora):
+        registry.install(registry.prepare(str(run)))
+    assert registry.get("dora").kind == "dora" and registry.get("dora").adapter == BASE
+    assert registry.get("dora").engine is not registry.get(runs[0].name).engine
+    reference_model, _ = load_run(dora)  # PEFT with the DoRA adapter, unmerged
+    expected = generate_ids(reference_model, tok, [conv(PROMPTS[0])], max_new_tokens=10)[0]
+    out: dict = {}
+    served_model = registry.get("dora")
+    engine = served_model.engine
+    engine.waiting.append(make_seq(engine.model, tok, PROMPTS[0], BASE, SamplingParams(max_tokens=10, temperature=0.0),
+                                   out, 0))
+    run_engine(engine)
+    assert tokens_of(out[0], frozenset(served_model.stop_ids)) == expected

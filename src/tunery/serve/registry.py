@@ -11,6 +11,7 @@ that is decoding must happen between two steps (`install`, on the scheduler thre
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ class ServedModel:
     """One name a request can ask for."""
 
     name: str
-    kind: str  # base | lora | qlora | full
+    kind: str  # base | lora | qlora | full | dora (merged into an engine of its own)
     source: str  # the run folder or base model spec it came from
     engine: Engine
     adapter: str  # the PEFT adapter rows of this model use, or "__base__"
@@ -140,12 +141,28 @@ class Registry:
         if not (adapter_dir / "adapter_config.json").is_file():
             raise TuneryError(f"{path} has no final adapter yet (adapter/ is missing)",
                               fix="finish the run first: tunery train CONFIG --resume")
+        if json.loads((adapter_dir / "adapter_config.json").read_text()).get("use_dora"):
+            return self._prepare_dora(path, name, info, kind, tokenizer, adapter_dir, base)
         base_spec = base if base and kind == "lora" else info["base_model"]
         key = resolve_model_source(base_spec) + (":qlora" if kind == "qlora" else "")
         engine = None
         if key not in self._engines:
             engine = self._new_engine(_load_base(info | {"base_model": base_spec}, path, self.options.dtype))
         return Prepared(name, kind, str(path), tokenizer, key, base_spec, engine, adapter_dir)
+
+    def _prepare_dora(self, path: Path, name: str, info: dict, kind: str, tokenizer, adapter_dir: Path,
+                      base: str | None) -> Prepared:
+        """PEFT cannot choose DoRA adapters row by row (it refuses `adapter_names` with DoRA), so a DoRA
+        run is merged into its own copy of the base and served on an engine of its own."""
+        from peft import PeftModel
+
+        if kind == "qlora":
+            raise TuneryError(f"{path} is a DoRA adapter on a 4-bit base, which the server cannot merge",
+                              fix=f"tunery merge {path} --out MERGED, then serve MERGED as a full model")
+        base_spec = base or info["base_model"]
+        model = PeftModel.from_pretrained(_load_base(info | {"base_model": base_spec}, path, self.options.dtype),
+                                          str(adapter_dir)).merge_and_unload()
+        return Prepared(name, "dora", str(path), tokenizer, engine=self._new_engine(model))
 
     def install(self, prepared: Prepared) -> list[ServedModel]:
         """Serve what `prepare` read (on the scheduler thread); returns the models that were added."""
