@@ -214,3 +214,37 @@ def test_a_dora_run_is_served_merged_on_an_engine_of_its_own(served, tmp_path):
                                    out, 0))
     run_engine(engine)
     assert tokens_of(out[0], frozenset(served_model.stop_ids)) == expected
+
+
+def test_a_request_for_a_model_removed_meanwhile_ends_with_an_error_and_others_go_on(served):
+    import threading
+
+    from tunery.serve.registry import EngineOptions, Registry
+    from tunery.serve.scheduler import Scheduler
+
+    _, tok, runs = served
+    registry = Registry(EngineOptions(max_batch=4, max_context=256))
+    for run in runs:
+        registry.install(registry.prepare(str(run)))
+    scheduler = Scheduler(registry.engines, max_queue=8, housekeeping=registry.collect)
+    scheduler.start()
+    try:
+        late = registry.get("r1")  # what a handler holds after looking the model up
+        scheduler.call(lambda: registry.remove("r1")).result(timeout=30)
+        deadline = __import__("time").monotonic() + 10
+        while "run1" in late.engine.model.peft_config and __import__("time").monotonic() < deadline:
+            __import__("time").sleep(0.01)
+        assert "run1" not in late.engine.model.peft_config  # freed, nothing used it
+        out: dict = {}
+        done = threading.Event()
+        params = SamplingParams(max_tokens=4, temperature=0.0)
+        stale = make_seq(late.engine.model, tok, PROMPTS[0], late.adapter, params, out, 0)
+        alive = make_seq(late.engine.model, tok, PROMPTS[1], registry.get("r0").adapter, params, out, 1)
+        alive.emit = lambda d, emit=alive.emit: (emit(d), d.finish_reason and done.set())
+        scheduler.submit(late.engine, [stale])
+        scheduler.submit(late.engine, [alive])
+        assert done.wait(60)
+        assert out[0][-1].error_code == "model_removed" and out[0][-1].finish_reason == "error"
+        assert out[1][-1].finish_reason in ("stop", "length") and out[1][-1].error is None
+    finally:
+        scheduler.stop()

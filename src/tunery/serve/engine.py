@@ -45,7 +45,8 @@ class Delta:
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finish_reason: str | None = None
     completion_tokens: int = 0
-    error: str | None = None
+    error: str | None = None  # why the sequence ended without an answer
+    error_code: str | None = None  # server_shutdown | model_removed | engine_error
 
 
 @dataclass(eq=False)
@@ -100,6 +101,9 @@ class Engine:
     def uses_adapters(self) -> bool:
         return hasattr(self.model, "peft_config")
 
+    def knows_adapter(self, name: str) -> bool:
+        return name == BASE or name in getattr(self.model, "peft_config", {})
+
     def adapters_in_use(self) -> set[str]:
         return {s.adapter for s in (*self.running, *self.waiting)}
 
@@ -119,12 +123,13 @@ class Engine:
             self._remove_finished(stats)
         return stats
 
-    def cancel_all(self, message: str) -> list[Sequence]:
-        """End every running and waiting sequence with an error (shutdown); returns them."""
+    def cancel_all(self, message: str, code: str) -> list[Sequence]:
+        """End every running and waiting sequence with an error (shutdown, a failed pass); returns them."""
         ended = [*self.running, *self.waiting]
         for seq in ended:
             seq.finish_reason = "error"
-            seq.emit(Delta(seq.index, finish_reason="error", completion_tokens=len(seq.out), error=message))
+            seq.emit(Delta(seq.index, finish_reason="error", completion_tokens=len(seq.out), error=message,
+                           error_code=code))
         self.running.clear()
         self.waiting.clear()
         return ended
@@ -230,7 +235,7 @@ class Engine:
         delta = Delta(seq.index, tokens=[token])
         if seq.matcher is not None and not seq.matcher.accept_token(token):
             seq.finish_reason = "error"  # cannot happen with the mask applied; never send broken output
-            delta.error = "the grammar rejected a token it had allowed"
+            delta.error, delta.error_code = "the grammar rejected a token it had allowed", "engine_error"
         elif token in seq.stop_ids or (seq.matcher is not None and seq.matcher.is_terminated()):
             seq.finish_reason = "stop"
         else:

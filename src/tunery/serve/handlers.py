@@ -144,11 +144,14 @@ def finish(state, job: Job, model, route: str, record: dict | None) -> None:
                             "usage": {"prompt_tokens": job.prompt_tokens, "completion_tokens": job.completion_tokens}})
 
 
+JOB_ERRORS = {"model_removed": (404, "invalid_request_error"), "server_shutdown": (503, "server_error"),
+              "engine_error": (500, "server_error")}
+
+
 def raise_job_error(job: Job) -> None:
     if job.error is not None:
-        shutdown = "shutting down" in job.error or "stopped" in job.error
-        raise ApiError(503 if shutdown else 500, job.error, type="server_error",
-                       code="server_shutdown" if shutdown else "engine_error")
+        status, kind = JOB_ERRORS.get(job.error_code, (500, "server_error"))
+        raise ApiError(status, job.error, type=kind, code=job.error_code)
 
 
 async def wait_whole(job: Job, request) -> None:
@@ -221,7 +224,7 @@ async def _chat_events(state, job: Job, model, record: dict, params: SamplingPar
             delta = await job.next()
             if delta.error:
                 job.cancel()
-                yield sse(error_event(delta.error))
+                yield sse(error_event(delta.error, delta.error_code))
                 return
             logprobs = chat_logprobs(model.tokenizer, delta.logprobs) if params.logprobs is not None else None
             if delta.text or delta.logprobs:
@@ -245,7 +248,7 @@ async def _completion_events(state, job: Job, model, record: dict, params: Sampl
             delta = await job.next()
             if delta.error:
                 job.cancel()
-                yield sse(error_event(delta.error))
+                yield sse(error_event(delta.error, delta.error_code))
                 return
             logprobs = None
             if params.logprobs is not None:

@@ -27,6 +27,7 @@ class Choice:
     finish_reason: str | None = None
     completion_tokens: int = 0
     error: str | None = None
+    error_code: str | None = None
 
     @property
     def text(self) -> str:
@@ -52,7 +53,10 @@ class Job:
 
     def sink(self, delta: Delta) -> None:
         """Called on the engine thread: hand the piece over to the event loop."""
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, delta)
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, delta)
+        except RuntimeError:  # the event loop has closed (the server stopped): nobody is listening
+            pass
 
     @property
     def done(self) -> bool:
@@ -65,6 +69,10 @@ class Job:
     @property
     def error(self) -> str | None:
         return next((c.error for c in self.choices if c.error), None)
+
+    @property
+    def error_code(self) -> str | None:
+        return next((c.error_code for c in self.choices if c.error), None)
 
     def cancel(self) -> None:
         for seq in self.sequences:
@@ -87,7 +95,7 @@ class Job:
         if delta.finish_reason is not None:
             choice.finish_reason = delta.finish_reason
             choice.completion_tokens = delta.completion_tokens
-            choice.error = delta.error
+            choice.error, choice.error_code = delta.error, delta.error_code
             self._open -= 1
             if self._open == 0:
                 self.finished = time.monotonic()

@@ -97,5 +97,5 @@ def usage_chunk(job, obj: str) -> dict:
             "choices": [], "usage": usage(job.prompt_tokens, job.completion_tokens)}
 
 
-def error_event(message: str, code: str = "server_shutdown", type: str = "server_error") -> dict:
+def error_event(message: str, code: str | None, type: str = "server_error") -> dict:
     return {"error": {"message": message, "type": type, "param": None, "code": code}}

@@ -16,7 +16,7 @@ import traceback
 from collections import deque
 from typing import Callable
 
-from tunery.serve.engine import Engine, Sequence
+from tunery.serve.engine import Delta, Engine, Sequence
 
 
 class QueueFull(Exception):
@@ -106,22 +106,32 @@ class Scheduler:
                     self._cond.wait(self._idle_wait)
                 inbox, self._inbox = list(self._inbox), deque()
                 tasks, self._tasks = list(self._tasks), deque()
-                self._inbox_count = 0
                 for engine, seqs in inbox:
-                    engine.waiting.extend(seqs)
+                    self._accept(engine, seqs)
+                self._inbox_count = 0
                 self._waiting = sum(len(e.waiting) for e in self._engines())
             for task, future in tasks:
                 self._run_task(task, future)
+            if self._housekeeping:  # after the inbox: an adapter in a queued request counts as in use
+                self._housekeeping()
             self._enforce_deadline()
             for engine in self._engines():
                 if engine.has_work:
                     self._step(engine)
-            if self._housekeeping:
-                self._housekeeping()
             self._waiting = sum(len(e.waiting) for e in self._engines())
             self._publish()
         for engine in self._engines():
-            engine.cancel_all("the server stopped before this request finished")
+            engine.cancel_all("the server stopped before this request finished", "server_shutdown")
+
+    def _accept(self, engine: Engine, seqs: list[Sequence]) -> None:
+        """Queue sequences on their engine, unless their model was removed after they were checked."""
+        if engine in self._engines() and all(engine.knows_adapter(s.adapter) for s in seqs):
+            engine.waiting.extend(seqs)
+            return
+        for seq in seqs:
+            seq.finish_reason = "error"
+            seq.emit(Delta(seq.index, finish_reason="error", error="the model was removed from this server",
+                           error_code="model_removed"))
 
     @staticmethod
     def _run_task(task: Callable, future: concurrent.futures.Future) -> None:
@@ -138,7 +148,7 @@ class Scheduler:
             stats = engine.step()
         except Exception:  # a failed pass must not take the server down: the rows it held end with an error
             print("tunery serve: a forward pass failed:\n" + traceback.format_exc(), file=sys.stderr, flush=True)
-            engine.cancel_all("the model failed on this batch (the server log has the details)")
+            engine.cancel_all("the model failed on this batch (the server log has the details)", "engine_error")
             return
         self.steps += 1
         if self.metrics:
@@ -149,7 +159,8 @@ class Scheduler:
             return
         for engine in self._engines():
             if engine.has_work:
-                ended = engine.cancel_all("the server is shutting down and this request did not finish in time")
+                ended = engine.cancel_all("the server is shutting down and this request did not finish in time",
+                                          "server_shutdown")
                 if self.metrics:
                     self.metrics.ended.labels(reason="error").inc(len(ended))
 
