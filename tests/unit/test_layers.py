@@ -2,7 +2,7 @@
 layer or one below, and no two packages import each other (directly or round a loop).
 
     cli                                  the commands: thin wrappers over the library
-    trainers, eval, export               what a command does: train, evaluate, merge and export
+    trainers, eval, export, serve        what a command does: train, evaluate, merge, export and serve
     inference                            load a run (or a base model) and answer with it
     runfolder, runcard, data, models, losses   run folders, records to tokens, model loading and
                                          forward passes, loss functions
@@ -24,7 +24,7 @@ LAYERS = [
     {"config"},
     {"runfolder", "runcard", "data", "models", "losses"},
     {"inference"},
-    {"trainers", "eval", "export"},
+    {"trainers", "eval", "export", "serve"},
     {"cli"},
 ]
 

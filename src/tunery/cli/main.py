@@ -116,6 +116,28 @@ def data_preview(
     raise typer.Exit(run_preview(file, model, n, max_length, train_on, fmt, as_json))
 
 
+@data_app.command("from-log")
+def data_from_log(
+    file: Path = typer.Argument(..., help="A request log written by `tunery serve --log-requests FILE`."),
+    out: Path = typer.Option(..., "--out", "-o", help="The chat JSONL file to write (replaced atomically)."),
+    model: Optional[List[str]] = typer.Option(None, "--model", "-m", help="Keep only these served models (repeat)."),
+    since: Optional[str] = typer.Option(None, "--since", help="Keep exchanges from this UTC date or time on."),
+    until: Optional[str] = typer.Option(None, "--until", help="Keep exchanges up to this UTC date (inclusive) or time."),
+    feedback: str = typer.Option("not-bad", "--feedback", help="good | not-bad | bad | any (a correction counts "
+                                 "as good and replaces the answer)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the counts as JSON."),
+) -> None:
+    """Turn a server's request log into a chat training set: filter by model, date and feedback, drop
+    cut answers, duplicates and anything that looks like a secret. Exit code 1 when nothing is kept.
+
+    Example:
+      tunery data from-log requests.jsonl --out review.jsonl --model quickstart --feedback good
+    """
+    from tunery.cli.serve import run_from_log
+
+    raise typer.Exit(run_from_log(file, out, model or [], since, until, feedback, as_json))
+
+
 @app.command()
 def generate(
     target: str = typer.Argument(..., help="A run folder, or a base model spec."),
@@ -316,6 +338,43 @@ def combine(
     from tunery.cli.export import run_combine
 
     raise typer.Exit(run_combine(runs, method, weights, density, seed, str(out), overwrite, as_json))
+
+
+@app.command()
+def serve(
+    runs: Optional[List[str]] = typer.Argument(None, help="Run folders to serve (NAME=PATH to rename one)."),
+    base: Optional[str] = typer.Option(None, "--base", help="Base model the LoRA runs share (default: the one "
+                                       "each run names); served under its own name too."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; others than loopback need --api-key."),
+    port: int = typer.Option(8000, "--port", help="Port (0 picks a free one and prints it)."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="TUNERY_API_KEY",
+                                          help="Require 'Authorization: Bearer KEY' on every route but /health."),
+    engine: str = typer.Option("builtin", "--engine", help="builtin (CPU or GPU, this process) | vllm (GPU)."),
+    log_requests: Optional[Path] = typer.Option(None, "--log-requests", help="Append every exchange and its "
+                                                "feedback to this JSONL file (see `tunery data from-log`)."),
+    max_batch: int = typer.Option(16, "--max-batch", min=1, help="Sequences decoded together."),
+    max_queue: int = typer.Option(64, "--max-queue", min=1, help="Sequences waiting for a slot before 429."),
+    max_prompt_tokens: int = typer.Option(2048, "--max-prompt-tokens", min=1, help="Longest prompt taken."),
+    max_tokens: int = typer.Option(512, "--max-tokens", min=1, help="Most tokens one request may ask for."),
+    prefill_tokens: int = typer.Option(512, "--prefill-tokens", min=1, help="Prompt tokens taken into the batch "
+                                       "per step (more: new requests start sooner, running ones pause longer)."),
+    shutdown_timeout: float = typer.Option(30.0, "--shutdown-timeout", min=0.0, help="Seconds SIGTERM lets "
+                                           "running requests finish before ending them with an error."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16"),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Torch threads (default: torch's)."),
+) -> None:
+    """Serve runs over OpenAI's API: many LoRA runs on one base, continuously batched together.
+
+    Examples:
+      tunery serve runs/quickstart runs/tone
+      tunery serve runs/quickstart --log-requests requests.jsonl
+      tunery serve runs/a runs/b --host 0.0.0.0 --api-key "$KEY"
+      tunery serve runs/a runs/b --engine vllm      # GPU machines with vLLM installed
+    """
+    from tunery.cli.serve import run_serve
+
+    raise typer.Exit(run_serve(runs or [], base, host, port, api_key, engine, log_requests, max_batch, max_queue,
+                               max_prompt_tokens, max_tokens, shutdown_timeout, dtype, threads, prefill_tokens))
 
 
 def main() -> None:
