@@ -56,4 +56,4 @@ def test_ollama_export_of_the_embedded_model_round_trips(tmp_path):
              {"role": "user", "content": "And 2 nights in Rome for Li Wei?"}]
     expected = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
     assert render_go_template(template, turns, system) == expected
-    assert json.loads((run / "export" / "verify.json").read_text())["ollama"]["passed"] is True
+    assert json.loads((tmp_path / "ollama" / "verify.json").read_text())["passed"] is True

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+import sys
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from tunery.atomic import atomic_file, write_text_atomic
 from tunery.data.render import Rendered, chat_template_of
 
 # Bump when rendering changes what it produces for the same inputs.
@@ -73,14 +74,12 @@ def _unpack_rows(tensors: dict[str, torch.Tensor], prefix: str) -> list[Rendered
 
 
 def save(folder: Path, key: str, train: list[Rendered], val: list[Rendered], warnings: list[str]) -> None:
-    """Write the rendered rows under `folder` (temporary names, then renamed: never half a file)."""
+    """Write the rendered rows under `folder` (tunery.atomic: temporary names, fsync, rename)."""
     folder.mkdir(parents=True, exist_ok=True)
     tensors = _pack_rows(train, "train") | _pack_rows(val, "val")
-    tmp = folder / f".{key}.safetensors.tmp"
-    save_file(tensors, str(tmp))
-    (folder / f".{key}.json.tmp").write_text(json.dumps({"warnings": warnings}))
-    os.replace(folder / f".{key}.json.tmp", folder / f"{key}.json")
-    os.replace(tmp, folder / f"{key}.safetensors")  # last: its presence means both are complete
+    write_text_atomic(folder / f"{key}.json", json.dumps({"warnings": warnings}))
+    with atomic_file(folder / f"{key}.safetensors") as tmp:  # last: its presence means both are complete
+        save_file(tensors, str(tmp))
 
 
 def load(folder: Path, key: str) -> tuple[list[Rendered], list[Rendered], list[str]] | None:
@@ -88,5 +87,10 @@ def load(folder: Path, key: str) -> tuple[list[Rendered], list[Rendered], list[s
     weights, meta = folder / f"{key}.safetensors", folder / f"{key}.json"
     if not (weights.is_file() and meta.is_file()):
         return None
-    tensors = load_file(str(weights))
-    return _unpack_rows(tensors, "train"), _unpack_rows(tensors, "val"), json.loads(meta.read_text())["warnings"]
+    try:
+        tensors = load_file(str(weights))
+        return _unpack_rows(tensors, "train"), _unpack_rows(tensors, "val"), json.loads(meta.read_text())["warnings"]
+    except Exception as exc:  # noqa: BLE001 (a damaged cache, whatever the reader raises)
+        print(f"warning: the rendered-data cache {weights} is damaged ({type(exc).__name__}); rendering again",
+              file=sys.stderr)
+        return None

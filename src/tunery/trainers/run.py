@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +19,9 @@ from tunery.config.load import describe, load_config, to_yaml, validate
 from tunery.config.schema import TrainConfig
 from tunery.errors import TuneryError
 from tunery.models import adapters
-from tunery.runfolder import RunFolder, write_text_atomic
+from tunery.failures import recorded_failure
+from tunery.runfolder import (RunFolder, check_run_target, clear_run_folder, create_run_folder, portable_path,
+                              write_text_atomic)
 from tunery.trainers import checkpoint as ckpt
 from tunery.trainers import distributed as ddp
 from tunery.trainers import fsdp, report, sft
@@ -54,7 +55,7 @@ def run_training(cfg: TrainConfig, root: Path, resume: bool = False,
     st = _start_or_resume(s, run, cfg, resume, log)
     trainable, total = adapters.count_parameters(s.model)
     train, val = s.train, s.val
-    _update_info(run,base_model=portable_spec(cfg.base_model), adapter=cfg.adapter, dtype=cfg.dtype, method=cfg.method,
+    _update_info(run,base_model=portable_path(cfg.base_model, root), adapter=cfg.adapter, dtype=cfg.dtype, method=cfg.method,
                     status="running", tunery_version=__version__, total_steps=s.plan.total_steps,
                     train_examples=len(train), val_examples=len(val),
                     trainable_params=trainable, total_params=total)
@@ -133,12 +134,6 @@ def _update_info(run: RunFolder, **fields) -> dict:
     return run.update_info(**fields) if run.writable else run.read_info()
 
 
-def portable_spec(spec: str) -> str:
-    """A base-model spec that later commands can read from any folder: local paths made absolute."""
-    path = Path(spec).expanduser()
-    return str(path.resolve()) if path.exists() else spec
-
-
 def _start_or_resume(s: sft.Setup, run: RunFolder, cfg: TrainConfig, resume: bool, log) -> sft.LoopState:
     latest = ckpt.latest_checkpoint(run.checkpoints) if resume else None
     if latest is None:
@@ -150,7 +145,7 @@ def _start_or_resume(s: sft.Setup, run: RunFolder, cfg: TrainConfig, resume: boo
         return sft.LoopState()
     st = sft.resume(s, latest)
     if run.writable:
-        run.truncate_metrics(st.step)
+        run.truncate_metrics(st.step, log)
     log(f"resumed from {latest} (step {st.step} of {s.plan.total_steps})")
     return st
 
@@ -185,18 +180,27 @@ def launch(config_path: str | Path, overrides: list[str], resume: bool, nproc: i
 
 def train_from_config(config_path: str | Path, overrides: list[str], resume: bool = False,
                       overwrite: bool = False, nproc: int = 1) -> int:
-    """The body of `tunery train`. Returns the process exit code."""
+    """The body of `tunery train`. Returns the process exit code.
+
+    SIGINT/SIGTERM are caught from here on: from the config's loading to the final save, a signal ends
+    the run with a checkpoint (after at least one step) and exit code 130/143."""
+    with interruptible() as caught:
+        return _train(config_path, overrides, resume, overwrite, nproc, caught)
+
+
+def _train(config_path, overrides: list[str], resume: bool, overwrite: bool, nproc: int, caught: list) -> int:
     resolved = load_config(config_path, overrides)
     cfg = resolved.config
     root = run_dir_for(cfg)
     run = RunFolder(root)
     launching = nproc > 1 and "WORLD_SIZE" not in os.environ
     dist = ddp.SINGLE if launching else ddp.from_env()
+    check_run_target(root, resume, overwrite)  # a folder tunery did not make is never used or deleted
     info = run.read_info()
     ddp.barrier(dist)  # every rank has read the folder's state before rank 0 changes it
     if root.exists() and overwrite:
         if dist.is_main:
-            shutil.rmtree(root)
+            clear_run_folder(root)
         info = {}
     elif info and not resume:
         raise TuneryError(
@@ -212,14 +216,16 @@ def train_from_config(config_path: str | Path, overrides: list[str], resume: boo
             return 0
     elif dist.is_main:
         _print_resolved(resolved)
+    if dist.is_main:
+        create_run_folder(root, "train")
     if launching:
         return launch(config_path, overrides, resume, nproc)
     ddp.barrier(dist)
-    with interruptible() as caught:
-        try:
+    try:
+        with recorded_failure(run if dist.is_main else None):
             run_training(cfg, root, resume=resume, should_stop=lambda: bool(caught), dist=dist)
-        finally:
-            ddp.shutdown(dist)
+    finally:
+        ddp.shutdown(dist)
     return EXIT_INTERRUPTED[caught[0]] if caught else 0
 
 
