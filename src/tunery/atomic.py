@@ -111,10 +111,12 @@ def swap_in(tmp: Path, target: Path) -> None:
     old = aside_path(target)
     recover(target)
     _remove(old)
-    if target.exists():
+    replacing = target.exists()
+    if replacing:
         os.replace(target, old)
     try:
-        faults.reached("swap")  # the previous output aside, the new one not yet in
+        if replacing:
+            faults.reached("swap")  # the previous output aside, the new one not yet in
         os.replace(tmp, target)
     except BaseException:
         recover(target)  # the previous output back in place before the error goes on

@@ -2,13 +2,15 @@
 the last complete checkpoint kept; a full disk is a clear message, never a raw OSError.
 
 Writers report a full disk in several forms: `OSError` with errno ENOSPC (or EDQUOT, EFBIG) from
-Python's own files, and a message naming "os error 28" from libraries that wrap their I/O errors
-(safetensors raises its own error type); `disk_full` recognises both, along the exception's chain.
+Python's own files, a message naming "os error 28" from libraries that wrap their I/O errors
+(safetensors raises its own error type), a short write from numpy; `disk_full` recognises each, along
+the exception's chain.
 """
 
 from __future__ import annotations
 
 import errno
+import re
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,24 +19,29 @@ from typing import Iterator
 from tunery.errors import TuneryError
 
 FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")
 FULL_WORDS = ("No space left on device", "os error 28", "Disk quota exceeded", "File too large")
 
 
 def disk_full(exc: BaseException | None) -> bool:
-    """True when `exc` (or an exception it was raised from) is a write that found the disk full."""
+    """True when `exc` (or an exception it was raised from) is a write that found the disk full.
+
+    numpy's `tofile` (the GGUF writer) reports a short write as "N requested and M written", without
+    an errno: on a local disk that is a full disk too."""
     seen = 0
     while exc is not None and seen < 10:
         if isinstance(exc, OSError) and exc.errno in FULL:
             return True
-        if any(word in str(exc) for word in FULL_WORDS):
+        if any(word in str(exc) for word in FULL_WORDS) or SHORT_WRITE.search(str(exc)):
             return True
         exc, seen = exc.__cause__ or exc.__context__, seen + 1
     return False
 
 
 def free_space(folder: Path) -> str:
+    existing = next((p for p in [folder, *folder.resolve().parents] if p.exists()), Path("/"))
     try:
-        return f"{shutil.disk_usage(folder).free / 2**20:.1f} MiB free"
+        return f"{shutil.disk_usage(existing).free / 2**20:.1f} MiB free"
     except OSError:
         return "free space unknown"
 
@@ -85,3 +92,15 @@ def _mark_failed(run, reason: str) -> None:
             run.update_info(status="failed", error=reason)
     except OSError:  # still no room for run.json: the message printed is then the only record
         pass
+
+
+@contextmanager
+def disk_full_is_an_error(folder: str | Path, what: str) -> Iterator[None]:
+    """Around a command that writes `what` into `folder`: a full disk becomes a `TuneryError` (the
+    atomic writers have already removed their temporaries; earlier outputs are unchanged)."""
+    try:
+        yield
+    except Exception as exc:
+        if disk_full(exc):
+            raise disk_full_error(Path(folder), what, "run the command again") from exc
+        raise

@@ -5,7 +5,9 @@ named point, do KIND:
 
 - `kill`: SIGKILL this process (a `kill -9` landing exactly inside that window);
 - `enospc`: raise `OSError(ENOSPC)`, as a write on a full disk does;
-- `nan`: poison a value with NaN (points `loss`, `grad`, `weight`; see `arm_nan`).
+- `nan`: poison a value with NaN (points `loss`, `grad`, `weight`; see `arm_nan`);
+- `count` (`count:all:0`): count every point reached and print the counts to stderr at exit (the
+  suite draws N within them).
 
 Points are named where they are reached: `atomic-file` and `atomic-dir` (a file or folder fully
 written in its temporary name, before the rename), `swap` (the previous output renamed aside, the new
@@ -15,11 +17,15 @@ being written). Reading one environment variable per call costs nothing measurab
 
 from __future__ import annotations
 
+import atexit
 import errno
+import json
 import os
 import signal
+import sys
 
 ENV = "TUNERY_FAULT"
+COUNTS_LINE = "tunery fault points reached: "
 _hits: dict[str, int] = {}
 
 
@@ -34,6 +40,11 @@ def _armed() -> tuple[str, str, int] | None:
 def hit(point: str) -> str | None:
     """Count a visit of `point`; the armed kind when this very visit is the armed one, else None."""
     armed = _armed()
+    if armed is not None and armed[0] == "count":  # calibration: how often each point is reached
+        if not _hits:
+            atexit.register(lambda: print(f"{COUNTS_LINE}{json.dumps(_hits)}", file=sys.stderr, flush=True))
+        _hits[point] = _hits.get(point, 0) + 1
+        return None
     if armed is None or armed[1] != point:
         return None
     _hits[point] = _hits.get(point, 0) + 1

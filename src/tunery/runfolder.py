@@ -240,12 +240,15 @@ def clear_run_folder(root: Path) -> None:
 def create_run_folder(root: Path, maker: str = "train") -> None:
     """Make `root` a run folder: created with its marker in one rename, or marked when empty. An
     existing run folder is cleaned of temporaries left by an interrupted write."""
-    if not root.exists():
-        with atomic_dir(root) as tmp:
-            write_marker(tmp, maker)
-        return
-    if made_by(root) is None:
-        write_marker(root, maker)
+    from tunery.failures import disk_full_is_an_error
+
+    with disk_full_is_an_error(root, "the run folder"):
+        if not root.exists():
+            with atomic_dir(root) as tmp:
+                write_marker(tmp, maker)
+            return
+        if made_by(root) is None:
+            write_marker(root, maker)
     remove_leftovers(root)
     remove_leftovers(root / "checkpoints")
 

@@ -69,8 +69,9 @@ def export_gguf(model, tokenizer, run: RunFolder, out: Path, file_type: str, log
     path = out / _gguf_name(run, file_type)
     log(f"writing {path} ({file_type}) ...")
     write_gguf(model, vocab, path, file_type, name=run.root.resolve().name, pre=pre)
+    (out / VERIFY).unlink(missing_ok=True)  # an earlier record describes the file just replaced
     log("reading it back with transformers' GGUF loader and comparing on fixed prompts ...")
-    record = verify_gguf(path, model, tokenizer, file_type)
+    record = verify_gguf(path, model, tokenizer, file_type) | {"file": path.name}  # relative to the export
     record["size_bytes"] = path.stat().st_size
     if warning:
         record["warnings"] = [warning]
@@ -88,7 +89,7 @@ def export_hf(model, tokenizer, out: Path, base_record: dict) -> dict:
     loaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     loaded_tok = AutoTokenizer.from_pretrained(out)
     rows = probe_ids(tokenizer)
-    record = {"reader": "transformers AutoModelForCausalLM", "file": str(out), "type": "hf",
+    record = {"reader": "transformers AutoModelForCausalLM", "file": ".", "type": "hf",
               "tokenizer": compare_tokenizers(tokenizer, loaded_tok),
               "logits": compare_logits(logits_of(model, rows), logits_of(loaded, rows))}
     record["greedy_identical"] = (greedy_continuations(model, tokenizer, 16)
@@ -134,8 +135,9 @@ def write_modelfile(tokenizer, gguf_path: Path, out: Path) -> dict:
     stops = [tokenizer.convert_ids_to_tokens(i) for i in stop_token_ids(tokenizer)]
     text, record = modelfile(tokenizer, gguf_path.name, stops)
     write_text_atomic(out / "Modelfile", text)
-    return record | {"modelfile": str(out / "Modelfile"),
-                     "create_with": f"ollama create {gguf_path.stem.lower()} -f {out / 'Modelfile'}"}
+    # Paths in the record are relative to the export folder: verify.json travels with it.
+    return record | {"modelfile": "Modelfile",
+                     "create_with": f"ollama create {gguf_path.stem.lower()} -f Modelfile  (in the export folder)"}
 
 
 def _print_summary(record: dict, log) -> None:

@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 import yaml
 
-from tunery import __version__
+from tunery import __version__, faults
 from tunery.config.load import describe, load_config, to_yaml, validate
 from tunery.config.schema import TrainConfig
 from tunery.errors import TuneryError
@@ -46,6 +46,7 @@ def run_training(cfg: TrainConfig, root: Path, resume: bool = False,
     if cfg.training.fsdp and not dist.active:
         log("training.fsdp is set but this run has one process: training unsharded")
     s = prepare(cfg, dist, log, cache_dir=root / "cache")
+    faults.arm_nan(s.model, s.optimizer)  # inert unless TUNERY_FAULT=nan:... (the fault-injection suite)
     if fsdp.is_sharded(s.model):  # the preflight estimate does not model sharded weights yet
         log(f"FSDP: weights, gradients and AdamW moments sharded over {dist.world} processes; "
             "no preflight memory check")
