@@ -53,7 +53,7 @@ lora: {{rank: 4, alpha: 8, dropout: 0.1}}
 training: {{max_steps: {steps}, batch_size: 2, lr: 1.0e-3, eval_every: 4, save_every: 2, keep_checkpoints: 2,
   threads: 1}}
 """
-KILL_POINTS = ("time", "checkpoint", "atomic-dir", "atomic-file", "metrics-append")
+KILL_POINTS = ("time", "checkpoint", "atomic-dir", "atomic-file", "metrics-append", "swap")
 DISK_POINTS = ("atomic-file", "atomic-dir", "metrics-append", "checkpoint", "swap")
 
 
@@ -168,13 +168,16 @@ def wait_for_line(proc: subprocess.Popen, text: str, timeout: float = 120) -> fl
 # --- kill -9 ---------------------------------------------------------------------------------
 
 def try_kill(bench: Bench, index: int, seed: int) -> dict:
-    """Kill `tunery train` (by time or inside a write window), maybe again inside the resumed run's swap,
-    then resume to the end and compare with the uninterrupted run."""
+    """Kill `tunery train` (by time or inside a write window), then resume to the end and compare with
+    the uninterrupted run. `swap`: killed once with the final adapter in and the tokenizer not, and
+    again while the resumed run has the old adapter renamed aside and the new one not yet in."""
     rng = random.Random(f"{seed}-kill-{index}")
     runs = bench.work / "kill" / str(index)
     args = ["train", str(bench.config), f"output.dir={runs}", "output.name=r", "--resume"]
     point = KILL_POINTS[index % len(KILL_POINTS)]
-    fault = None if point == "time" else f"kill:{point}:{rng.randint(1, max(1, bench.visits['train'].get(point, 1)))}"
+    visits = bench.visits["train"]
+    fault = (None if point == "time" else f"kill:atomic-dir:{visits['atomic-dir']}" if point == "swap"
+             else f"kill:{point}:{rng.randint(1, max(1, visits.get(point, 1)))}")
     proc = subprocess.Popen(tunery_cmd(*args), env=bench.env(fault), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     if point == "time":
         try:
@@ -183,7 +186,7 @@ def try_kill(bench: Bench, index: int, seed: int) -> dict:
             proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=600)
     kills = [proc.returncode == -signal.SIGKILL]
-    if rng.random() < 0.3:  # a second kill, inside the swap of an output the resumed run replaces
+    if point == "swap":
         again = run(bench, *args, fault="kill:swap:1")
         kills.append(again.returncode == -signal.SIGKILL)
     final = run(bench, *args)
@@ -353,7 +356,7 @@ def table(found: dict[str, list[dict]]) -> list[tuple[str, int, str]]:
         by_point = ", ".join(f"{p} {sum(1 for r in kill if r['point'] == p and r['killed'])}/"
                              f"{sum(1 for r in kill if r['point'] == p)}" for p in KILL_POINTS)
         rows.append(("kill -9 during `train`, then `--resume`", len(kill),
-                     f"killed {count(kill, 'killed')} ({by_point}); second kill inside a swap "
+                     f"killed {count(kill, 'killed')} ({by_point}); killed again inside the resumed run's swap "
                      f"{count(kill, 'swap_killed')}; resumed {count(kill, 'resumed')}; bitwise equal to the "
                      f"uninterrupted run {count(kill, 'equal')}; could not resume {len(kill) - count(kill, 'resumed')}; "
                      f"a step logged twice {len(kill) - count(kill, 'steps_once')}; damaged outputs "
@@ -375,7 +378,8 @@ def table(found: dict[str, list[dict]]) -> list[tuple[str, int, str]]:
         text = (f"disk filled ({modes}); failed {len(hit)}; clear error {count(hit, 'clear')}; "
                 f"half outputs or temporaries left {sum(1 for r in part if r['problems'])}")
         if command == "train":
-            text += (f"; run.json failed {count(hit, 'status', 'failed')}; resumed with room "
+            text += (f"; run.json failed {count(hit, 'status', 'failed')} (no run.json yet "
+                     f"{count(hit, 'status', None)}); resumed with room "
                      f"{count(part, 'resumed')}, bitwise equal {count(part, 'equal')}")
         if command == "merge":
             text += f"; earlier merge whole (or the new one) {count(part, 'kept')}"

@@ -46,9 +46,10 @@ def free_space(folder: Path) -> str:
         return "free space unknown"
 
 
-def disk_full_error(folder: Path, what: str, resume_hint: str | None) -> TuneryError:
+def disk_full_error(folder: Path, what: str, resume_hint: str | None, note: str = "") -> TuneryError:
     return TuneryError(
-        f"the disk is full: {what} could not be written ({free_space(folder)} on the disk of {folder})",
+        f"the disk is full: {what} could not be written ({free_space(folder)} on the disk of {folder})"
+        + (f"; {note}" if note else ""),
         why="a write failed with 'No space left on device'; its temporary files were removed and every "
             "complete file is unchanged",
         fix="free some space (or point the output at a larger disk)" + (f", then {resume_hint}" if resume_hint else ""),
@@ -71,8 +72,8 @@ def recorded_failure(run) -> Iterator[None]:
 
             latest = latest_checkpoint(run.checkpoints) if run is not None else None
             kept = f"the last complete checkpoint ({latest.name}) is kept" if latest else "no checkpoint was complete yet"
-            raise disk_full_error(run.root if run is not None else Path.cwd(), f"the run's files ({kept})",
-                                  "continue with --resume") from exc
+            raise disk_full_error(run.root if run is not None else Path.cwd(), "the run's files",
+                                  "continue with --resume", note=kept) from exc
         raise
 
 
@@ -82,16 +83,26 @@ def _reason(exc: BaseException) -> str:
 
 
 def _mark_failed(run, reason: str) -> None:
+    """Clean up, then record the failure in run.json. On a disk still too full for that small file,
+    the rendered-data cache (`cache/`, rebuilt on the next start) is deleted to make room first."""
     from tunery.atomic import remove_leftovers
 
     try:
         remove_leftovers(run.root)
         remove_leftovers(run.checkpoints)
         run.repair_metrics()
-        if run.info.is_file():
-            run.update_info(status="failed", error=reason)
-    except OSError:  # still no room for run.json: the message printed is then the only record
+    except OSError:
         pass
+    if not run.info.is_file():
+        return  # failed before the run was described: nothing to mark
+    for attempt in range(2):
+        try:
+            run.update_info(status="failed", error=reason)
+            return
+        except OSError as exc:
+            if attempt or not disk_full(exc):
+                return  # the message printed is then the only record
+            shutil.rmtree(run.root / "cache", ignore_errors=True)
 
 
 @contextmanager

@@ -29,11 +29,11 @@ def bench(tmp_path_factory):
     return faults.setup(tmp_path_factory.mktemp("faults"))
 
 
-@pytest.mark.parametrize("index", [4, 1])  # KILL_POINTS[4] = metrics-append (a torn line), [1] = checkpoint
+@pytest.mark.parametrize("index", [4, 5])  # KILL_POINTS[4]: metrics-append (a torn line), [5]: swap (twice)
 def test_kill_9_inside_a_write_then_resume_is_bitwise_equal(bench, index):
     result = faults.try_kill(bench, index, seed=0)
     assert result["point"] == faults.KILL_POINTS[index]
-    assert result["killed"] is True, result
+    assert result["killed"] is True and result["swap_killed"] is (index == 5), result
     assert result["resumed"] and result["equal"] and result["steps_once"], result
     assert result["problems"] == [], result
 

@@ -46,12 +46,12 @@ def run_training(cfg: TrainConfig, root: Path, resume: bool = False,
     if cfg.training.fsdp and not dist.active:
         log("training.fsdp is set but this run has one process: training unsharded")
     s = prepare(cfg, dist, log, cache_dir=root / "cache")
-    faults.arm_nan(s.model, s.optimizer)  # inert unless TUNERY_FAULT=nan:... (the fault-injection suite)
     if fsdp.is_sharded(s.model):  # the preflight estimate does not model sharded weights yet
         log(f"FSDP: weights, gradients and AdamW moments sharded over {dist.world} processes; "
             "no preflight memory check")
     elif cfg.training.preflight:
         preflight(s, dist, log)
+    faults.arm_nan(s.model, s.optimizer)  # inert unless TUNERY_FAULT=nan:... (after preflight's probe passes)
     torch.manual_seed(cfg.training.seed + dist.rank)  # each rank its own dropout stream, all reproducible
     st = _start_or_resume(s, run, cfg, resume, log)
     trainable, total = adapters.count_parameters(s.model)
