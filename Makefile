@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.4,<2.15" || echo "torch==2.13.0")
 PIP    := $(BIN)/python -m pip install -q --disable-pip-version-check
 
-.PHONY: demo test test-fast test-tools bench install install-dev docs clean
+.PHONY: demo test test-fast test-tools bench faults install install-dev docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,11 @@ test-fast: install-dev test-tools
 bench: install-dev
 	$(PIP) "trl==1.16.0"
 	$(BIN)/python bench/train_speed.py
+
+## make faults: kill -9, SIGTERM, a full disk and NaN injected into the real CLI at random moments, with a
+## table of counts (docs/reliability.md); not part of make test (15-25 minutes on 2 cores)
+faults: install-dev
+	$(BIN)/python bench/faults.py
 
 docs: install
 	$(BIN)/python scripts/gen_config_docs.py

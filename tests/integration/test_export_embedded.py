@@ -59,7 +59,8 @@ def test_ollama_export_of_the_embedded_model_round_trips(exported):
              {"role": "user", "content": "And 2 nights in Rome for Li Wei?"}]
     expected = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
     assert render_go_template(template, turns, system) == expected
-    assert json.loads((run / "export" / "verify.json").read_text())["ollama"]["passed"] is True
+    assert json.loads((out / "verify.json").read_text())["passed"] is True
+    assert not (run / "export").exists()  # export only reads the run
 
 
 def test_llama_cpp_reads_the_embedded_export(exported):

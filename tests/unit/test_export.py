@@ -92,8 +92,9 @@ def test_gguf_round_trip_on_the_tiny_model(tiny_run, tmp_path, file_type, refere
         assert record["greedy_identical"] is True and record["greedy_tokens"] > 0
     gguf_path = tmp_path / "out" / f"tiny-run-{file_type}.gguf"
     assert record["size_bytes"] == gguf_path.stat().st_size
-    saved = json.loads((tiny_run / "export" / "verify.json").read_text())["gguf"]
+    saved = json.loads((tmp_path / "out" / "verify.json").read_text())
     assert saved["type"] == file_type and saved["passed"] is True
+    assert not (tiny_run / "export").exists()  # the run folder is only read
     from gguf import GGUFReader
 
     fields = GGUFReader(gguf_path).fields
@@ -106,7 +107,7 @@ def test_gguf_round_trip_on_the_tiny_model(tiny_run, tmp_path, file_type, refere
 def test_llama_cpp_reads_the_export_as_the_run_does(tiny_run, tmp_path, file_type, reference):
     require("llama.cpp", llama_cpp())
     record = export_run(tiny_run, "gguf", tmp_path / "out", gguf_type=file_type, **QUIET)["llama_cpp"]
-    read = llamacpp.read_back(tmp_path / "out" / f"tiny-run-{file_type}.gguf", [], reference[0], 1, set())
+    read = llamacpp.read_back_isolated(tmp_path / "out" / f"tiny-run-{file_type}.gguf", [], reference[0], 1, set())
     assert_close_to_reference(reference, read.logits, file_type)
     assert record["ran"] is True and record["passed"] is True, record["failures"]
     assert record["reader"] == "llama.cpp (llama-cpp-cffi)"
@@ -123,7 +124,14 @@ def test_llama_cpp_must_stop_on_every_end_id_of_the_run(tiny_run, tmp_path, monk
     """A file from which llama.cpp reads no end-of-generation id (or fewer than the run stops on) fails:
     served by llama.cpp, its answers would not stop where the run's do."""
     require("llama.cpp", llama_cpp())
-    monkeypatch.setattr(llamacpp.LlamaCpp, "end_ids", lambda self: [])
+    real = llamacpp.read_back_isolated  # the reader runs in a child process: empty what it returns
+
+    def no_end_ids(*args, **kwargs):
+        got = real(*args, **kwargs)
+        got.end_ids = []
+        return got
+
+    monkeypatch.setattr(llamacpp, "read_back_isolated", no_end_ids)
     record = export_run(tiny_run, "gguf", tmp_path / "out", gguf_type="f32", **QUIET)
     assert record["llama_cpp"]["tokenizer"]["stop_ids_identical"] is False
     assert "llama.cpp: stop tokens differ" in record["failures"] and record["passed"] is False

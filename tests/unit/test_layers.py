@@ -8,7 +8,8 @@ layer or one below, and no two packages import each other (directly or round a l
                                          forward passes, loss functions
     config                               the typed schema: every setting and its default
     graders                              scoring answers (pure functions of strings)
-    errors, _deps, (package root)        what everything may use
+    errors, _deps, atomic, faults, failures, (package root)   what everything may use: errors, atomic
+                                         writes, fault-injection points, the full-disk message
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[2] / "src" / "tunery"
 
 LAYERS = [
-    {"errors", "_deps", "atomic", "__init__"},
+    {"errors", "_deps", "atomic", "faults", "failures", "__init__"},
     {"graders"},
     {"config"},
     {"runfolder", "runcard", "data", "models", "losses"},

@@ -136,7 +136,9 @@ def run_compare(runs: list[Path], as_json: bool, html: Path | None) -> int:
         raise TuneryError("compare needs at least two run folders")
     table = compare_runs([str(r) for r in runs])
     if html is not None:
-        html.write_text(render_compare_html(table), encoding="utf-8")
+        from tunery.atomic import write_text_atomic
+
+        write_text_atomic(html, render_compare_html(table))
     if as_json:
         print(json.dumps(table, indent=2, default=str))
     else:

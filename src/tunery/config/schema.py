@@ -338,8 +338,16 @@ class OutputSection(Section):
 
     dir: str = Field("runs", description="Parent folder of run folders.")
     name: str | None = Field(
-        None, description="Run folder name (empty: the config file's name, e.g. `sft-lora`)."
+        None, description="Run folder name, one plain folder name inside `output.dir` (no `/`, `.` or "
+        "`..`; empty: the config file's name, e.g. `sft-lora`)."
     )
+
+    @field_validator("name")
+    @classmethod
+    def _one_folder_name(cls, value: str | None) -> str | None:
+        from tunery.config.names import check_name
+
+        return value if value is None else check_name(value)
 
 
 class TrainConfig(Section):
