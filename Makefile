@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.4,<2.15" || echo "torch==2.13.0")
 PIP    := $(BIN)/python -m pip install -q --disable-pip-version-check
 
-.PHONY: demo test test-fast bench install install-dev docs clean
+.PHONY: demo test test-fast bench bench-grpo install install-dev docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,11 @@ test-fast: install-dev
 bench: install-dev
 	$(PIP) "trl==1.16.0"
 	$(BIN)/python bench/train_speed.py
+
+## make bench-grpo: tunery method rl vs TRL GRPOTrainer on examples/rl, 8 GRPO steps a row (about 15 minutes on 2 cores)
+bench-grpo: install-dev
+	$(PIP) "trl==1.16.0"
+	flock /tmp/tunery-bench.lock $(BIN)/python bench/grpo_speed.py --threads 1
 
 docs: install
 	$(BIN)/python scripts/gen_config_docs.py
