@@ -123,7 +123,8 @@ def run_trl_row(row: str, train: Path, steps: int, out: Path) -> dict:
                 history.append(dict(logs))
 
     options = dict(output_dir=str(out / "trl"), max_steps=steps,
-                   per_device_train_batch_size=s["prompts_per_step"] * s["group"], num_generations=s["group"], max_completion_length=s["max_new_tokens"], temperature=s["temperature"],
+                   per_device_train_batch_size=s["prompts_per_step"] * s["group"], num_generations=s["group"],
+                   max_completion_length=s["max_new_tokens"], temperature=s["temperature"],
                    learning_rate=s["lr"], lr_scheduler_type="cosine", warmup_steps=0, logging_steps=1,
                    save_strategy="no", report_to="none", seed=s["seed"], beta=0.0, bf16=False, use_cpu=True)
     if row == "trl-no-gc":
