@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.4,<2.15" || echo "torch==2.13.0")
 PIP    := $(BIN)/python -m pip install -q --disable-pip-version-check
 
-.PHONY: demo test test-fast test-tools bench faults install install-dev docs clean
+.PHONY: demo test test-fast test-tools bench bench-grpo bench-dpo faults install install-dev docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,11 @@ bench: install-dev
 ## table of counts (docs/reliability.md); not part of make test (15-25 minutes on 2 cores)
 faults: install-dev
 	$(BIN)/python bench/faults.py
+
+## make bench-grpo: tunery method rl vs TRL GRPOTrainer on examples/rl, 8 GRPO steps a row (about 15 minutes on 2 cores)
+bench-grpo: install-dev
+	$(PIP) "trl==1.16.0"
+	$(BIN)/python bench/grpo_speed.py --threads 1
 
 docs: install
 	$(BIN)/python scripts/gen_config_docs.py

@@ -139,8 +139,8 @@ class RL(Method):
         if not prompts:
             return []
         seed = ((self.cfg.training.seed * 1_000_003 + index) * 1_009 + micro) * 101 + self.rank
-        answers = sample_answers(model, self.tokenizer, [p.ids for p in prompts for _ in range(g)],
-                                 rl.max_new_tokens, rl.temperature, rl.top_p, seed, self._stops(model))
+        answers = sample_answers(model, self.tokenizer, [p.ids for p in prompts], g, rl.max_new_tokens,
+                                 rl.temperature, rl.top_p, seed, self._stops(model))
         texts = [self.tokenizer.decode(a, skip_special_tokens=True).strip() for a in answers]
         scores = self.score(texts, [p for p in prompts for _ in range(g)])
         rewards = torch.tensor([sum(s) / len(s) for s in scores], dtype=torch.float64).view(-1, g)
@@ -283,38 +283,89 @@ def _with_reference(example: PromptExample) -> Example | None:
 
 
 @torch.no_grad()
-def sample_answers(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, temperature: float,
-                   top_p: float, seed: int, stop_ids: list[int], batch_size: int = 16) -> list[list[int]]:
-    """Sampled answers to token prompts (KV cache, left padding), each up to and including its first stop
-    token. Seeded without touching the caller's random streams."""
-    from transformers import GenerationConfig
+def sample_answers(model, tokenizer, prompts: list[list[int]], group: int, max_new_tokens: int, temperature: float,
+                   top_p: float, seed: int, stop_ids: list[int], max_rows: int = 64) -> list[list[int]]:
+    """`group` sampled answers to each token prompt (those of one prompt together, in prompt order), each
+    up to and including its first stop token. Seeded by its own generator: the caller's random streams
+    are untouched.
 
-    from tunery.inference import left_pad
-
-    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature,
-                              top_p=top_p if top_p < 1 else None, top_k=None, pad_token_id=tokenizer.pad_token_id,
-                              eos_token_id=stop_ids, use_cache=True)
+    Our own decode loop rather than `generate`, for what sampling groups allows: each prompt is run
+    through the model once and its KV cache repeated for the group (generate would run it `group`
+    times), and an answer that has stopped leaves the batch instead of being carried to the end. At most
+    `max_rows` answers are decoded together."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    answers = []
+    generator = torch.Generator(device=device).manual_seed(seed)
+    per_call = max(1, max_rows // group)
+    answers: list[list[int]] = []
     try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(seed)
-            for start in range(0, len(prompts), batch_size):
-                ids, mask = left_pad(prompts[start:start + batch_size], tokenizer.pad_token_id)
-                out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
-                answers += [_through_stop(row, stop_ids) for row in out[:, ids.shape[1]:].tolist()]
+        for start in range(0, len(prompts), per_call):
+            answers += _sample_chunk(model, tokenizer.pad_token_id, prompts[start:start + per_call], group,
+                                     max_new_tokens, temperature, top_p, stop_ids, generator)
     finally:
         model.train(was_training)
     return answers
 
 
-def _through_stop(ids: list[int], stop_ids: list[int]) -> list[int]:
-    for pos, tok in enumerate(ids):
-        if tok in stop_ids:
-            return ids[:pos + 1]
-    return ids
+def _sample_chunk(model, pad_id: int, prompts: list[list[int]], group: int, max_new_tokens: int,
+                  temperature: float, top_p: float, stop_ids: list[int], generator) -> list[list[int]]:
+    from tunery.inference import left_pad
+
+    device = generator.device
+    ids, mask = (t.to(device) for t in left_pad(prompts, pad_id))
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: each prompt counts from 0
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    cache, keyword = _kv_cache(model, out)
+    cache.batch_repeat_interleave(group)
+    logits = out.logits[:, -1].float().repeat_interleave(group, dim=0)
+    mask, position = mask.repeat_interleave(group, dim=0), positions[:, -1:].repeat_interleave(group, dim=0)
+    rows = torch.arange(len(prompts) * group, device=device)  # the answer each live row writes
+    stops = torch.tensor(stop_ids, device=device)
+    answers: list[list[int]] = [[] for _ in range(len(prompts) * group)]
+    for step in range(max_new_tokens):
+        tokens = draw_tokens(logits, temperature, top_p, generator)
+        for row, token in zip(rows.tolist(), tokens.tolist()):
+            answers[row].append(token)
+        live = ~torch.isin(tokens, stops)
+        if step == max_new_tokens - 1 or not bool(live.any()):
+            break
+        if not bool(live.all()):  # stopped answers leave the batch and its cache
+            keep = live.nonzero().squeeze(1)
+            cache.batch_select_indices(keep)
+            rows, mask, position, tokens = rows[keep], mask[keep], position[keep], tokens[keep]
+        mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
+        position = position + 1
+        out = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=position, use_cache=True,
+                    **{keyword: cache})
+        logits = out.logits[:, -1].float()
+    return answers
+
+
+def _kv_cache(model, out):
+    """The KV cache a forward pass returned, and the keyword the model takes it back under: transformers
+    5 renamed `past_key_values` to `cache` during its 5.x releases (the old name warns, then goes)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    keyword = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    return getattr(out, keyword), keyword
+
+
+def draw_tokens(logits: torch.Tensor, temperature: float, top_p: float, generator) -> torch.Tensor:
+    """One token per row, drawn from `sampling_probs` with the given generator."""
+    return torch.multinomial(sampling_probs(logits, temperature, top_p), 1, generator=generator).squeeze(1)
+
+
+def sampling_probs(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """softmax(logits / temperature), restricted to the nucleus `top_p` when it is below 1: the smallest
+    set of most likely tokens whose probability reaches top_p (multinomial renormalises)."""
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        outside = sorted_probs.cumsum(-1) - sorted_probs >= top_p  # the most likely token always stays
+        probs = probs.scatter(-1, order, sorted_probs.masked_fill(outside, 0.0))
+    return probs
 
 
 def completions_to_tensors(buffer) -> dict[str, torch.Tensor]:
