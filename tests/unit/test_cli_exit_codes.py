@@ -105,3 +105,16 @@ def test_help_is_lazy_and_exits_zero(tmp_path):
     imported = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert imported.stdout.strip() == "[]", imported.stderr
     assert run(["--help"], tmp_path).returncode == 0
+
+
+def test_sigterm_after_the_run_while_the_process_winds_down_exits_143():
+    """After `tunery train`'s work is done the process still takes a moment to exit; a SIGTERM then ends
+    it with 143 like one during the run, not by the signal (-15), which supervisors read as a crash."""
+    program = ("import os, signal, time\n"
+               "from tunery.trainers.run import interruptible\n"
+               "with interruptible():\n"
+               "    pass\n"
+               "os.kill(os.getpid(), signal.SIGTERM)\n"
+               "time.sleep(5)\n")
+    proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 143, proc.stderr

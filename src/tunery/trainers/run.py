@@ -157,7 +157,13 @@ def interruptible():
         yield caught
     finally:
         for sig, old in previous.items():
-            signal.signal(sig, old)
+            signal.signal(sig, _exit_with_its_code if old == signal.SIG_DFL else old)
+
+
+def _exit_with_its_code(signum, _frame):
+    """A signal after the run is over (its files are complete and on disk) while the process winds down:
+    end at once with the signal's exit code, as during the run, rather than die by the signal (-15)."""
+    os._exit(EXIT_INTERRUPTED[signum])
 
 
 def launch(config_path: str | Path, overrides: list[str], resume: bool, nproc: int) -> int:
