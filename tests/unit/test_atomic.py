@@ -189,3 +189,32 @@ def test_checkpoints_use_the_same_helper(tmp_path, disk):
     folder = ckpt.save_checkpoint(tmp_path / "checkpoints", 1, weights, opt, {"step": 1})
     assert written_atomically(disk, folder) and (folder / ckpt.COMPLETE).is_file()
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == [folder.name]
+
+
+def test_finished_is_the_last_write_and_a_run_killed_in_its_summary_resumes_to_finished(tmp_path, tiny_model_dir,
+                                                                                         monkeypatch):
+    """run.json says "finished" only after summary.md, loss.png and the adapter card are written: a run
+    killed among those files is not "finished" (which --resume would skip, leaving their temporaries),
+    and --resume completes it."""
+    from cli_helpers import write_chat_jsonl
+    from tunery.config.load import validate
+    from tunery.runfolder import RunFolder
+    from tunery.trainers import run as train_run
+
+    write_chat_jsonl(tmp_path / "train.jsonl", 8)
+    cfg = validate({"base_model": str(tiny_model_dir), "data": {"train": [str(tmp_path / "train.jsonl")], "max_length": 64},
+                    "lora": {"rank": 4, "alpha": 8, "dropout": 0.0},
+                    "training": {"max_steps": 2, "batch_size": 2, "save_every": 1, "threads": 1}})
+    real = train_run.write_summary
+
+    def killed(run, info):
+        raise KeyboardInterrupt  # the process dies while the summary is written
+
+    monkeypatch.setattr(train_run, "write_summary", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train_run.run_training(cfg, tmp_path / "run", log=lambda _: None)
+    assert RunFolder(tmp_path / "run").read_info()["status"] == "running"
+    monkeypatch.setattr(train_run, "write_summary", real)
+    info = train_run.run_training(cfg, tmp_path / "run", resume=True, log=lambda _: None)
+    assert info["status"] == "finished" and info["step"] == 2
+    assert RunFolder(tmp_path / "run").summary.is_file()

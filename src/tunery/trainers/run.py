@@ -76,8 +76,9 @@ def run_training(cfg: TrainConfig, root: Path, resume: bool = False,
     full_state = loop.strategy.final_state(loop.model)  # gathered on rank 0 when sharded, else None
     if dist.is_main:
         target = loop.method.final_artefact(loop.model, run, state_dict=full_state)
-        info = run.update_info(status="finished", stop_reason=reason, **figures)
-        write_summary(run, info)
+        finished = dict(status="finished", stop_reason=reason, **figures)
+        write_summary(run, run.read_info() | finished)  # summary, plot and card first: a kill among them
+        run.update_info(**finished)  # leaves a run that --resume completes; "finished" is the last write
         log(f"saved {target} ({loop.watch.describe_best(st)})")
     ddp.barrier(dist)
     return run.read_info()
