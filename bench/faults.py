@@ -202,7 +202,8 @@ def try_kill(bench: Bench, index: int, seed: int) -> dict:
 # --- SIGTERM ---------------------------------------------------------------------------------
 
 def try_term(bench: Bench, index: int, seed: int) -> dict:
-    """SIGTERM at a random moment after the config is parsed: exit 143 and a complete checkpoint."""
+    """SIGTERM at a random moment after the config is parsed: exit 143 and a complete checkpoint (or, when
+    it lands after the run has finished, while the process exits, the run's own exit code 0)."""
     from tunery.trainers.checkpoint import latest_checkpoint, load_checkpoint
 
     rng = random.Random(f"{seed}-term-{index}")
@@ -365,7 +366,9 @@ def table(found: dict[str, list[dict]]) -> list[tuple[str, int, str]]:
     if term:
         hit = [r for r in term if not r["missed"]]
         rows.append(("SIGTERM during `train`", len(term),
-                     f"signal delivered {len(hit)}; exit code 143 {count(hit, 'code', 143)}; complete checkpoint "
+                     f"signal delivered {len(hit)}; exit code 143 {count(hit, 'code', 143)} (0 when it landed after the run "
+                     f"had finished: {sum(1 for r in hit if r['code'] == 0 and r['status'] == 'finished')}; "
+                     f"other {sum(1 for r in hit if r['code'] not in (0, 143))}); complete checkpoint "
                      f"at the reported step {count(hit, 'complete')}; status stopped {count(hit, 'status', 'stopped')}"
                      f" / finished {count(hit, 'status', 'finished')}; damaged outputs {sum(1 for r in term if r['problems'])}"))
     disk = found.get("disk", [])

@@ -40,7 +40,9 @@ def test_kill_9_inside_a_write_then_resume_is_bitwise_equal(bench, index):
 
 def test_sigterm_ends_with_a_complete_checkpoint_and_143(bench):
     result = faults.try_term(bench, 0, seed=0)
-    assert result["missed"] is False and result["code"] == 143, result
+    assert result["missed"] is False, result
+    # 143, or 0 when the signal landed after the run had finished (the process was only exiting)
+    assert result["code"] == 143 or (result["code"] == 0 and result["status"] == "finished"), result
     assert result["complete"] and result["status"] in ("stopped", "finished") and result["problems"] == [], result
 
 

@@ -118,3 +118,15 @@ def test_sigterm_after_the_run_while_the_process_winds_down_exits_143():
                "time.sleep(5)\n")
     proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 143, proc.stderr
+
+
+def test_a_signal_once_the_work_is_done_is_ignored_and_the_process_ends_with_its_own_code():
+    """`tunery train` ignores SIGTERM once its files are complete: Python's shutdown would otherwise put the
+    default handler back and a late signal would kill the exit half-way (-15)."""
+    program = ("import os, signal, sys\n"
+               "from tunery.trainers.run import hold_exit_signals\n"
+               "hold_exit_signals()\n"
+               "os.kill(os.getpid(), signal.SIGTERM)\n"
+               "sys.exit(0)\n")
+    proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr

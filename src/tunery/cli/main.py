@@ -43,9 +43,10 @@ def train(
       tunery train examples/quickstart/config.yaml --resume
       tunery train examples/quickstart/config.yaml --nproc 2
     """
-    from tunery.trainers.run import train_from_config
+    from tunery.trainers.run import hold_exit_signals, train_from_config
 
     code = train_from_config(config, overrides or [], resume=resume, overwrite=overwrite, nproc=nproc)
+    hold_exit_signals()
     raise typer.Exit(code)
 
 

@@ -161,6 +161,15 @@ def interruptible():
             signal.signal(sig, _exit_with_its_code if old == signal.SIG_DFL else old)
 
 
+def hold_exit_signals() -> None:
+    """Once `tunery train`'s work is done (every file complete and on disk), ignore SIGINT/SIGTERM while
+    the process exits: Python's own shutdown puts the default handlers back (ignored signals stay
+    ignored), and a signal then would kill the exit half-way (-15) instead of letting it end with the
+    run's code. (Blocking them is not enough: threads started earlier keep them unblocked.)"""
+    for sig in EXIT_INTERRUPTED:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def _exit_with_its_code(signum, _frame):
     """A signal after the run is over (its files are complete and on disk) while the process winds down:
     end at once with the signal's exit code, as during the run, rather than die by the signal (-15)."""
