@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.4,<2.15" || echo "torch==2.13.0")
 PIP    := $(BIN)/python -m pip install -q --disable-pip-version-check
 
-.PHONY: demo test test-fast test-tools bench bench-grpo bench-dpo faults install install-dev docs clean
+.PHONY: demo test test-fast test-tools bench bench-grpo faults install install-dev docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
