@@ -168,7 +168,7 @@ async def wait_whole(job: Job, request) -> None:
 # -- the two routes ---------------------------------------------------------------------------------
 
 async def chat_completion(state, request, body: ChatRequest):
-    from fastapi.responses import JSONResponse, StreamingResponse
+    from fastapi.responses import JSONResponse
 
     model = find_model(state, body.model)
     messages, prompt = chat_prompt(model, body)
@@ -178,9 +178,7 @@ async def chat_completion(state, request, body: ChatRequest):
     job = start_job(state, model, "chatcmpl", [prompt], body.n or 1, params, grammar)
     record = {"messages": messages, "params": _params_record(params, body.response_format)}
     if body.stream:
-        usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(_chat_events(state, job, model, record, params, usage),
-                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return _event_stream(_chat_events(state, job, model, record, params, _wants_usage(body)))
     await wait_whole(job, request)
     answer = chat_response(job, model.tokenizer, params.logprobs is not None)
     record["messages"] = messages + [{"role": "assistant", "content": job.choices[0].text}]
@@ -190,8 +188,19 @@ async def chat_completion(state, request, body: ChatRequest):
     return JSONResponse(answer)
 
 
+def _wants_usage(body) -> bool:
+    return bool(body.stream_options and body.stream_options.include_usage)
+
+
+def _event_stream(events):
+    """A streamed answer: server-sent events, never cached by a proxy."""
+    from fastapi.responses import StreamingResponse
+
+    return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
 async def text_completion(state, request, body: CompletionRequest):
-    from fastapi.responses import JSONResponse, StreamingResponse
+    from fastapi.responses import JSONResponse
 
     model = find_model(state, body.model)
     prompts = text_prompts(model, body)
@@ -201,9 +210,7 @@ async def text_completion(state, request, body: CompletionRequest):
     job = start_job(state, model, "cmpl", prompts, body.n or 1, params, grammar)
     record = {"prompt": [model.tokenizer.decode(p) for p in prompts], "params": _params_record(params, None)}
     if body.stream:
-        usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(_completion_events(state, job, model, record, params, usage),
-                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return _event_stream(_completion_events(state, job, model, record, params, _wants_usage(body)))
     await wait_whole(job, request)
     answer = completion_response(job, model.tokenizer, params.logprobs is not None)
     finish(state, job, model, "completions", record | {"completion": [c.text for c in job.choices]})
