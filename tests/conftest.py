@@ -3,8 +3,37 @@ random-weight Llama built from a config, so unit tests run in seconds."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+
+GPU_TIER = Path(__file__).resolve().parent / "gpu"
+
+
+def no_cuda_reason() -> str | None:
+    """Why the gpu tier cannot run here (None when a CUDA device is present)."""
+    if torch.cuda.is_available():
+        return None
+    build = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+    return (f"no CUDA device (torch {torch.__version__}, {build}); "
+            "scripts/gpu_tests.sh runs this tier on a GPU machine")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests under tests/gpu/ are marked `gpu`; without CUDA every `gpu` test is skipped with the
+    reason, which pytest's summary (-ra) prints for each of them."""
+    reason = no_cuda_reason()
+    for item in items:
+        if GPU_TIER in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.gpu)
+        if reason and item.get_closest_marker("gpu"):
+            item.add_marker(pytest.mark.skip(reason=f"gpu: {reason}"))
+
+
+def pytest_report_header(config):
+    reason = no_cuda_reason()
+    return f"gpu tier: skipped, {reason}" if reason else f"gpu tier: runs on {torch.cuda.get_device_name(0)}"
 
 
 @pytest.fixture(scope="session")

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+from external_tools import chromium, require
 
 SYSTEM = "Extract the booking as JSON."
 PEOPLE = [("Ana Costa", "Lima", 3), ("Ben Kato", "Oslo", 2), ("Cy Young", "Rome", 5), ("Dee Park", "Kyiv", 1),
@@ -121,10 +120,12 @@ class Dom(HTMLParser):
 
 
 def open_in_chromium(html: Path, folder: Path) -> tuple[str, Path]:
-    """Render `html` headless: (the DOM after rendering, a screenshot)."""
+    """Render `html` headless: (the DOM after rendering, a screenshot). Fails the test when Chromium is
+    missing, unless TUNERY_SKIP_BROWSER=1 asks to skip it (see external_tools)."""
+    browser = require("chromium", chromium())
     shot = folder / "report.png"
     proc = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          f"--user-data-dir={folder / 'profile'}", "--window-size=1200,3200", f"--screenshot={shot}",
          "--dump-dom", html.resolve().as_uri()],

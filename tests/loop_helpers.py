@@ -45,3 +45,36 @@ def make_loop(tokenizer, cfg, train, val=(), model=None, strategy=None):
 
     model = model if model is not None else make_tiny_model(len(tokenizer))
     return setup(cfg, SFT(cfg, tokenizer), model, Datasets(list(train), list(val)), strategy)
+
+
+def straight_and_resumed(make_loop_fn, folder, stop_after: int):
+    """Train one loop to the end in `folder/a`; train another in `folder/b`, interrupt it after
+    `stop_after` steps, and resume a third (a new process, as it were: a fresh loop and a scrambled RNG)
+    from the newest checkpoint to the end. Returns (uninterrupted, resumed) loops and the resumed reason."""
+    import torch
+
+    from tunery.runfolder import RunFolder
+    from tunery.trainers import checkpoint as ckpt
+    from tunery.trainers import loop
+
+    whole = make_loop_fn()
+    loop.train(whole, RunFolder(folder / "a"), loop.LoopState(), lambda: False)
+    calls = []
+    st, reason = loop.train(make_loop_fn(), RunFolder(folder / "b"), loop.LoopState(),
+                            lambda: len(calls.append(1) or calls) >= stop_after)
+    assert (reason, st.step) == ("interrupted", stop_after)
+    torch.manual_seed(12345)  # the resumed run must not depend on the RNG it starts with
+    resumed = make_loop_fn()
+    st = loop.resume(resumed, ckpt.latest_checkpoint(folder / "b" / "checkpoints"))
+    _, reason = loop.train(resumed, RunFolder(folder / "b"), st, lambda: False)
+    return whole, resumed, reason
+
+
+def same_trainable_weights(a, b) -> bool:
+    """Bitwise equal trainable weights of two loops."""
+    import torch
+
+    from tunery.models import adapters
+
+    wa, wb = adapters.trainable_state(a.model), adapters.trainable_state(b.model)
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)

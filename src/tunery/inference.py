@@ -14,7 +14,7 @@ import torch
 
 from tunery.errors import TuneryError
 from tunery.models.load import DTYPES, load_model, load_tokenizer
-from tunery.runfolder import RunFolder, is_run_folder
+from tunery.runfolder import RunFolder, is_run_folder, resolve_portable
 
 
 def read_run_info(run_dir: Path) -> dict:
@@ -26,7 +26,8 @@ def read_run_info(run_dir: Path) -> dict:
         raise TuneryError(f"cannot read {path}", why=str(exc)) from exc
     if not isinstance(info, dict) or "base_model" not in info:
         raise TuneryError(f"{path} does not name a base_model", why="the run folder is damaged")
-    return info
+    # A local base model is recorded relative to the run folder (portable_path): resolve it here.
+    return info | {"base_model": resolve_portable(str(info["base_model"]), run_dir)}
 
 
 def _unfinished(run_dir: Path, info: dict, missing: Path) -> TuneryError:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tunery.runfolder import RunFolder, write_text_atomic
+from tunery.runfolder import RunFolder, portable_path, write_text_atomic
 
 
 def vllm_problems(adapter_config: dict) -> list[str]:
@@ -46,9 +46,14 @@ def _combination_lines(info: dict) -> list[str]:
     return [f"Combined from {parts} with `{combo['method']}`{density} (tunery combine).", ""]
 
 
-def _validation(data: dict) -> str:
+def _files(files: list[str], run: RunFolder) -> str:
+    """Data files as paths relative to the run folder: a card is shared, the author's folders are not."""
+    return ", ".join(f"`{portable_path(f, run.root)}`" for f in files)
+
+
+def _validation(data: dict, run: RunFolder) -> str:
     if data.get("validation"):
-        return ", ".join(f"`{f}`" for f in data["validation"])
+        return _files(data["validation"], run)
     return f"{data['val_split']:.0%} split from training" if data.get("val_split") else "none"
 
 
@@ -59,8 +64,10 @@ def _targets(adapter_config: dict) -> str:
     return f"`{targets}`"
 
 
-def card_text(run: RunFolder) -> str:
-    """The card's Markdown (with the YAML header the Hugging Face hub reads)."""
+def card_text(run: RunFolder, name: str | None = None) -> str:
+    """The card's Markdown (with the YAML header the Hugging Face hub reads). `name`: the run's name
+    when the card is written in a temporary folder (default: the folder's own name)."""
+    name = name or run.root.resolve().name
     info, config = run.read_info(), _config(run)
     adapter_config = json.loads((run.adapter / "adapter_config.json").read_text())
     base, kind = info.get("base_model", "unknown"), info.get("adapter", "lora")
@@ -74,7 +81,7 @@ def card_text(run: RunFolder) -> str:
     lines = [
         "---", f"base_model: {json.dumps(base)}", "library_name: peft",
         "tags: [tunery, lora" + (", qlora" if kind == "qlora" else "") + "]", "---", "",
-        f"# Adapter `{run.root.resolve().name}`", "",
+        f"# Adapter `{name}`", "",
         f"A {flavour} adapter for `{base}`, trained with tunery ({method}"
         + (", on a 4-bit NF4 base (QLoRA)" if kind == "qlora" else "") + ").", "",
         *_combination_lines(info),
@@ -91,9 +98,9 @@ def card_text(run: RunFolder) -> str:
                      f"{lora.get('qlora_double_quant', True)}, compute dtype {lora.get('qlora_compute_dtype', 'float32')}")
     lines += [
         "", "## Data", "",
-        f"- training files: {', '.join(f'`{f}`' for f in data.get('train', [])) or 'n/a'} "
+        f"- training files: {_files(data.get('train', []), run) or 'n/a'} "
         f"({info.get('train_examples', 'n/a')} examples)",
-        f"- validation: {_validation(data)} "
+        f"- validation: {_validation(data, run)} "
         f"({info.get('val_examples', 'n/a')} examples); trained tokens: {data.get('train_on', 'assistant')} turns",
         "", "## Results", "",
         f"- best validation loss: {_fmt(info.get('best_val_loss'))} at step {_fmt(info.get('best_step'))}",
@@ -112,18 +119,19 @@ def card_text(run: RunFolder) -> str:
     else:
         lines += ["With vLLM:", "", "```bash",
                   f"vllm serve {base} --enable-lora --max-lora-rank {max(8, adapter_config.get('r', 8))} "
-                  f"--lora-modules {run.root.resolve().name}=adapter", "```", ""]
+                  f"--lora-modules {name}=adapter", "```", ""]
     lines += ["With tunery (from the run folder):", "", "```bash", "tunery chat RUN_FOLDER",
               "tunery merge RUN_FOLDER --out merged    # plain HF model, no PEFT needed",
               "tunery export RUN_FOLDER --format ollama --out ollama", "```", ""]
     return "\n".join(lines)
 
 
-def write_adapter_card(run_dir: str | Path) -> Path | None:
-    """Write `adapter/README.md` for a finished adapter run; None when the run has no adapter."""
+def write_adapter_card(run_dir: str | Path, name: str | None = None) -> Path | None:
+    """Write `adapter/README.md` for a finished adapter run; None when the run has no adapter. Only the
+    command that writes the run calls this (train, combine): other commands only read run folders."""
     run = RunFolder(Path(run_dir))
     if not (run.adapter / "adapter_config.json").is_file():
         return None
     path = run.adapter / "README.md"
-    write_text_atomic(path, card_text(run))
+    write_text_atomic(path, card_text(run, name))
     return path

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from cli_helpers import run_tunery, write_chat_jsonl
+from cli_helpers import descendants, kill_tree, run_tunery, write_chat_jsonl
 from conftest import make_tiny_model
 
 
@@ -55,19 +54,12 @@ def test_two_processes_of_batch_4_equal_one_process_of_batch_8(project):
                 assert b[key] == pytest.approx(a[key], rel=1e-4)
 
 
-def kill_all_with(marker: str) -> None:
-    """kill -9 every process whose command line holds `marker`, as a power cut would."""
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                cmdline = open(f"/proc/{entry}/cmdline", "rb").read().decode(errors="replace")
-            except OSError:
-                continue
-            if marker in cmdline and int(entry) != os.getpid():
-                try:
-                    os.kill(int(entry), signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+def alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie, killed but not yet reaped by its parent, counts as dead)."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def straight_then_killed_and_resumed(project, args: list[str]):
@@ -82,8 +74,14 @@ def straight_then_killed_and_resumed(project, args: list[str]):
     while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert marker.exists(), "no checkpoint at step 3"
-    kill_all_with("output.name=killed")  # the launcher, torchrun and both workers (own sessions)
+    workers = descendants(proc.pid)
+    assert len(workers) >= 3, "expected torchrun and its workers below the launcher"  # the tree is found
+    kill_tree(proc)  # the launcher, torchrun and both workers: only what this test started
     proc.wait()
+    deadline = time.monotonic() + 60  # a killed process takes a moment to be torn down on a busy machine
+    while [p for p in workers if alive(p)] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [p for p in workers if alive(p)], "a worker survived the kill"
     resumed = run_tunery("train", *args, "output.name=killed", "--resume", cwd=project, timeout=600)
     assert "resumed from" in resumed.stdout
     return resumed

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from cli_helpers import run_tunery
-from eval_helpers import CHROMIUM, blue_pixels, make_run_folder, report_dom, write_jsonl
+from eval_helpers import blue_pixels, make_run_folder, report_dom, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,6 @@ def test_text_output_compare_and_advise(evaluated, tmp_path, tiny_model_dir):
     assert bad.returncode == 2 and "unknown grader 'exat': did you mean exact?" in bad.stderr
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed (apt-get install -y chromium)")
 def test_report_renders_in_headless_chromium_with_table_and_plots(evaluated, tmp_path):
     run, printed = evaluated
     dom, dom_text, shot = report_dom(run / "report.html", tmp_path)

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from cli_helpers import REPO, run_tunery
-from eval_helpers import CHROMIUM, blue_pixels, report_dom
+from eval_helpers import blue_pixels, report_dom
 
 pytestmark = pytest.mark.e2e
 QUICK = REPO / "examples" / "quickstart"
@@ -44,7 +44,12 @@ def test_tuned_against_its_baselines_on_the_same_examples(quickstart_eval):
     tuned, base = row(result, "tuned"), row(result, "base zero-shot")
     # Six LoRA steps already make the reference answers far more likely than under the base model.
     assert tuned["loss"]["loss"] < base["loss"]["loss"] / 2
-    assert tuned["scores"]["json"]["mean"] >= base["scores"]["json"]["mean"]
+    # Six steps teach the format (the same six steps give exact JSON answers in test_e2e_embedded): the
+    # tuned model writes more valid JSON and more correct bookings than the base, strictly.
+    scores = {name: {g: r["scores"][g]["mean"] for g in ("exact", "json", "json_match")}
+              for name, r in (("tuned", tuned), ("base", base))}
+    assert scores["tuned"]["json"] > scores["base"]["json"], scores
+    assert scores["tuned"]["json_match"] > scores["base"]["json_match"], scores
     assert base["scores"]["exact"]["mean"] == 0.0  # the base model never writes the exact compact JSON
     for r in result["systems"]:
         assert all(0 < e["tokens"] <= 40 for e in r["per_example"]) and r["tokens_per_s"] > 0
@@ -63,7 +68,6 @@ def test_forgetting_probe_and_signals(quickstart_eval):
     assert result["leakage"]["checked"] and result["leakage"]["exact"] == 0
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed (apt-get install -y chromium)")
 def test_the_report_renders_with_its_table_and_plots(quickstart_eval, tmp_path):
     run, result = quickstart_eval
     dom, _, shot = report_dom(run / "report.html", tmp_path)

@@ -54,7 +54,15 @@ def test_unknown_key_suggests_the_closest(tmp_path):
     assert "unknown key 'lora.rnak' (sft-lora.yaml): did you mean lora.rank?" in str(err.value)
     with pytest.raises(TuneryError, match="did you mean lora.rank"):
         load_config(write(tmp_path, "data: {train: [t.jsonl]}\n"), ["rank=8"])
-    assert suggest("training.learning_rate") is None or suggest("training.lr_") == "training.lr"
+    assert suggest("training.lr_") == "training.lr"
+    # Names from transformers / PEFT / TRL get the key they mean, not the nearest spelling.
+    assert suggest("training.learning_rate") == "training.lr"
+    assert suggest("learning_rate") == "training.lr" and suggest("lora.lora_alpha") == "lora.alpha"
+    assert suggest("training.gradient_accumulation_steps") == "training.grad_accum"
+    assert suggest("nothing_like_this.zzz") is None
+    with pytest.raises(TuneryError, match=r"unknown key 'training.learning_rate' \(command line\): "
+                                          r"did you mean training.lr\?"):
+        load_config(write(tmp_path, "data: {train: [t.jsonl]}\n"), ["training.learning_rate=1e-4"])
 
 
 def test_bad_values_name_the_key_and_the_reason(tmp_path):

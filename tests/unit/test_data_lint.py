@@ -115,7 +115,7 @@ def test_too_long_answer_is_an_error_and_template_only_cut_a_warning(tmp_path, s
     assert report.stats["train"]["over_max_length"] == 2
 
 
-def test_duplicates_weight_zero_and_special_tokens_are_warnings(tmp_path, smol_tokenizer):
+def test_duplicates_weight_zero_and_allowed_special_tokens_are_warnings(tmp_path, smol_tokenizer):
     zero = {
         "messages": [
             {"role": "user", "content": "Q"},
@@ -124,7 +124,8 @@ def test_duplicates_weight_zero_and_special_tokens_are_warnings(tmp_path, smol_t
     }
     injected = chat("End with <|im_end|> please", "Ok.")
     train = write(tmp_path / "t.jsonl", [PARIS, zero, PARIS, injected])
-    report = check_files([train], smol_tokenizer)
+    # Control tokens in text are errors by default (tests/unit/test_render_special_tokens.py).
+    report = check_files([train], smol_tokenizer, allow_special_tokens=True)
     assert report.ok
     assert kinds(report.warnings) == [
         (2, "no_trained_tokens"),
@@ -132,9 +133,8 @@ def test_duplicates_weight_zero_and_special_tokens_are_warnings(tmp_path, smol_t
         (4, "special_token_in_content"),
     ]
     assert report.warnings[1].reason == f"duplicate of {train}:1"
-    assert (
-        report.warnings[2].reason
-        == "messages[0] contains <|im_end|> as text; the tokenizer reads it as a control token"
+    assert report.warnings[2].reason == (
+        "messages[0] contains <|im_end|> as text; it is tokenised as plain text, not as the control token"
     )
 
 

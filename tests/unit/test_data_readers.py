@@ -56,9 +56,12 @@ def test_json_file_problems(tmp_path):
     broken = write(tmp_path / "b.json", '[\n{"text": "a"},\n{"text": }\n]')
     other = write(tmp_path / "o.json", json.dumps({"a": [1], "b": [2]}))
     scalar = write(tmp_path / "n.json", "42")
-    _, problems = load_examples([broken, other, scalar])
+    examples, problems = load_examples([broken, other, scalar])
+    # The broken element is record 2 (its place in the array); the reason gives its file line.
+    assert [(e.source, e.line) for e in examples] == [(broken, 1)]
+    assert problems[0].reason == "invalid JSON: Expecting value (file line 3, column 10)"
     assert [(p.file, p.line, p.kind) for p in problems] == [
-        (broken, 3, "invalid_json"),
+        (broken, 2, "invalid_json"),
         (other, 0, "wrong_type"),
         (scalar, 0, "wrong_type"),
     ]
@@ -149,7 +152,7 @@ def test_missing_unknown_and_empty_files(tmp_path):
         (missing, 0, "file_not_found"),
         (unknown, 0, "unknown_file_type"),
         (empty, 0, "empty_file"),
-        (str(latin), 0, "encoding"),
+        (str(latin), 1, "encoding"),  # the line, not the whole file
     ]
     assert (
         problems[1].reason == "unknown file type '.txt': use one of .csv, .json, .jsonl, .parquet"

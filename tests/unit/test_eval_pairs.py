@@ -147,11 +147,12 @@ def _reward_run(tmp_path, tiny_model_dir):
 def test_the_reward_model_grader_scores_sigmoid_of_the_reward_given_the_prompt(tmp_path, tiny_model_dir, monkeypatch):
     from tunery.eval import pairs
     from tunery.graders import parse_grader
+    from tunery.trainers import reward_grader
 
     run = _reward_run(tmp_path, tiny_model_dir)
     loads = []
-    real = pairs.load_reward_run
-    monkeypatch.setattr(pairs, "load_reward_run", lambda path: loads.append(path) or real(path))
+    real = reward_grader.load_reward_run
+    monkeypatch.setattr(reward_grader, "load_reward_run", lambda path: loads.append(path) or real(path))
     grader = parse_grader(f"reward_model:{run}")
     assert loads == [] and grader.kind == "reward_model"  # parsing checks the run, loads nothing
     p = pair(3)
@@ -169,6 +170,9 @@ def test_the_reward_model_grader_scores_sigmoid_of_the_reward_given_the_prompt(t
         grader.score(p["chosen"])  # a caller without the record cannot give the prompt
     with pytest.raises(TuneryError, match="found no prompt"):
         grader.param.score("x", None, {"text": "no prompt here"})
+    monkeypatch.setattr("tunery.graders.reward_model._scorer", None)  # a caller that never imported the scorer
+    with pytest.raises(TuneryError, match="no model scorer installed"):
+        grader.param.score(p["chosen"], None, {"prompt": p["prompt"]})
 
 
 def test_the_reward_model_grader_refuses_what_is_not_a_reward_run(tmp_path, dpo_run):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,8 @@ def _ids(paths):
 def test_examples_are_found():
     assert EXAMPLES / "quickstart" / "config.yaml" in CONFIGS
     assert EXAMPLES / "quickstart" / "make_data.py" in GENERATORS
+    assert {EXAMPLES / "rl" / "rl.yaml", EXAMPLES / "rl" / "sft.yaml"} <= set(CONFIGS)
+    assert EXAMPLES / "rl" / "make_data.py" in GENERATORS
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=_ids(CONFIGS))
@@ -42,6 +45,12 @@ def test_config_data_passes_the_data_check(config, capsys):
     from tunery.cli.data import run_check
 
     cfg = load_config(config).config
+    if cfg.method == "rl":  # prompt records: checked by the loader method rl uses (the data check lints sft/cpt)
+        from tunery.data.preference import load_records
+
+        records, problems = load_records(cfg.data.train + cfg.data.validation, "prompts")
+        assert records and problems == [], problems
+        return
     if cfg.method in PREFERENCE_METHODS:  # `tunery data check` lints conversations; training reads these
         return _check_preference_data(cfg)
     code = run_check(
@@ -141,3 +150,37 @@ def test_preference_pairs_keep_their_rule_and_held_out_content_is_never_trained_
     held_only = {w for lst in (make_data.NAMES, make_data.CITIES, make_data.THINGS, make_data.COLOURS, make_data.PETS)
                  for w in make_data.split(lst, heldout=True)}
     assert held_only & words(heldout) and not held_only & words(train)  # no held-out person, place or thing trained
+
+
+def _problem_numbers(prompt: str) -> tuple[int, int]:
+    a, b = (int(x) for x in re.findall(r"\d+", prompt))
+    return a, b
+
+
+def test_rl_problems_are_right_disjoint_and_serve_every_method():
+    """The word problems of examples/rl: each answer is the problem's sum or difference, the
+    demonstration states it, no held-out prompt or name is in training, and the reward of rl.yaml gives
+    the demonstration full marks (so SFT and RL chase the same target)."""
+    from tunery.graders import parse_graders
+
+    rows = {name: [json.loads(line) for line in (EXAMPLES / "rl" / f"{name}.jsonl").read_text().splitlines()]
+            for name in ("train", "heldout")}
+    assert (len(rows["train"]), len(rows["heldout"])) == (256, 100)
+    prompts = {name: {r["prompt"] for r in records} for name, records in rows.items()}
+    assert len(prompts["train"]) == 256 and len(prompts["heldout"]) == 100 and not prompts["train"] & prompts["heldout"]
+    names = {name: {r["prompt"].split()[0] for r in records if not r["prompt"].startswith("There")}
+             | {r["prompt"].split(". ")[1].split()[0] for r in records if r["prompt"].startswith("There")}
+             for name, records in rows.items()}
+    assert not names["train"] & names["heldout"]
+    cfg = load_config(EXAMPLES / "rl" / "rl.yaml").config
+    (reward,) = parse_graders(cfg.rl.graders)
+    kinds = set()
+    for record in rows["train"] + rows["heldout"]:
+        assert set(record) == {"prompt", "completion", "answer"}
+        a, b = _problem_numbers(record["prompt"])
+        adds = " more" in record["prompt"]
+        kinds.add(adds)
+        assert int(record["answer"]) == (a + b if adds else a - b) >= 1
+        assert re.findall(r"\d+", record["completion"]) == [record["answer"]]  # states the answer, nothing else
+        assert reward.score(record["completion"], record["answer"], record) == 1.0
+    assert kinds == {True, False}

@@ -21,6 +21,18 @@ from tunery.inference import (
 )
 
 PROMPTS = ["hi", "what is the capital of France, tell me now please", "2+2?", "a"]
+# Greedy answers of the scrambled tiny model (below), one prompt at a time through plain transformers
+# `model.generate(do_sample=False, max_new_tokens=10)` on the chat-template prompt: pinned here, so that
+# tunery's batched generation is checked against ids it did not produce itself.
+GOLDEN_IDS = {
+    "hi": [16576, 41407, 6880, 32845, 13850, 30928, 10229, 47376, 41476, 19888],
+    "what is the capital of France, tell me now please": [37310, 7742, 31264, 12782, 33364, 37845, 48468, 40770,
+                                                          5427, 27591],
+    "2+2?": [24517, 16139, 38660, 28299, 17698, 37774, 16139, 2274, 48732, 32254],
+    "a": [16576, 41407, 36440, 4281, 39632, 43086, 22457, 40535, 13942, 22075],
+}
+# The same, 6 tokens, for "hello" after the system message "Be brief.".
+HELLO_WITH_SYSTEM_IDS = [29800, 2285, 40449, 25715, 16139, 16139]
 
 
 def scrambled(model, std: float = 0.3, seed: int = 1):
@@ -103,11 +115,22 @@ def test_unfinished_run_says_to_resume(tmp_path, adapter):
 
 def test_batched_greedy_equals_one_at_a_time(smol_tokenizer, tiny_model):
     model = scrambled(tiny_model)
-    batched = generate_ids(model, smol_tokenizer, convs(PROMPTS), max_new_tokens=10, batch_size=3)
-    single = [generate_ids(model, smol_tokenizer, [c], max_new_tokens=10)[0] for c in convs(PROMPTS)]
-    assert batched == single
-    assert [len(row) for row in batched] == [10, 10, 10, 10]
-    assert len({tuple(row) for row in batched}) >= 3  # answers depend on the prompt
+    golden = [GOLDEN_IDS[p] for p in PROMPTS]
+    # Batches of 3 and 1 with left padding: the padded rows must answer as if alone.
+    assert generate_ids(model, smol_tokenizer, convs(PROMPTS), max_new_tokens=10, batch_size=3) == golden
+    assert [generate_ids(model, smol_tokenizer, [c], max_new_tokens=10)[0] for c in convs(PROMPTS)] == golden
+
+
+def test_golden_ids_are_plain_transformers_greedy(smol_tokenizer, tiny_model):
+    """The pinned ids are what transformers' own generate gives today (the golden is not stale)."""
+    model = scrambled(tiny_model)
+    for prompt, expected in GOLDEN_IDS.items():
+        ids = smol_tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                                 tokenize=True, return_dict=True)["input_ids"]
+        with torch.no_grad():
+            out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                 max_new_tokens=10, do_sample=False, eos_token_id=[2], pad_token_id=2)
+        assert out[0, len(ids):].tolist() == expected, prompt
 
 
 def test_sampling_is_seeded(smol_tokenizer, tiny_model):
@@ -180,8 +203,9 @@ def test_chat_keeps_history_and_resets(patched_cli, monkeypatch, capsys, smol_to
         ["system", "user", "assistant", "user"],
         ["system", "user"],  # /reset dropped the turns but kept the system message
     ]
-    expected = generate_batch(model, smol_tokenizer, [calls[0]], max_new_tokens=6)[0]
-    assert expected and calls[1][2]["content"] == expected
+    # "hello" with the system message: plain transformers greedy ids, decoded as tunery prints answers.
+    expected = smol_tokenizer.decode(HELLO_WITH_SYSTEM_IDS, skip_special_tokens=True).strip()
+    assert expected == "artisansARChallenges Rica Immun Immun" and calls[1][2]["content"] == expected
     out = capsys.readouterr().out
     assert out.count("bot> ") == 3
     assert out.count(expected) >= 2  # first and post-reset answers are the same greedy answer
@@ -198,5 +222,6 @@ def test_generate_json_prints_only_json(patched_cli, capsys, smol_tokenizer):
     chat, model, _ = patched_cli
     assert chat.run_generate("tiny", ["hi", "2+2?"], None, 6, 0.0, 0, as_json=True) == 0
     rows = json.loads(capsys.readouterr().out)
-    answers = generate_batch(model, smol_tokenizer, convs(["hi", "2+2?"]), max_new_tokens=6)
+    answers = [smol_tokenizer.decode(GOLDEN_IDS[p][:6], skip_special_tokens=True).strip() for p in ("hi", "2+2?")]
+    assert answers == ["fathers@@ Long condom protagonophen", "Wid Immun hops slimadicellaneous"]
     assert rows == [{"prompt": "hi", "answer": answers[0]}, {"prompt": "2+2?", "answer": answers[1]}]

@@ -2,13 +2,14 @@
 layer or one below, and no two packages import each other (directly or round a loop).
 
     cli                                  the commands: thin wrappers over the library
-    trainers, eval, export               what a command does: train, evaluate, merge and export
+    trainers, eval, export, serve        what a command does: train, evaluate, merge, export and serve
     inference                            load a run (or a base model) and answer with it
     runfolder, runcard, data, models, losses   run folders, records to tokens, model loading and
                                          forward passes, loss functions
     config                               the typed schema: every setting and its default
     graders                              scoring answers (pure functions of strings)
-    errors, _deps, (package root)        what everything may use
+    errors, _deps, atomic, faults, failures, (package root)   what everything may use: errors, atomic
+                                         writes, fault-injection points, the full-disk message
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[2] / "src" / "tunery"
 
 LAYERS = [
-    {"errors", "_deps", "atomic", "__init__"},
+    {"errors", "_deps", "atomic", "faults", "failures", "__init__"},
     {"graders"},
     {"config"},
     {"runfolder", "runcard", "data", "models", "losses"},
     {"inference"},
-    {"trainers", "eval", "export"},
+    {"trainers", "eval", "export", "serve"},
     {"cli"},
 ]
 

@@ -16,7 +16,7 @@ def test_alias_resolves_to_converted_cache(smol_tokenizer):
 
     assert (Path(folder) / embedded.READY_MARKER).is_file()
     assert (Path(folder) / "model.safetensors").is_file()
-    assert smol_tokenizer.eos_token == "<|im_end|>" and smol_tokenizer.pad_token_id is not None
+    assert smol_tokenizer.eos_token == "<|im_end|>" and smol_tokenizer.pad_token_id == 2  # pad = eos
 
 
 def test_packaged_gguf_is_found_without_importing_the_package():
@@ -32,10 +32,10 @@ def test_missing_package_says_how_to_install():
         embedded.find_packaged_gguf("not-a-package", "x.gguf")
 
 
-def test_local_folder_loads(tiny_model_dir):
+def test_local_folder_loads(tiny_model_dir, smol_tokenizer):
     model = load_model(str(tiny_model_dir))
     assert model.config.num_hidden_layers == 2
-    assert load_tokenizer(str(tiny_model_dir)).chat_template is not None
+    assert load_tokenizer(str(tiny_model_dir)).chat_template == smol_tokenizer.chat_template
 
 
 @pytest.mark.parametrize("spec, message", [

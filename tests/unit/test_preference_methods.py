@@ -9,12 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from loop_helpers import same_trainable_weights, straight_and_resumed
 from pref_helpers import pairs_file, pref_config, write_jsonl
-from tunery.models import adapters
 from tunery.models.forward import sequence_logps
 from tunery.models.load import load_model
 from tunery.runfolder import RunFolder
-from tunery.trainers import checkpoint as ckpt
 from tunery.trainers import loop
 from tunery.trainers.methods.preference import reference_mode
 from tunery.trainers.run import prepare, run_training
@@ -74,18 +73,8 @@ def test_both_sides_of_every_pair_go_through_one_forward_pass(tmp_path, tiny_mod
 def test_dpo_resumes_bitwise_after_an_interruption(tmp_path, tiny_model_dir):
     cfg = pref_config(tiny_model_dir, pairs_file(tmp_path, 10), lora={"dropout": 0.1},
                       training={"max_steps": 6, "save_every": 100})
-    whole = prepare(cfg, **QUIET)
-    loop.train(whole, RunFolder(tmp_path / "a"), loop.LoopState(), lambda: False)
-    first = prepare(cfg, **QUIET)
-    calls = []
-    st, reason = loop.train(first, RunFolder(tmp_path / "b"), loop.LoopState(), lambda: len(calls.append(1) or calls) >= 3)
-    assert (reason, st.step) == ("interrupted", 3)
-    torch.manual_seed(1234)
-    second = prepare(cfg, **QUIET)
-    st = loop.resume(second, ckpt.latest_checkpoint(tmp_path / "b" / "checkpoints"))
-    st, reason = loop.train(second, RunFolder(tmp_path / "b"), st, lambda: False)
-    a, b = adapters.trainable_state(whole.model), adapters.trainable_state(second.model)
-    assert reason == "finished" and all(torch.equal(a[k], b[k]) for k in a)
+    whole, resumed, reason = straight_and_resumed(lambda: prepare(cfg, **QUIET), tmp_path, stop_after=3)
+    assert reason == "finished" and same_trainable_weights(whole, resumed)
 
 
 @pytest.mark.parametrize("loss", ["ipo", "hinge", "robust", "simpo"])

@@ -61,9 +61,17 @@ def test_a_qlora_step_changes_only_adapter_weights_and_the_base_stays_4bit(smol_
     from transformers import AutoModelForCausalLM
 
     record = merge_run(run.root, tmp_path / "merged", log=lambda _: None)
-    check = record["logits_vs_unmerged"]
-    assert record["adapter"] == "qlora" and check["argmax_agrees"] is True
-    assert check["max_abs_diff"] < 1e-4  # merged into the dequantized base: the 4-bit model's function
-    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    assert record["adapter"] == "qlora"
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    # The reference is the trained model itself, 4-bit base + adapter, computed here: the merged fp32
+    # model must be the function that was trained. Dequantized weights + B @ A equal what the 4-bit
+    # layer computes up to float32 rounding (measured 2e-7 here); 1e-5 of the largest |logit| allows that.
+    s.model.eval()
+    ids = torch.tensor([[1, 9, 48, 3, 250, 17, 2, 77, 1021, 5]])
+    with torch.no_grad():
+        trained, plain = s.model(input_ids=ids).logits[0], merged(input_ids=ids).logits[0]
+    top = float(trained.abs().max())
+    assert top > 0.1 and float((plain - trained).abs().max()) <= 1e-5 * max(top, 1.0)
+    assert torch.equal(plain.argmax(-1), trained.argmax(-1))
     q = merged.model.layers[0].self_attn.q_proj.weight
     assert q.dtype == torch.float32 and len(torch.unique(q)) > 16  # plain fp32 weights, update included

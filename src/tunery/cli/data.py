@@ -18,11 +18,13 @@ def run_check(
     fmt: str,
     as_json: bool,
     method: str = "auto",
+    allow_special_tokens: bool = False,
 ) -> int:
     """Lint ``files`` (and ``validation``) with ``model``'s tokenizer and print the report.
 
     Returns 0 when there is no error, 1 otherwise. With ``as_json`` stdout holds only the JSON.
     With ``method`` auto, raw-text-only training files are linted as continued pre-training.
+    ``allow_special_tokens`` turns control tokens spelled in text from errors into warnings.
     """
     from tunery.data.lint import check_files
     from tunery.models.load import load_tokenizer
@@ -36,6 +38,7 @@ def run_check(
         train_on=train_on,
         fmt=fmt,
         method=method,
+        allow_special_tokens=allow_special_tokens,
     )
     if as_json:
         print(json.dumps(report.to_json(), indent=2))

@@ -90,14 +90,29 @@ def parse_baselines(text: str) -> tuple[str, ...]:
     return () if text.strip() in ("", "none") else tuple(p.strip() for p in text.split(",") if p.strip())
 
 
+def format_gate(gate: dict) -> str:
+    """One PASS/FAIL line per threshold, then the verdict."""
+    lines = []
+    for check in gate["checks"]:
+        mean = "not scored" if check["mean"] is None else f"{check['mean']:.3f}"
+        lines.append(f"{'PASS' if check['passed'] else 'FAIL'}  {check['grader']} >= {check['threshold']:g}: "
+                     f"{mean} ({gate['system']})")
+    lines.append(f"gate {'passed' if gate['passed'] else 'FAILED'}")
+    return "\n".join(lines)
+
+
 def run_eval(targets: list[str], data: str, opts, out: Path | None, as_json: bool) -> int:
     """`tunery eval` with its `EvalOptions`: evaluate, write eval.json + report.html, print the table
-    (or the JSON)."""
+    (or the JSON). Exit code 1 when a --gate fails."""
     from tunery.eval.evaluate import evaluate
 
     result = evaluate(targets, data, opts, log=_log)
     write_and_print(result, targets, out, as_json)
-    return 0
+    gate = result.get("gate")
+    if gate is None:
+        return 0
+    print(format_gate(gate), file=sys.stderr if as_json else sys.stdout, flush=True)  # stdout stays JSON
+    return 0 if gate["passed"] else 1
 
 
 def run_advise(opts, as_json: bool) -> int:
@@ -127,7 +142,9 @@ def run_compare(runs: list[Path], as_json: bool, html: Path | None) -> int:
         raise TuneryError("compare needs at least two run folders")
     table = compare_runs([str(r) for r in runs])
     if html is not None:
-        html.write_text(render_compare_html(table), encoding="utf-8")
+        from tunery.atomic import write_text_atomic
+
+        write_text_atomic(html, render_compare_html(table))
     if as_json:
         print(json.dumps(table, indent=2, default=str))
     else:

@@ -21,16 +21,21 @@ def _emit(record: dict, as_json: bool) -> None:
 def run_merge(run_dir: str, out: str, dtype: str, overwrite: bool, as_json: bool) -> int:
     """Merge a run's adapter into its base; exit code 0 on success."""
     from tunery.export.merge import merge_run
+    from tunery.failures import disk_full_is_an_error
 
-    _emit(merge_run(run_dir, out, dtype=dtype, overwrite=overwrite, log=_log), as_json)
+    with disk_full_is_an_error(out, "the merged model"):
+        record = merge_run(run_dir, out, dtype=dtype, overwrite=overwrite, log=_log)
+    _emit(record, as_json)
     return 0
 
 
 def run_export(run_dir: str, fmt: str, out: str, gguf_type: str, overwrite: bool, as_json: bool) -> int:
     """Export and verify; exit code 0 when the verification passed, 1 when it failed."""
     from tunery.export.exporter import export_run
+    from tunery.failures import disk_full_is_an_error
 
-    record = export_run(run_dir, fmt, out, gguf_type=gguf_type, overwrite=overwrite, log=_log)
+    with disk_full_is_an_error(out, "the export"):
+        record = export_run(run_dir, fmt, out, gguf_type=gguf_type, overwrite=overwrite, log=_log)
     _emit(record, as_json)
     return 0 if record["passed"] else 1
 
@@ -45,6 +50,10 @@ def run_combine(runs: list[str], method: str, weights: str | None, density: floa
         values = [float(w) for w in weights.split(",")] if weights else None
     except ValueError:
         raise TuneryError(f"--weights must be numbers separated by commas, got '{weights}'") from None
-    info = combine_runs(runs, method, out, weights=values, density=density, seed=seed, overwrite=overwrite, log=_log)
+    from tunery.failures import disk_full_is_an_error
+
+    with disk_full_is_an_error(out, "the combined run"):
+        info = combine_runs(runs, method, out, weights=values, density=density, seed=seed, overwrite=overwrite,
+                            log=_log)
     _emit(info, as_json)
     return 0

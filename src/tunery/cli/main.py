@@ -1,12 +1,12 @@
 """The `tunery` command: thin typed wrappers that import the library only when a command runs.
 
 Errors from the library (`TuneryError`) are printed as a short message; set `TUNERY_DEBUG=1` for the
-traceback.
+traceback. Exit codes: 0 ok, 1 problems found, 2 usage or config error, 3 internal error, 130/143
+interrupted (`tunery.cli.crash`).
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -43,9 +43,10 @@ def train(
       tunery train examples/quickstart/config.yaml --resume
       tunery train examples/quickstart/config.yaml --nproc 2
     """
-    from tunery.trainers.run import train_from_config
+    from tunery.trainers.run import hold_exit_signals, train_from_config
 
     code = train_from_config(config, overrides or [], resume=resume, overwrite=overwrite, nproc=nproc)
+    hold_exit_signals()
     raise typer.Exit(code)
 
 
@@ -75,7 +76,10 @@ def data_check(
     max_length: int = typer.Option(defaults.MAX_LENGTH, "--max-length", help="Longest example in tokens."),
     train_on: str = typer.Option(defaults.TRAIN_ON, "--train-on", help="assistant | all | last"),
     fmt: str = typer.Option("auto", "--format", help="auto | messages | alpaca | sharegpt | prompt_completion | text"),
-    method: str = typer.Option("auto", "--method", help="sft | cpt | auto (cpt when every file is raw text)"),
+    method: str = typer.Option("auto", "--method", help="sft | cpt | auto (cpt when every file is raw text) | dpo | orpo | reward (pairs) | kto (labelled answers) | rl (prompts)"),
+    allow_special_tokens: bool = typer.Option(
+        False, "--allow-special-tokens",
+        help="Accept control tokens (<|im_end|> ...) spelled in text, as data.allow_special_tokens does."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Lint datasets: every bad record with file, line and reason, plus token statistics.
@@ -88,7 +92,8 @@ def data_check(
     from tunery.cli.data import run_check
 
     raise typer.Exit(
-        run_check(files, model, validation or [], max_length, train_on, fmt, as_json, method)
+        run_check(files, model, validation or [], max_length, train_on, fmt, as_json, method,
+                  allow_special_tokens)
     )
 
 
@@ -110,6 +115,28 @@ def data_preview(
     from tunery.cli.data import run_preview
 
     raise typer.Exit(run_preview(file, model, n, max_length, train_on, fmt, as_json))
+
+
+@data_app.command("from-log")
+def data_from_log(
+    file: Path = typer.Argument(..., help="A request log written by `tunery serve --log-requests FILE`."),
+    out: Path = typer.Option(..., "--out", "-o", help="The chat JSONL file to write (replaced atomically)."),
+    model: Optional[List[str]] = typer.Option(None, "--model", "-m", help="Keep only these served models (repeat)."),
+    since: Optional[str] = typer.Option(None, "--since", help="Keep exchanges from this UTC date or time on."),
+    until: Optional[str] = typer.Option(None, "--until", help="Keep exchanges up to this UTC date (inclusive) or time."),
+    feedback: str = typer.Option("not-bad", "--feedback", help="good | not-bad | bad | any (a correction counts "
+                                 "as good and replaces the answer)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the counts as JSON."),
+) -> None:
+    """Turn a server's request log into a chat training set: filter by model, date and feedback, drop
+    cut answers, duplicates and anything that looks like a secret. Exit code 1 when nothing is kept.
+
+    Example:
+      tunery data from-log requests.jsonl --out review.jsonl --model quickstart --feedback good
+    """
+    from tunery.cli.serve import run_from_log
+
+    raise typer.Exit(run_from_log(file, out, model or [], since, until, feedback, as_json))
 
 
 @app.command()
@@ -193,8 +220,9 @@ def export(
 
 
 GRADERS_HELP = ("Grader spec (repeat, or comma-separate): exact, numeric[:TOL], regex:PAT, json, json_match, "
-                "json_schema:FILE|JSON, contains[:TEXT], max_words:N. Default: exact (+ json, json_match "
-                "when the references are JSON).")
+                "json_schema:FILE|JSON, contains[:TEXT], max_words:N, length_range:MIN-MAX[:chars], "
+                "python:FILE.py:FUNCTION, code_tests[:SECONDS], or a weighted sum 0.7*exact+0.3*json. "
+                "Default: exact (+ json, json_match when the references are JSON).")
 
 
 @app.command("eval")
@@ -220,21 +248,26 @@ def eval_(
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for eval.json and report.html (default: the "
                                        "run folder when one run is evaluated, else ./tunery-eval)."),
     as_json: bool = typer.Option(False, "--json", help="Print eval.json to stdout instead of the table."),
+    gates: Optional[List[str]] = typer.Option(None, "--gate", help="Release gate LABEL>=NUMBER (repeat): the "
+                                              "first run's mean score on that grader; exit code 1 when any fails."),
 ) -> None:
     """Evaluate runs against base zero-shot, few-shot and retrieval prompting on the same examples.
 
     Writes eval.json and a self-contained report.html (loss curves, table, plots, forgetting probe).
+    With --gate, exit code 1 when the first run misses a threshold (eval.json holds the checks).
 
     Examples:
       tunery eval runs/quickstart --data examples/quickstart/heldout.jsonl --limit 8 --max-new-tokens 40
       tunery eval runs/a runs/b --data val.jsonl --graders json_match --graders numeric:0.01 --json
+      tunery eval runs/coder --data tasks.jsonl --graders code_tests:5 --gate "code_tests:5>=0.6"
     """
     from tunery.cli.evaluation import grader_specs, parse_baselines, run_eval
     from tunery.eval.evaluate import EvalOptions
 
     opts = EvalOptions(graders=grader_specs(graders), baselines=parse_baselines(baselines), k=k, retrieval=retrieval,
                        train=[str(p) for p in train or []], max_new_tokens=max_new_tokens, temperature=temperature,
-                       seed=seed, batch_size=batch_size, limit=limit, probe=None if probe == "none" else probe)
+                       seed=seed, batch_size=batch_size, limit=limit, probe=None if probe == "none" else probe,
+                       gates=list(gates or []))
     raise typer.Exit(run_eval(targets, str(data), opts, out, as_json))
 
 
@@ -308,17 +341,63 @@ def combine(
     raise typer.Exit(run_combine(runs, method, weights, density, seed, str(out), overwrite, as_json))
 
 
+@app.command()
+def serve(
+    runs: Optional[List[str]] = typer.Argument(None, help="Run folders to serve (NAME=PATH to rename one)."),
+    base: Optional[str] = typer.Option(None, "--base", help="Base model the LoRA runs share (default: the one "
+                                       "each run names); served under its own name too."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; others than loopback need --api-key."),
+    port: int = typer.Option(8000, "--port", help="Port (0 picks a free one and prints it)."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="TUNERY_API_KEY",
+                                          help="Require 'Authorization: Bearer KEY' on every route but /health."),
+    engine: str = typer.Option("builtin", "--engine", help="builtin (CPU or GPU, this process) | vllm (GPU)."),
+    log_requests: Optional[Path] = typer.Option(None, "--log-requests", help="Append every exchange and its "
+                                                "feedback to this JSONL file (see `tunery data from-log`)."),
+    max_batch: int = typer.Option(16, "--max-batch", min=1, help="Sequences decoded together."),
+    max_queue: int = typer.Option(64, "--max-queue", min=1, help="Sequences waiting for a slot before 429."),
+    max_prompt_tokens: int = typer.Option(2048, "--max-prompt-tokens", min=1, help="Longest prompt taken."),
+    max_tokens: int = typer.Option(512, "--max-tokens", min=1, help="Most tokens one request may ask for."),
+    prefill_tokens: int = typer.Option(512, "--prefill-tokens", min=1, help="Prompt tokens taken into the batch "
+                                       "per step (more: new requests start sooner, running ones pause longer)."),
+    shutdown_timeout: float = typer.Option(30.0, "--shutdown-timeout", min=0.0, help="Seconds SIGTERM lets "
+                                           "running requests finish before ending them with an error."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16"),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Torch threads (default: torch's)."),
+) -> None:
+    """Serve runs over OpenAI's API: many LoRA runs on one base, continuously batched together.
+
+    Examples:
+      tunery serve runs/quickstart runs/tone
+      tunery serve runs/quickstart --log-requests requests.jsonl
+      tunery serve runs/a runs/b --host 0.0.0.0 --api-key "$KEY"
+      tunery serve runs/a runs/b --engine vllm      # GPU machines with vLLM installed
+    """
+    from tunery.cli.serve import run_serve
+
+    raise typer.Exit(run_serve(runs or [], base, host, port, api_key, engine, log_requests, max_batch, max_queue,
+                               max_prompt_tokens, max_tokens, shutdown_timeout, dtype, threads, prefill_tokens))
+
+
 def main() -> None:
-    """Entry point: run the app and print `TuneryError`s as short messages."""
+    """Entry point. Exit codes (documented in README.md and `tunery.cli.crash`): 0 ok, 1 problems
+    found, 2 usage or config error (`TuneryError`s are printed as short messages), 3 internal error
+    (one line, the traceback in a file; `TUNERY_DEBUG=1` prints it), 130 on Ctrl-C."""
+    from tunery.cli import crash
     from tunery.errors import TuneryError
 
     try:
-        app()
+        app()  # exits itself: with the command's code, or 2 for a usage error
     except TuneryError as exc:
-        if os.environ.get("TUNERY_DEBUG") == "1":
-            raise
+        if crash.debug():
+            import traceback
+
+            traceback.print_exception(exc, file=sys.stderr)
         print(f"error: {exc.render()}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(crash.EXIT_USAGE)
+    except KeyboardInterrupt:
+        sys.exit(crash.EXIT_INTERRUPTED)
+    except Exception as exc:  # anything else is a bug: say so in one line, keep the traceback
+        sys.exit(crash.report_internal_error(exc, sys.argv))
 
 
 if __name__ == "__main__":

@@ -43,8 +43,26 @@ def known_keys(model: type[BaseModel] = TrainConfig, prefix: str = "") -> list[s
     return keys
 
 
+# The names other fine-tuning tools give the same settings (transformers' TrainingArguments, PEFT's
+# LoraConfig, TRL's SFTConfig): someone coming from them gets the key they mean, which the nearest
+# spelling is not ("training.learning_rate" is closest to training.early_stopping_patience).
+FAMILIAR_NAMES = {
+    "learning_rate": "training.lr", "num_train_epochs": "training.epochs",
+    "per_device_train_batch_size": "training.batch_size", "train_batch_size": "training.batch_size",
+    "gradient_accumulation_steps": "training.grad_accum", "lr_scheduler_type": "training.scheduler",
+    "logging_steps": "training.log_every", "eval_steps": "training.eval_every",
+    "save_steps": "training.save_every", "save_total_limit": "training.keep_checkpoints",
+    "max_seq_length": "data.max_length", "r": "lora.rank", "lora_r": "lora.rank", "lora_alpha": "lora.alpha",
+    "lora_dropout": "lora.dropout", "use_dora": "lora.dora", "use_rslora": "lora.rslora",
+    "output_dir": "output.dir", "model_name_or_path": "base_model",
+}
+
+
 def suggest(key: str) -> str | None:
-    """The known key closest to a mistyped one, matching the full key or its last part."""
+    """The key meant by a mistyped or foreign one: a familiar name from another tool, else the closest
+    known key, matching the full key or its last part."""
+    if key.rsplit(".", 1)[-1] in FAMILIAR_NAMES:
+        return FAMILIAR_NAMES[key.rsplit(".", 1)[-1]]
     keys = known_keys()
     close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
     if close:

@@ -8,11 +8,23 @@ and a test fails when it is stale.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tunery.config import defaults
+
+
+def checked_graders(specs: list) -> list:
+    """Grader specs parsed once at load, so that a typo is a config error with a suggestion."""
+    from tunery.errors import TuneryError
+    from tunery.graders import parse_graders
+
+    try:
+        parse_graders(specs)
+    except TuneryError as exc:
+        raise ValueError(exc.render().replace("\n", " ")) from None
+    return specs
 
 
 class Section(BaseModel):
@@ -101,6 +113,12 @@ class DataSection(Section):
     )
     max_length: int = Field(
         defaults.MAX_LENGTH, ge=8, description="Longest example in tokens; longer ones are cut at the end."
+    )
+    allow_special_tokens: bool = Field(
+        False,
+        description="Accept records whose text spells a control token of the template (`<|im_end|>`, "
+        "`</s>` ...). Off: such a record is an error, since it can forge turns the template never "
+        "wrote. On: it is trained, with that text tokenised as ordinary text, never as the control token.",
     )
 
 
@@ -194,10 +212,12 @@ class EvalSection(Section):
     """Generation-based evaluation: graders scored during training on a small sample and at the end,
     early stopping on a grader score, and the defaults of `tunery eval` for this run."""
 
-    graders: list[str] = Field(
+    graders: list[Union[str, dict[str, Any], list[Union[str, dict[str, Any]]]]] = Field(
         default_factory=list,
         description="Grader specs (`exact`, `numeric:0.01`, `regex:PAT`, `json`, `json_match`, "
-        "`json_schema:FILE`, `contains:TEXT`, `max_words:N`); the first is the score that early "
+        "`json_schema:FILE`, `contains:TEXT`, `max_words:N`, `length_range:MIN-MAX`, "
+        "`python:FILE.py:FUNCTION`, `code_tests:SECONDS`, a weighted sum `0.7*exact+0.3*json` or a list "
+        "of `{type, value, weight}` terms; see docs/eval.md); the first is the score that early "
         "stopping watches. Empty: no grader runs during training.",
     )
     every: int | None = Field(
@@ -231,15 +251,8 @@ class EvalSection(Section):
 
     @field_validator("graders")
     @classmethod
-    def _known_graders(cls, specs: list[str]) -> list[str]:
-        from tunery.errors import TuneryError
-        from tunery.graders import parse_graders
-
-        try:
-            parse_graders(specs)
-        except TuneryError as exc:
-            raise ValueError(exc.render().replace("\n", " ")) from None
-        return specs
+    def _known_graders(cls, specs: list) -> list:
+        return checked_graders(specs)
 
     @model_validator(mode="after")
     def _grader_to_watch(self):
@@ -278,23 +291,74 @@ class PreferenceSection(Section):
     )
 
 
+class RLSection(Section):
+    """Online reinforcement learning (`method: rl`): sample answers to the training prompts, score them
+    with graders, and move the model towards the better ones (GRPO or RLOO)."""
+
+    algorithm: Literal["grpo", "rloo"] = Field(
+        "grpo", description="`grpo`: advantages normalised within each group of answers to one prompt; `rloo`: "
+        "leave-one-out baseline (each answer against the mean of the others)."
+    )
+    graders: list[Union[str, dict[str, Any], list[Union[str, dict[str, Any]]]]] = Field(
+        default_factory=list,
+        description="The reward: grader specs scored on each sampled answer (the record's fields, e.g. "
+        "`answer`, are their reference); several are averaged. Required for `method: rl`.",
+    )
+    group_size: int = Field(4, ge=2, description="Answers sampled per prompt (a group).")
+    max_new_tokens: int = Field(64, ge=1, description="Longest sampled answer in tokens.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the answers.")
+    top_p: float = Field(1.0, gt=0, le=1.0, description="Nucleus sampling: keep the smallest set of tokens "
+                         "whose probability reaches top_p.")
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        "group", description="GRPO: divide advantages by the group's reward spread, the batch's, or not at all."
+    )
+    kl_beta: float = Field(
+        0.0, ge=0.0, description="Weight of a KL penalty to the reference (the model with the adapter switched off); "
+        "0 skips the reference pass."
+    )
+    clip_low: float = Field(0.2, gt=0, lt=1, description="Lower clip of the probability ratio (1 - clip_low).")
+    clip_high: float = Field(0.2, gt=0, description="Upper clip of the probability ratio (1 + clip_high).")
+    updates_per_generation: int = Field(
+        1, ge=1, description="Optimizer steps taken on each batch of sampled answers (the clipped ratio keeps "
+        "later ones close to the policy that sampled them)."
+    )
+    @field_validator("graders")
+    @classmethod
+    def _known_graders(cls, specs: list) -> list:
+        return checked_graders(specs)
+
+    log_completions: int = Field(
+        4, ge=0, description="Sampled answers (with their rewards) appended to the run's completions.jsonl "
+        "at each sampling."
+    )
+
+
 class OutputSection(Section):
     """Where the run folder goes."""
 
     dir: str = Field("runs", description="Parent folder of run folders.")
     name: str | None = Field(
-        None, description="Run folder name (empty: the config file's name, e.g. `sft-lora`)."
+        None, description="Run folder name, one plain folder name inside `output.dir` (no `/`, `.` or "
+        "`..`; empty: the config file's name, e.g. `sft-lora`)."
     )
+
+    @field_validator("name")
+    @classmethod
+    def _one_folder_name(cls, value: str | None) -> str | None:
+        from tunery.config.names import check_name
+
+        return value if value is None else check_name(value)
 
 
 class TrainConfig(Section):
     """A whole training run."""
 
-    method: Literal["sft", "cpt", "dpo", "orpo", "kto", "reward"] = Field(
+    method: Literal["sft", "cpt", "dpo", "orpo", "kto", "reward", "rl"] = Field(
         "sft",
         description="`sft`: supervised fine-tuning on conversations; `cpt`: continued pre-training on raw "
         "text (every token trained); `dpo` and `orpo`: preference pairs (prompt, chosen, rejected); `kto`: "
-        "answers labelled desirable or not; `reward`: a reward model (scalar head) trained on pairs.",
+        "answers labelled desirable or not; `reward`: a reward model (scalar head) trained on pairs; `rl`: "
+        "online reinforcement learning on prompts, rewarded by graders (see `rl`).",
     )
     base_model: str = Field(
         defaults.BASE_MODEL,
@@ -318,11 +382,20 @@ class TrainConfig(Section):
     preference: PreferenceSection = Field(
         default_factory=PreferenceSection, description="Settings of the preference methods (dpo, orpo, kto, reward)."
     )
+    rl: RLSection = Field(default_factory=RLSection, description="Settings of online reinforcement learning (rl).")
 
     @model_validator(mode="after")
     def _needs_training_data(self) -> "TrainConfig":
         if not self.data.train:
             raise ValueError("data.train is empty: name at least one training file")
+        return self
+
+    @model_validator(mode="after")
+    def _rl_needs_a_reward(self) -> "TrainConfig":
+        if self.method == "rl" and not self.rl.graders:
+            raise ValueError("method rl needs a reward: name graders in rl.graders, e.g. rl.graders=[numeric]")
+        if self.method == "rl" and self.training.fsdp:
+            raise ValueError("method rl samples answers, which training.fsdp cannot shard yet: train rl without fsdp")
         return self
 
     @model_validator(mode="after")

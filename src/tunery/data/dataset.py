@@ -6,15 +6,18 @@ every file is listed in one error, so that one edit fixes them all.
 
 from __future__ import annotations
 
+import gc
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tunery.data.control_tokens import ControlTokens, control_token_problems
 from tunery.data.formats import convert_records
 from tunery.data.messages import Example
 from tunery.data.problems import Problem, raise_if_errors
 from tunery.data.readers import read_records
-from tunery.data.render import Datasets, Rendered, render_example
+from tunery.data.render import Datasets, Rendered, render_examples
 from tunery.errors import TuneryError
 
 if TYPE_CHECKING:
@@ -79,13 +82,30 @@ def split_validation(
     return train, [e for i, e in enumerate(examples) if i in held]
 
 
-def progress(items: list, desc: str):
+@contextmanager
+def gc_paused():
+    """Pause the cyclic garbage collector for the block. Reading and rendering a dataset allocates
+    millions of small objects (records, token lists, offsets) that hold no reference cycles, so its
+    full passes free nothing, yet they cost about 15% of `tunery data check`'s time on 20,000
+    records (more on larger files, each pass being longer). Reference counting still frees memory."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def progress(items, desc: str, total: int | None = None):
     """``items`` wrapped in a progress bar on a terminal only (logs and captured output stay clean),
-    and only when there are enough of them to take a noticeable time."""
+    and only when there are enough of them (``total``, else ``len(items)``) to take a noticeable time."""
+    total = len(items) if total is None else total
+    if not sys.stderr.isatty() or total < 500:
+        return items
     from tqdm import tqdm
 
-    quiet = not sys.stderr.isatty() or len(items) < 500
-    return tqdm(items, desc=desc, unit="ex", leave=False, disable=quiet, file=sys.stderr)
+    return tqdm(items, desc=desc, unit="ex", total=total, leave=False, file=sys.stderr)
 
 
 def render_all(
@@ -99,12 +119,11 @@ def render_all(
     warnings: list[str] = []
     problems: list[Problem] = []
     texts_cut = 0
-    for example in progress(examples, "tokenizing"):
-        try:
-            item = render_example(example, tokenizer, train_on, max_length)
-        except TuneryError as exc:
-            reason = exc.what.removeprefix(f"{example.location}: ")
-            reason += f" ({exc.why})" if exc.why else ""
+    results = render_examples(examples, tokenizer, train_on, max_length)
+    for example, item in progress(zip(examples, results), "tokenizing", len(examples)):
+        if isinstance(item, TuneryError):
+            reason = item.what.removeprefix(f"{example.location}: ")
+            reason += f" ({item.why})" if item.why else ""
             problems.append(Problem(example.source, example.line, reason, kind="render_error"))
             continue
         if item.num_trained == 0:
@@ -169,15 +188,26 @@ def render_datasets(cfg: TrainConfig, tokenizer) -> Datasets:
     """Read, check and render the training and validation examples (no cache).
 
     Reads ``cfg.data.train`` / ``cfg.data.validation`` (absolute paths), with ``cfg.data.format``,
-    ``train_on`` and ``max_length``. Without validation files, ``cfg.data.val_split`` of the training
-    examples are held out, chosen with ``cfg.training.seed``. ``method: cpt`` trains every token and
-    takes raw text; ``sft`` needs conversations. Raises one `TuneryError` listing every bad record.
+    ``train_on``, ``max_length`` and ``allow_special_tokens`` (control tokens spelled in text are an
+    error unless it is set; they are plain text either way). Without validation files,
+    ``cfg.data.val_split`` of the training examples are held out, chosen with ``cfg.training.seed``.
+    ``method: cpt`` trains every token and takes raw text; ``sft`` needs conversations. Raises one
+    `TuneryError` listing every bad record.
     """
+    with gc_paused():
+        return _render_datasets(cfg, tokenizer)
+
+
+def _render_datasets(cfg: TrainConfig, tokenizer) -> Datasets:
     data = cfg.data
     train_on = "all" if cfg.method == "cpt" else data.train_on
     train, problems = load_examples(data.train, data.format)
     validation, found = load_examples(data.validation, data.format)
     problems += found + method_problems(train + validation, cfg.method)
+    if not data.allow_special_tokens:
+        controls = ControlTokens.of(tokenizer)
+        for example in train + validation:
+            problems += control_token_problems(example, controls, allowed=False)
     raise_if_errors(problems)
     warnings: list[str] = []
     if data.validation and data.val_split > 0:

@@ -14,12 +14,17 @@ record is reported, not only the first, so that one pass of `tunery data check` 
 
 from __future__ import annotations
 
+import re
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from tunery.data.messages import ROLES, Example, Message
 from tunery.data.problems import Problem
 from tunery.data.readers import Record
+
+# A UTF-16 surrogate on its own: what "\\ud83d" without its pair decodes to.
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion", "text")
 
@@ -44,10 +49,11 @@ DETECT_KEYS = (
 )
 
 
-def detect_format(record: dict) -> str | None:
-    """The format a record's keys point to (``preference`` for chosen/rejected), or None."""
+def detect_format(record: dict, present: bool = False) -> str | None:
+    """The format a record's keys point to (``preference`` for chosen/rejected), or None. Keys
+    count when their value is not null, or with ``present`` when they are there at all."""
     for key, fmt in DETECT_KEYS:
-        if record.get(key) is not None:
+        if (key in record) if present else (record.get(key) is not None):
             return fmt
     return None
 
@@ -71,9 +77,21 @@ class _Collector:
             self.add("wrong_type", f"'{name}' must be a string, got {_type_name(value)}")
         elif not value.strip():
             self.add("empty_content", f"'{name}' is empty")
-        else:
+        elif self.is_text(value, f"'{name}'"):
             return value
         return None
+
+    def is_text(self, value: str, what: str) -> bool:
+        """False (and an error) when ``value`` holds a lone surrogate: JSON can escape one
+        (``"\\udc80"``), but no tokenizer takes it, and encoding it as UTF-8 fails."""
+        found = None if value.isascii() else LONE_SURROGATE.search(value)
+        if found is None:
+            return True
+        self.add(
+            "invalid_text",
+            f"{what} holds a lone surrogate {found.group()!r} (half of a UTF-16 pair), which is not text",
+        )
+        return False
 
 
 def _type_name(value: Any) -> str:
@@ -150,6 +168,8 @@ def _messages(
             content = None
         elif not content.strip():
             c.add("empty_content", f"{where}: '{content_key}' is empty")
+        elif not c.is_text(content, f"{where}: '{content_key}'"):
+            content = None
         weight = _weight(c, item, role, where)
         if role is not None and content is not None:
             out.append(Message(role, content, weight))
@@ -186,6 +206,8 @@ def _from_alpaca(c: _Collector, record: dict) -> list[Message] | None:
     extra = record.get("input")
     if extra is not None and not isinstance(extra, str):
         c.add("wrong_type", f"'input' must be a string, got {_type_name(extra)}")
+    elif extra is not None:
+        c.is_text(extra, "'input'")
     system = record.get("system")
     if system is not None:
         system = c.text(system, "system")
@@ -239,9 +261,32 @@ def to_example(
     return Example(source, line, messages=messages), []
 
 
+EXPECTED_FORMATS = "expected messages, conversations, instruction/output, prompt/completion or text"
+# Files whose records all share one set of columns: a wrong header is said once, not once per row.
+TABULAR_SUFFIXES = {".csv": 1, ".parquet": 0}  # suffix -> the line a header problem points at
+
+
+def _unknown_format(source: str, line: int, record: dict) -> Problem:
+    keys = ", ".join(sorted(record)) or "none"
+    reason = f"unknown record format (keys: {keys}); {EXPECTED_FORMATS}"
+    return Problem(source, line, reason, kind="unknown_format")
+
+
+def _no_known_format(source: str, records: list[Record]) -> list[Problem]:
+    """Problems for a file in which no record has the keys of any format."""
+    objects = [(line, r) for line, r in records if isinstance(r, dict)]
+    suffix = Path(source).suffix.lower()
+    if suffix in TABULAR_SUFFIXES and objects:
+        columns = ", ".join(sorted(objects[0][1])) or "none"
+        reason = f"unknown record format: the columns are {columns}; {EXPECTED_FORMATS}"
+        return [Problem(source, TABULAR_SUFFIXES[suffix], reason, kind="unknown_format")]
+    return [_unknown_format(source, line, record) for line, record in objects]
+
+
 def file_format(source: str, records: list[Record]) -> tuple[str | None, list[Problem]]:
     """The format most records of a file have, and a problem for each record that has another one
-    (or none that is known). Ties go to the format seen first."""
+    (or none that is known). Ties go to the format seen first. When no record has a known format,
+    every object is reported as such (once for a CSV or Parquet file: its columns are wrong)."""
     problems: list[Problem] = []
     seen: Counter[str] = Counter()
     for _line, record in records:
@@ -249,23 +294,17 @@ def file_format(source: str, records: list[Record]) -> tuple[str | None, list[Pr
         if fmt is not None:
             seen[fmt] += 1
     if not seen:
-        return None, problems
+        return None, _no_known_format(source, records)
     majority = seen.most_common(1)[0][0]
     for line, record in records:
         if not isinstance(record, dict):
             continue  # reported by to_example as wrong_type
         fmt = detect_format(record)
+        if fmt is None and detect_format(record, present=True) == majority:
+            continue  # the file's keys, left empty: to_example says which are missing
         keys = ", ".join(sorted(record)) or "none"
         if fmt is None:
-            problems.append(
-                Problem(
-                    source,
-                    line,
-                    f"unknown record format (keys: {keys}); expected messages, conversations, "
-                    "instruction/output, prompt/completion or text",
-                    kind="unknown_format",
-                )
-            )
+            problems.append(_unknown_format(source, line, record))
         elif fmt != majority:
             problems.append(
                 Problem(
@@ -298,12 +337,14 @@ def convert_records(
         if used == "preference":
             reason = "preference data (chosen/rejected) cannot be used for SFT or CPT"
             return [], [Problem(source, 0, reason, kind="unsupported_format")], used
-    skip = {p.line for p in problems}
     examples: list[Example] = []
+    if used is None:  # no known format: the objects were reported above, non-objects are not
+        skip = {line for line, record in records if isinstance(record, dict)}
+    else:
+        skip = {p.line for p in problems}
     for line, record in records:
         if line in skip:
             continue
-        # With no known format at all, every object was reported above; only non-objects remain.
         example, found = to_example(record, used or "text", source, line)
         problems.extend(found)
         if example is not None:

@@ -11,17 +11,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from tunery.config import defaults
-from tunery.data.dataset import load_file, method_problems, progress
+from tunery.data.control_tokens import ControlTokens, control_token_problems
+from tunery.data.dataset import gc_paused, load_file, method_problems, progress
 from tunery.data.messages import Example
 from tunery.data.problems import Problem
-from tunery.data.render import TRAIN_ON, render_example, truncate
+from tunery.data.render import TRAIN_ON, render_examples, truncate
 from tunery.errors import TuneryError
 
 # An example this many times longer than the median pads its whole batch to its length.
 LONG_TAIL_FACTOR = 4
 # Below this many examples a median says little, so long tails are not reported.
 LONG_TAIL_MIN_EXAMPLES = 5
-METHODS = ("sft", "cpt", "auto")
+METHODS = ("sft", "cpt", "auto", "dpo", "orpo", "reward", "kto", "rl")
+PREFERENCE_METHODS = ("dpo", "orpo", "reward", "kto", "rl")
 
 
 @dataclass
@@ -55,7 +57,11 @@ class LintReport:
                 lines.extend(p.format() for p in problems)
                 lines.append("")
         for split in ("train", "validation"):
-            if self.stats.get(split):
+            if self.stats.get(split) and "records" in self.stats[split]:  # preference, feedback or prompt records
+                s = self.stats[split]
+                lines.append(f"{split}: {s['records']} records; {s['what']} p50 {s['tokens_p50']}, p90 {s['tokens_p90']}, "
+                             f"max {s['tokens_max']} (max_length {self.stats['max_length']})")
+            elif self.stats.get(split):
                 lines.extend(_format_stats(split, self.stats[split], self.stats["max_length"]))
         counts = f"{_plural(len(self.errors), 'error')}, {_plural(len(self.warnings), 'warning')}"
         lines.append(f"{'OK' if self.ok else 'FAILED'}: {counts}")
@@ -90,30 +96,8 @@ def percentile(sorted_values: list[int], p: float) -> int:
     return sorted_values[rank - 1]
 
 
-def special_tokens_of(tokenizer) -> set[str]:
-    """Strings the tokenizer turns into control tokens wherever they appear in text."""
-    tokens = set(getattr(tokenizer, "all_special_tokens", []) or [])
-    for added in getattr(tokenizer, "added_tokens_decoder", {}).values():
-        if getattr(added, "special", False):
-            tokens.add(added.content)
-    return tokens
-
-
 def _at(example: Example, reason: str, kind: str, severity: str = "warning") -> Problem:
     return Problem(example.source, example.line, reason, severity, kind)
-
-
-def _special_token_warnings(example: Example, specials: set[str]) -> list[Problem]:
-    texts = [(f"messages[{i}]", m.content) for i, m in enumerate(example.messages or [])]
-    if example.text is not None:
-        texts = [("text", example.text)]
-    found = []
-    for where, text in texts:
-        hits = ", ".join(sorted(token for token in specials if token in text))
-        if hits:
-            reason = f"{where} contains {hits} as text; the tokenizer reads it as a control token"
-            found.append(_at(example, reason, "special_token_in_content"))
-    return found
 
 
 def _length_problems(
@@ -143,19 +127,18 @@ Measured = tuple[Example, int, int]  # an example, its token count, its trained 
 
 
 def _render_checks(
-    examples: list[Example], tokenizer, train_on: str, max_length: int
+    examples: list[Example], tokenizer, train_on: str, max_length: int, allow_special_tokens: bool
 ) -> tuple[list[Measured], list[Problem]]:
     """Render every example in full; returns what was measured and the problems found."""
     measured: list[Measured] = []
     problems: list[Problem] = []
-    specials = special_tokens_of(tokenizer)
-    for example in progress(examples, "checking"):
-        problems += _special_token_warnings(example, specials)
-        try:
-            rendered = render_example(example, tokenizer, train_on, max_length=None)
-        except TuneryError as exc:
-            reason = exc.what.removeprefix(f"{example.location}: ")
-            reason += f" ({exc.why})" if exc.why else ""
+    controls = ControlTokens.of(tokenizer)
+    results = render_examples(examples, tokenizer, train_on, max_length=None)
+    for example, rendered in progress(zip(examples, results), "checking", len(examples)):
+        problems += control_token_problems(example, controls, allow_special_tokens)
+        if isinstance(rendered, TuneryError):
+            reason = rendered.what.removeprefix(f"{example.location}: ")
+            reason += f" ({rendered.why})" if rendered.why else ""
             problems.append(_at(example, reason, "render_error", "error"))
             continue
         measured.append((example, len(rendered.ids), rendered.num_trained))
@@ -247,9 +230,9 @@ def _load_split(paths: Iterable[str], fmt: str) -> _Split:
     return split
 
 
-def _check_split(split: _Split, tokenizer, method: str, train_on: str, max_length: int):
+def _check_split(split: _Split, tokenizer, method: str, train_on: str, max_length: int, allow: bool):
     """Every problem of one split and its statistics."""
-    measured, found = _render_checks(split.examples, tokenizer, train_on, max_length)
+    measured, found = _render_checks(split.examples, tokenizer, train_on, max_length, allow)
     problems = split.problems + method_problems(split.examples, method) + found
     problems += _duplicates(split.examples) + _long_tails(measured)
     return problems, _split_stats(split.files, measured, max_length)
@@ -264,16 +247,33 @@ def check_files(
     train_on: str = "assistant",
     fmt: str = "auto",
     method: str = "sft",
+    allow_special_tokens: bool = False,
 ) -> LintReport:
     """Lint training (and validation) files as `tunery train` would read them.
 
     Reports, each with file and line: unreadable or invalid records, wrong types, unknown roles,
     missing or empty content, conversations with no assistant turn or ending on another turn, mixed
-    formats, examples whose answer ``max_length`` would cut (errors); duplicates, train/validation
-    overlap (an error, see `_overlap`), long tails, special tokens in text (warnings).
+    formats, examples whose answer ``max_length`` would cut, control tokens spelled in text (errors
+    unless ``allow_special_tokens``: a record could forge turns with them); duplicates, long tails
+    (warnings); train/validation overlap (an error, see `_overlap`).
     ``method: cpt`` trains every token and accepts raw text; ``auto`` means cpt when every training
     file is raw text (it can serve nothing else), sft otherwise. Statistics are per split.
     """
+    if method in PREFERENCE_METHODS:
+        from tunery.data.preference_lint import check_preference_files
+
+        with gc_paused():
+            return check_preference_files(train_paths, tokenizer, method, validation_paths, max_length,
+                                          allow_special_tokens)
+    with gc_paused():
+        return _check_files(
+            train_paths, tokenizer, validation_paths, max_length, train_on, fmt, method, allow_special_tokens
+        )
+
+
+def _check_files(
+    train_paths, tokenizer, validation_paths, max_length, train_on, fmt, method, allow_special_tokens
+) -> LintReport:
     if train_on not in TRAIN_ON or method not in METHODS:
         raise TuneryError(
             f"unknown train_on '{train_on}' or method '{method}'",
@@ -284,13 +284,14 @@ def check_files(
         formats = {info["format"] for info in train.files.values()} - {None}
         method = "cpt" if formats == {"text"} else "sft"
     train_on = "all" if method == "cpt" else train_on
-    problems, train_stats = _check_split(train, tokenizer, method, train_on, max_length)
+    allow = allow_special_tokens
+    problems, train_stats = _check_split(train, tokenizer, method, train_on, max_length, allow)
     stats = {"max_length": max_length, "train_on": train_on, "method": method}
     stats |= {"train": train_stats, "validation": None}
     if validation_paths:
         validation = _load_split(validation_paths, fmt)
         found, stats["validation"] = _check_split(
-            validation, tokenizer, method, train_on, max_length
+            validation, tokenizer, method, train_on, max_length, allow
         )
         problems += found + _overlap(train.examples, validation.examples)
     order = {path: i for i, path in enumerate(map(str, [*train_paths, *validation_paths]))}

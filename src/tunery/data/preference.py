@@ -232,6 +232,15 @@ def render_pair(pair: PairExample, tokenizer, max_length: int) -> PairRow:
     return PairRow(sides[0], sides[1], pair.margin)
 
 
+def forged_turns(tokenizer, conversations: list[Example], allowed: bool) -> list[Problem]:
+    """Control tokens of the template spelled inside content: an error unless `allowed`
+    (data.allow_special_tokens; then a warning, and they are read as plain text), as for SFT records."""
+    from tunery.data.control_tokens import ControlTokens, control_token_problems
+
+    controls = ControlTokens.of(tokenizer)
+    return [p for e in conversations for p in control_token_problems(e, controls, allowed=allowed)]
+
+
 def split_examples(examples: list, share: float, seed: int) -> tuple[list, list]:
     """The seeded validation hold-out of `data.val_split`, for any kind of example."""
     from tunery.data.dataset import split_validation
@@ -244,7 +253,8 @@ def build_pair_datasets(cfg, tokenizer) -> Datasets:
     data = cfg.data
     train, problems = load_records(data.train, "pairs")
     val, found = load_records(data.validation, "pairs")
-    raise_if_errors(problems + found)
+    sides = [e.conversation(side) for e in train + val for side in ("chosen", "rejected")]
+    raise_if_errors(problems + found + forged_turns(tokenizer, sides, data.allow_special_tokens))
     warnings = []
     if not data.validation and data.val_split > 0:
         train, val = split_examples(train, data.val_split, cfg.training.seed)
@@ -292,7 +302,8 @@ def build_feedback_datasets(cfg, tokenizer) -> Datasets:
     data = cfg.data
     train, problems = load_records(data.train, "feedback")
     val, found = load_records(data.validation, "feedback")
-    raise_if_errors(problems + found)
+    raise_if_errors(problems + found + forged_turns(tokenizer, [e.conversation() for e in train + val],
+                                                   data.allow_special_tokens))
     if not data.validation and data.val_split > 0:
         train, val = split_examples(train, data.val_split, cfg.training.seed)
     out, warnings = {}, []

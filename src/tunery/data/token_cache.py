@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+import sys
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from tunery.atomic import atomic_file, write_text_atomic
 from tunery.data.messages import Example, Message
 from tunery.data.render import Datasets, Rendered, chat_template_of
 
-# Bump when rendering changes what it produces for the same inputs (2: validation examples kept).
-RENDER_VERSION = 2
+# Bump when rendering changes what it produces for the same inputs.
+# 2: control tokens spelled in message content are tokenised as plain text.
+# 3: validation examples kept with the rows.
+RENDER_VERSION = 3
 
 
 def _file_digest(path: str) -> str:
@@ -47,6 +50,7 @@ def cache_key(cfg, tokenizer) -> str:
         "validation": [_file_digest(p) for p in data.validation],
         "format": data.format, "train_on": data.train_on, "max_length": data.max_length,
         "val_split": data.val_split, "seed": cfg.training.seed, "method": cfg.method,
+        "allow_special_tokens": data.allow_special_tokens,
         "tokenizer": _tokenizer_digest(tokenizer),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
@@ -84,15 +88,13 @@ def _example_from_json(data: dict) -> Example:
 
 
 def save(folder: Path, key: str, data: Datasets) -> None:
-    """Write a `Datasets` under `folder` (temporary names, then renamed: never half a file)."""
+    """Write a `Datasets` under `folder` (tunery.atomic: temporary names, fsync, rename)."""
     folder.mkdir(parents=True, exist_ok=True)
     tensors = _pack_rows(data.train, "train") | _pack_rows(data.val, "val")
-    tmp = folder / f".{key}.safetensors.tmp"
-    save_file(tensors, str(tmp))
     meta = {"warnings": data.warnings, "val_examples": [_example_json(e) for e in data.val_examples]}
-    (folder / f".{key}.json.tmp").write_text(json.dumps(meta))
-    os.replace(folder / f".{key}.json.tmp", folder / f"{key}.json")
-    os.replace(tmp, folder / f"{key}.safetensors")  # last: its presence means both are complete
+    write_text_atomic(folder / f"{key}.json", json.dumps(meta))
+    with atomic_file(folder / f"{key}.safetensors") as tmp:  # last: its presence means both are complete
+        save_file(tensors, str(tmp))
 
 
 def load(folder: Path, key: str) -> Datasets | None:
@@ -100,7 +102,12 @@ def load(folder: Path, key: str) -> Datasets | None:
     weights, meta_path = folder / f"{key}.safetensors", folder / f"{key}.json"
     if not (weights.is_file() and meta_path.is_file()):
         return None
-    tensors = load_file(str(weights))
-    meta = json.loads(meta_path.read_text())
-    examples = [_example_from_json(e) for e in meta["val_examples"]]
-    return Datasets(_unpack_rows(tensors, "train"), _unpack_rows(tensors, "val"), meta["warnings"], examples)
+    try:
+        tensors = load_file(str(weights))
+        meta = json.loads(meta_path.read_text())
+        examples = [_example_from_json(e) for e in meta["val_examples"]]
+        return Datasets(_unpack_rows(tensors, "train"), _unpack_rows(tensors, "val"), meta["warnings"], examples)
+    except Exception as exc:  # noqa: BLE001 (a damaged cache, whatever the reader raises)
+        print(f"warning: the rendered-data cache {weights} is damaged ({type(exc).__name__}); rendering again",
+              file=sys.stderr)
+        return None

@@ -21,8 +21,9 @@ from tunery.data.messages import Example
 from tunery.errors import TuneryError
 from tunery.eval import aggregate, signals
 from tunery.eval.baselines import DEFAULT_BASELINES, System, plan_systems, prompts_for
-from tunery.eval.items import EvalItem, load_conversations, read_eval_items
-from tunery.graders import Grader, parse_graders
+from tunery.eval.items import EvalItem, load_conversations, missing_fields, read_eval_items
+from tunery.graders import Failures, Grader, gate, parse_gate, parse_graders, score_all, score_batch
+from tunery.trainers import reward_grader  # noqa: F401  installs the reward_model grader's scorer
 
 BUILTIN_PROBE = Path(__file__).resolve().parent / "assets" / "probe.jsonl"
 
@@ -45,6 +46,7 @@ class EvalOptions:
     probe_max_new_tokens: int = 32
     max_length: int = defaults.MAX_LENGTH
     near_threshold: float = signals.NEAR_THRESHOLD
+    gates: list[str] = field(default_factory=list)  # "exact>=0.8": checked on the first row (the first run)
 
 
 @dataclass
@@ -108,24 +110,32 @@ def _grader_specs(opts: EvalOptions, runs: list[RunTarget], items: list[EvalItem
     return [] if all(i.graders for i in items) else auto_graders(items)
 
 
-def score_answers(items: list[EvalItem], answers: list[dict], graders: list[Grader]) -> None:
-    """Attach {label: score} to each answer; records with graders of their own get the `own` column."""
-    for item, answer in zip(items, answers):
-        scores = {g.label: g.score(answer["answer"], item.reference) for g in graders}
+def score_answers(items: list[EvalItem], answers: list[dict], graders: list[Grader],
+                  failures: Failures | None = None) -> None:
+    """Attach {label: score} to each answer; records with graders of their own get the `own` column.
+    Each grader scores the whole batch at once (code_tests runs the programs in parallel); a grader
+    that cannot score a record gives it 0 and reports it to `failures`."""
+    texts = [a["answer"] for a in answers]
+    refs, records, where = [i.reference for i in items], [i.record for i in items], [i.id for i in items]
+    columns = {g.label: score_batch(g, texts, refs, records, where, failures) for g in graders}
+    for n, (item, answer) in enumerate(zip(items, answers)):
+        scores = {label: column[n] for label, column in columns.items()}
         if item.graders:
-            scores[aggregate.OWN] = min(g.score(answer["answer"], item.reference) for g in item.graders)
+            own = score_all(item.graders, answer["answer"], item.reference, item.record, item.id, failures)
+            scores[aggregate.OWN] = min(own.values())
         answer["scores"] = scores
 
 
 def run_system(system: System, model, tokenizer, items: list[EvalItem], graders: list[Grader],
-               pool: list[Example], retriever, opts: EvalOptions, max_new_tokens: int) -> dict:
+               pool: list[Example], retriever, opts: EvalOptions, max_new_tokens: int,
+               failures: Failures | None = None) -> dict:
     """Answer every item with one system; score the answers and the references' loss."""
     from tunery.eval.measure import answer_loss, generate_timed
 
     prompts, shots = prompts_for(system, items, pool, retriever, opts.seed)
     answers = generate_timed(model, tokenizer, prompts, max_new_tokens, opts.temperature, opts.seed,
                              opts.batch_size)
-    score_answers(items, answers, graders)
+    score_answers(items, answers, graders, failures)
     for item, answer, used in zip(items, answers, shots):
         answer["id"] = item.id
         answer["shots"] = [pool[i].location for i in used]
@@ -183,6 +193,12 @@ def evaluate(targets: list[str], data: str, opts: EvalOptions | None = None,
     runs, bases = resolve_targets(targets)
     items = items if items is not None else read_eval_items(data, limit=opts.limit)
     graders = parse_graders(_grader_specs(opts, runs, items))
+    thresholds = _gate_thresholds(opts.gates, graders, log)
+    lacking = missing_fields(graders, items)
+    if lacking:
+        raise TuneryError(lacking, fix="add the field to every record, or choose other graders")
+    failures = Failures(log)
+    sandbox = _sandbox_layers(graders, items, log)
     labels = [g.label for g in graders] + ([aggregate.OWN] if any(i.graders for i in items) else [])
     if pool is None:
         pool, pool_files = _pool(runs, opts, log)
@@ -197,17 +213,58 @@ def evaluate(targets: list[str], data: str, opts: EvalOptions | None = None,
         for system in [s for s in systems if s.model == key]:
             log(f"answering {len(items)} examples: {system.name}")
             rows[system.name] = run_system(system, model, tokenizer, items, graders, pool, retriever, opts,
-                                           opts.max_new_tokens)
+                                           opts.max_new_tokens, failures)
         if probe_items:
             log(f"forgetting probe ({len(probe_items)} items) on {key}")
             probes[key] = run_system(System("probe", key, key in by_run, "zero-shot"), model, tokenizer,
-                                     probe_items, [], [], None, opts, opts.probe_max_new_tokens)
+                                     probe_items, [], [], None, opts, opts.probe_max_new_tokens, failures)
         del model, tokenizer
         gc.collect()
     ordered = [aggregate.summarize(rows[s.name], labels, opts.seed) for s in systems]
     result = _assemble(ordered, labels, items, runs, pool, pool_files, probes, probe_items, data, opts)
+    result["grader_failures"] = failures.to_json()
+    result["warnings"] += [f"grader {label} could not score {f['count']} answer(s), which scored 0; the first: "
+                           f"{f['first']}" for label, f in result["grader_failures"].items()]
+    if sandbox is not None:
+        result["sandbox"] = sandbox
+    if thresholds:
+        result["gate"] = gate_result(ordered[0], thresholds)
     result["elapsed_s"] = round(time.monotonic() - started, 1)
     return result
+
+
+def _gate_thresholds(gates: list[str], graders: list, log) -> dict[str, float]:
+    """{label: bar} of --gate options, parsed before any answer is generated; a gate on a grader that
+    will not be scored is said now (it fails at the end)."""
+    thresholds = dict(parse_gate(text) for text in gates)
+    labels = [g.label for g in graders] + [aggregate.OWN]
+    for label in thresholds:
+        if label not in labels:
+            log(f"warning: --gate names '{label}', which is not among the graders ({', '.join(labels[:-1])}): "
+                "that gate will fail")
+    return thresholds
+
+
+def gate_result(row: dict, thresholds: dict[str, float]) -> dict:
+    """The release gate on one row (the first run's): each check, and whether all passed."""
+    means = {label: s["mean"] for label, s in row["scores"].items() if s.get("n")}
+    passed, reasons = gate(means, thresholds)
+    checks = [{"grader": label, "threshold": bar, "mean": means.get(label),
+               "passed": means.get(label) is not None and means[label] >= bar} for label, bar in thresholds.items()]
+    return {"system": row["system"]["name"], "passed": passed, "checks": checks, "failures": reasons}
+
+
+def _sandbox_layers(graders: list, items: list[EvalItem], log) -> dict | None:
+    """Which isolation layers the code_tests sandbox has on this machine (logged, and kept in
+    eval.json), when some grader runs code."""
+    from tunery.graders.code_tests import sandbox_layers
+
+    layers = sandbox_layers(list(graders) + [g for i in items for g in (i.graders or [])])
+    if layers is not None:
+        from tunery.graders.sandbox import describe_layers
+
+        log(f"code_tests sandbox: {describe_layers(layers)}")
+    return layers
 
 
 def _probe_items(opts: EvalOptions) -> list[EvalItem]:

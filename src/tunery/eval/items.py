@@ -3,12 +3,14 @@
 Any conversation format tunery reads for training works (messages, ShareGPT, Alpaca,
 prompt/completion; JSONL, JSON, CSV, Parquet): in each example the last assistant message is the
 reference and the conversation before it is the prompt. A record may add ``"graders": [...]``
-(see `tunery.graders.spec`), which the forgetting probe uses to score each item its own way.
+(see `tunery.graders.spec`), which the forgetting probe uses to score each item its own way. Every
+field of the record, as read from the file, is kept in `EvalItem.record` for the graders that read one
+(``tests`` for code_tests, any field for a user's python function).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tunery.data.messages import Example, Message
 from tunery.errors import TuneryError
@@ -24,6 +26,7 @@ class EvalItem:
     reference: str
     example: Example  # prompt + reference, for the answer loss
     graders: list[Grader] | None = None  # the record's own graders, if it names any
+    record: dict = field(default_factory=dict)  # every field of the record as read (tests, answer ...)
 
 
 def as_dicts(messages: list[Message]) -> list[dict]:
@@ -67,6 +70,18 @@ def _own_graders(records: dict[int, object], example: Example) -> list[Grader] |
         raise TuneryError(f"{example.location}: {exc.what}", exc.why, exc.fix) from exc
 
 
+def missing_fields(graders: list, items: list[EvalItem]) -> str | None:
+    """'file:line: grader code_tests reads the record field 'tests', which it lacks' for the first
+    item where a field some grader reads is missing or empty (its own graders included), else None:
+    checked before any answer is generated."""
+    for item in items:
+        for grader in list(graders) + list(item.graders or []):
+            for name in getattr(grader, "reads", ()):
+                if item.record.get(name) in (None, "", []):
+                    return f"{item.id}: grader {grader.label} reads the record field '{name}', which it lacks"
+    return None
+
+
 def load_conversations(path: str, fmt: str = "auto") -> list[Example]:
     """Every conversation example of a file; any broken record is an error listing all of them."""
     from tunery.data.dataset import load_file
@@ -92,8 +107,9 @@ def read_eval_items(path: str, fmt: str = "auto", limit: int | None = None) -> l
     items = []
     for example in examples:
         prompt, reference = split_example(example)
+        record = records.get(example.line)
         items.append(EvalItem(example.location, as_dicts(prompt), reference.content, example,
-                              _own_graders(records, example)))
+                              _own_graders(records, example), dict(record) if isinstance(record, dict) else {}))
     if not items:
         raise TuneryError(f"{path} holds no evaluation example")
     return items

@@ -117,35 +117,6 @@ def answer_rewards(model, rows: list, pad_id: int, batch_size: int = 8) -> torch
                       for batch in _batches(rows, pad_id, batch_size)])
 
 
-def load_reward_run(run_dir: Path, dtype: str = "float32"):
-    """(model, tokenizer) of a finished reward run: the base as a one-output sequence classifier with
-    the run's adapter (LoRA; the head is saved with it), or the run's full `model/`."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from tunery.inference import _unfinished, read_run_info
-    from tunery.models.load import DTYPES
-    from tunery.runfolder import RunFolder
-    from tunery.trainers.methods.reward import load_reward_base
-
-    info, folder = read_run_info(run_dir), RunFolder(run_dir)
-    full = info.get("adapter") == "full"
-    weights = folder.model if full else folder.adapter
-    if not (weights / ("config.json" if full else "adapter_config.json")).is_file():
-        raise _unfinished(run_dir, info, weights)
-    tokenizer = AutoTokenizer.from_pretrained(folder.tokenizer)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if full:
-        model = AutoModelForSequenceClassification.from_pretrained(weights, dtype=DTYPES[dtype])
-        model.config.pad_token_id = tokenizer.pad_token_id
-    else:
-        from peft import PeftModel
-
-        base = load_reward_base(info["base_model"], dtype, tokenizer.pad_token_id, seed=0)
-        model = PeftModel.from_pretrained(base, str(weights))  # the trained head replaces the seeded one
-    return model.eval(), tokenizer
-
-
 def ranks(first: torch.Tensor, second: torch.Tensor) -> list[float]:
     """1 where first > second, 0 where lower, 1/2 on a tie."""
     return [1.0 if a > b else 0.0 if a < b else 0.5 for a, b in zip(first.tolist(), second.tolist())]
@@ -275,6 +246,8 @@ def score_policy(target: PairTarget, pairs: list, reference: dict | None, opts, 
 
 def score_reward(target: PairTarget, pairs: list, opts, log) -> dict:
     """A reward run's row: the reward of each answer, accuracy r(chosen) > r(rejected)."""
+    from tunery.trainers.reward_grader import load_reward_run
+
     model, tokenizer = load_reward_run(Path(target.key))
     rows, warnings = render_pairs(pairs, tokenizer, opts.max_length)
     rewards = answer_rewards(model, rows, tokenizer.pad_token_id, opts.batch_size)

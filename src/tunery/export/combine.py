@@ -20,7 +20,6 @@ What each method does per adapted layer, with w_i the user's weight and s_i the 
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 from pathlib import Path
 from typing import Callable
@@ -31,7 +30,8 @@ from tunery.config.load import to_yaml
 from tunery.errors import TuneryError
 from tunery.export.lora_math import split_adapter
 from tunery.export.merge import ADAPTER_KINDS, read_adapter
-from tunery.runfolder import RunFolder, write_text_atomic
+from tunery.atomic import atomic_dir
+from tunery.runfolder import RunFolder, check_output, portable_path, write_marker, write_text_atomic
 
 METHODS = ("linear", "cat", "ties", "dare_linear", "dare_ties")
 SAME_RANK = {"linear", "ties", "dare_linear", "dare_ties"}
@@ -134,9 +134,7 @@ def combine_runs(run_dirs: list[str | Path], method: str, out_dir: str | Path, w
         density = 0.5
     parts = [describe_part(Path(r)) for r in run_dirs]
     check_compatible(parts, method, weights, density)
-    out = RunFolder(Path(out_dir))
-    if out.root.exists() and any(out.root.iterdir()) and not overwrite:
-        raise TuneryError(f"{out.root} already exists", fix="choose another --out, or add --overwrite")
+    out = RunFolder(check_output(out_dir, "combine", overwrite))  # before any model is loaded
     log(f"combining {len(parts)} adapters with {method} (weights {weights}) ...")
     model, names = load_side_by_side(run_dirs, names=[f"part{i}" for i in range(len(parts))])
     torch.manual_seed(seed)  # dare_* prune at random
@@ -158,27 +156,25 @@ def _write_run(model, parts: list[dict], out: RunFolder, method: str, weights: l
                density: float | None, seed: int, log) -> dict:
     from tunery.runcard import write_adapter_card
 
-    tmp = out.root.with_name(f".tmp-{out.root.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    staged = RunFolder(tmp)
-    model.save_pretrained(staged.adapter, safe_serialization=True)
     first = RunFolder(Path(parts[0]["run"]))
-    shutil.copytree(first.tokenizer, staged.tokenizer)
     config = first.read_config()
-    if config is not None:
-        train = [f for part in parts for f in _train_files(Path(part["run"]))]
-        combined = config.model_copy(update={"data": config.data.model_copy(update={"train": train})})
-        write_text_atomic(staged.config, to_yaml(combined))
-    tensors, adapter_config = read_adapter(staged.adapter)
-    info = staged.update_info(
-        base_model=parts[0]["base_model"], adapter=parts[0]["adapter"], method="combine", status="finished",
-        combined_from=[str(Path(p["run"]).resolve()) for p in parts],
-        combination={"method": method, "weights": weights, "density": density, "seed": seed},
-        rank=adapter_config["r"], trainable_params=sum(t.numel() for t in tensors.values()))
-    write_adapter_card(staged.root)
-    if out.root.exists():
-        shutil.rmtree(out.root)
-    tmp.rename(out.root)
+    with atomic_dir(out.root) as tmp:  # the earlier output (if any) stays until this one is complete
+        staged = RunFolder(tmp)
+        write_marker(tmp, "combine")
+        model.save_pretrained(staged.adapter, safe_serialization=True)
+        shutil.copytree(first.tokenizer, staged.tokenizer)
+        if config is not None:
+            train = [f for part in parts for f in _train_files(Path(part["run"]))]
+            combined = config.model_copy(update={"data": config.data.model_copy(update={"train": train})})
+            write_text_atomic(staged.config, to_yaml(combined))
+        tensors, adapter_config = read_adapter(staged.adapter)
+        info = staged.update_info(
+            base_model=portable_path(parts[0]["base_model"], out.root), adapter=parts[0]["adapter"],
+            method="combine", status="finished",
+            combined_from=[portable_path(p["run"], out.root) for p in parts],
+            combination={"method": method, "weights": weights, "density": density, "seed": seed},
+            rank=adapter_config["r"], trainable_params=sum(t.numel() for t in tensors.values()))
+        write_adapter_card(staged.root, name=out.root.name)
     log(f"wrote {out.root} (rank {adapter_config['r']}, {info['trainable_params']:,} adapter parameters)")
     return info
 

@@ -3,8 +3,8 @@
 Every format starts from the same in-memory model: the run's adapter merged into its base (see
 `merge.merged_model`; for QLoRA the dequantized base), or the full model of a full fine-tuning run.
 Each export is then read back by an independent reader and compared with that model on fixed prompts
-(`verify.py`); the result is printed, stored next to the export (`verify.json`) and in the run folder
-(`export/verify.json`, one entry per format), and a failed check makes the command exit non-zero.
+(`verify.py`); the result is printed and stored next to the export (`verify.json`), and a failed check
+makes the command exit non-zero. The run folder is an input: nothing is written into it.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 
 from tunery.errors import TuneryError
 from tunery.export import merge as merging
-from tunery.runfolder import RunFolder, write_text_atomic
+from tunery.runfolder import MARKER, RunFolder, check_output, made_by, portable_path, write_marker, write_text_atomic
 
 FORMATS = ("hf", "gguf", "ollama")
 VERIFY = "verify.json"
@@ -33,12 +33,23 @@ def source_model(run: RunFolder, info: dict, tokenizer):
     return merging._full_model(run), None
 
 
-def _prepare_out(out: Path, overwrite: bool) -> None:
-    """An export goes into a new or empty folder, or over a previous export (which has verify.json)."""
-    if out.exists() and any(out.iterdir()) and not (out / VERIFY).is_file() and not overwrite:
-        raise TuneryError(f"{out} already exists and holds something else",
-                          fix="choose another --out folder, or add --overwrite")
-    out.mkdir(parents=True, exist_ok=True)
+def _prepare_out(out: Path, fmt: str, overwrite: bool) -> Path:
+    """Where an export goes: a new or empty folder, or an earlier export (replaced as a whole for hf,
+    its files replaced for gguf/ollama). With --overwrite a GGUF may also go next to files tunery did
+    not write, which it never touches; an hf export never replaces such a folder."""
+    if fmt == "hf":
+        return check_output(out, "export", overwrite=True)  # an earlier export is replaced, nothing else
+    path = out.resolve()
+    if path.exists() and not path.is_dir():
+        raise TuneryError(f"--out {out} is a file, not a folder", fix="name a folder")
+    earlier = made_by(path) == "export" or (path / VERIFY).is_file()  # exports before markers: verify.json
+    if path.is_dir() and any(path.iterdir()) and not earlier and not overwrite:
+        raise TuneryError(f"{out} already exists and holds something else: files that tunery did not write",
+                          fix="choose another --out folder, or add --overwrite to add the GGUF next to them")
+    path.mkdir(parents=True, exist_ok=True)
+    if not any(p.name != MARKER for p in path.iterdir()):
+        write_marker(path, "export")
+    return path
 
 
 def _gguf_name(run: RunFolder, file_type: str) -> str:
@@ -58,8 +69,9 @@ def export_gguf(model, tokenizer, run: RunFolder, out: Path, file_type: str, log
     path = out / _gguf_name(run, file_type)
     log(f"writing {path} ({file_type}) ...")
     write_gguf(model, vocab, path, file_type, name=run.root.resolve().name, pre=pre)
+    (out / VERIFY).unlink(missing_ok=True)  # an earlier record describes the file just replaced
     log("reading it back with transformers' GGUF loader and comparing on fixed prompts ...")
-    record = verify_gguf(path, model, tokenizer, file_type)
+    record = verify_gguf(path, model, tokenizer, file_type) | {"file": path.name}  # relative to the export
     record["size_bytes"] = path.stat().st_size
     if warning:
         record["warnings"] = [warning]
@@ -73,11 +85,11 @@ def export_hf(model, tokenizer, out: Path, base_record: dict) -> dict:
     from tunery.export.probe import compare_logits, logits_of, probe_ids
     from tunery.export.verify import compare_tokenizers, greedy_continuations, judge
 
-    merging.write_model_folder(model, tokenizer, out, base_record)
+    merging.write_model_folder(model, tokenizer, out, base_record, maker="export")
     loaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     loaded_tok = AutoTokenizer.from_pretrained(out)
     rows = probe_ids(tokenizer)
-    record = {"reader": "transformers AutoModelForCausalLM", "file": str(out), "type": "hf",
+    record = {"reader": "transformers AutoModelForCausalLM", "file": ".", "type": "hf",
               "tokenizer": compare_tokenizers(tokenizer, loaded_tok),
               "logits": compare_logits(logits_of(model, rows), logits_of(loaded, rows))}
     record["greedy_identical"] = (greedy_continuations(model, tokenizer, 16)
@@ -94,15 +106,14 @@ def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path, gguf_type: st
 
     if fmt not in FORMATS:
         raise TuneryError(f"unknown export format '{fmt}'", fix=f"use one of {', '.join(FORMATS)}")
-    run, out = RunFolder(Path(run_dir)), Path(out_dir)
+    run, out = RunFolder(Path(run_dir)), Path(out_dir).expanduser()
     info = read_run_info(run.root)
     tokenizer = AutoTokenizer.from_pretrained(run.tokenizer)
-    _prepare_out(out, overwrite)
-    _card(run)
+    out = _prepare_out(out, fmt, overwrite)
     log(f"loading {run.root} ({info.get('adapter', 'lora')} on {info['base_model']}) ...")
     model, merge_check = source_model(run, info, tokenizer)
     model.eval()
-    base = {"source_run": str(run.root.resolve()), "base_model": info["base_model"],
+    base = {"source_run": portable_path(str(run.root), out), "base_model": portable_path(info["base_model"], out),
             "adapter": info.get("adapter", "lora"), "format": fmt, "merge_vs_unmerged": merge_check}
     if fmt == "hf":
         record = base | export_hf(model, tokenizer, out, base)
@@ -111,7 +122,7 @@ def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path, gguf_type: st
         record = base | check
         if fmt == "ollama":
             record["ollama"] = write_modelfile(tokenizer, path, out)
-    _save_record(run, out, fmt, record)
+    write_text_atomic(out / VERIFY, json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
     _print_summary(record, log)
     return record
 
@@ -124,25 +135,9 @@ def write_modelfile(tokenizer, gguf_path: Path, out: Path) -> dict:
     stops = [tokenizer.convert_ids_to_tokens(i) for i in stop_token_ids(tokenizer)]
     text, record = modelfile(tokenizer, gguf_path.name, stops)
     write_text_atomic(out / "Modelfile", text)
-    return record | {"modelfile": str(out / "Modelfile"),
-                     "create_with": f"ollama create {gguf_path.stem.lower()} -f {out / 'Modelfile'}"}
-
-
-def _card(run: RunFolder) -> None:
-    """Runs trained before adapter cards existed get one now (the text is a function of the run)."""
-    from tunery.runcard import write_adapter_card
-
-    write_adapter_card(run.root)
-
-
-def _save_record(run: RunFolder, out: Path, fmt: str, record: dict) -> None:
-    text = json.dumps(record, indent=2, sort_keys=True, default=str) + "\n"
-    write_text_atomic(out / VERIFY, text)
-    folder = run.root / "export"
-    folder.mkdir(exist_ok=True)
-    path = folder / VERIFY
-    previous = json.loads(path.read_text()) if path.is_file() else {}
-    write_text_atomic(path, json.dumps(previous | {fmt: record}, indent=2, sort_keys=True, default=str) + "\n")
+    # Paths in the record are relative to the export folder: verify.json travels with it.
+    return record | {"modelfile": "Modelfile",
+                     "create_with": f"ollama create {gguf_path.stem.lower()} -f Modelfile  (in the export folder)"}
 
 
 def _print_summary(record: dict, log) -> None:
@@ -166,7 +161,7 @@ def _print_llama_cpp(llama: dict | None, log) -> None:
     if not llama:
         return
     if not llama.get("ran"):
-        log(f"  llama.cpp: not run ({llama['why']})")
+        log(f"  {llama['why']}")
         return
     verdict = "PASSED" if llama["passed"] else "FAILED: " + "; ".join(llama["failures"])
     tok = llama["tokenizer"]

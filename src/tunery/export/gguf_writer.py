@@ -15,12 +15,12 @@ What a GGUF of a Llama model must get right, and why each step is here:
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from tunery.atomic import atomic_file
 from tunery.errors import TuneryError
 from tunery.export.gguf_vocab import Vocab, write_vocab
 
@@ -138,18 +138,17 @@ def write_gguf(model, vocab: Vocab, path: Path, file_type: str = "f16", name: st
         raise TuneryError(f"unknown GGUF type '{file_type}'", fix=f"use one of {', '.join(FILE_TYPES)}")
     _check_supported(model.config)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    writer = gguf.GGUFWriter(str(tmp), gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
-    try:
-        write_hparams(writer, model.config, name, file_type)
-        write_vocab(writer, vocab, pre)
-        for tensor_name, array in gguf_tensors(model):
-            data, raw = encode_tensor(array, file_type)
-            writer.add_tensor(tensor_name, data, raw_dtype=raw)  # quantized: shape from bytes
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-    finally:
-        writer.close()
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:  # temp, fsync, rename: a reader never finds half a file
+        writer = gguf.GGUFWriter(str(tmp), gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
+        try:
+            write_hparams(writer, model.config, name, file_type)
+            write_vocab(writer, vocab, pre)
+            for tensor_name, array in gguf_tensors(model):
+                data, raw = encode_tensor(array, file_type)
+                writer.add_tensor(tensor_name, data, raw_dtype=raw)  # quantized: shape from bytes
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file()
+        finally:
+            writer.close()
     return path

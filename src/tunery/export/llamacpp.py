@@ -7,6 +7,13 @@ chat template or end token it cannot find. PyPI has no wheel of llama-cpp-python
 extension module exposes the C API unchanged. We load that extension on its own (the package's
 `__init__` pulls dependencies we do not need) and call the C functions directly.
 
+Native code is kept out of the exporting process: `read_back_isolated` runs the reader in a child
+process (`python -m tunery.export.llamacpp`), so a library that fails to load, a null handle or an
+abort inside llama.cpp ends that child only, and the export reports "not verified by llama.cpp:
+<reason>" after its GGUF is safely written. Only files listed by the installed distributions
+themselves are loaded (their file lists in `importlib.metadata`), never whatever comes first on
+`sys.path`.
+
 What `read_back` returns for a file and a list of token rows: llama.cpp's own tokenisation of each
 rendered prompt, logits at every position, greedy continuations, the chat template string stored in
 the file and the end-of-generation token ids.
@@ -14,42 +21,69 @@ the file and the end-of-generation token ids.
 
 from __future__ import annotations
 
+import fnmatch
 import importlib.machinery
+import importlib.metadata
 import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+import numpy as np
+
+DISTRIBUTION = "llama-cpp-cffi"
+EXTENSION = "_llama_cpp_cpu*"
+READ_TIMEOUT_S = 900
+
+
+class NotVerified(Exception):
+    """llama.cpp could not read the file back; the message is the reason."""
+
+
+def distribution_files(distribution: str, pattern: str) -> list[Path]:
+    """Files of an installed distribution whose name matches `pattern`, from its own file list."""
+    try:
+        dist = importlib.metadata.distribution(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return []
+    found = [Path(dist.locate_file(f)) for f in dist.files or [] if fnmatch.fnmatch(f.name, pattern)]
+    return sorted(p for p in found if p.is_file())
 
 
 def find_extension() -> Path | None:
-    """The CPU build of llama.cpp inside an installed llama-cpp-cffi, without importing the package."""
-    spec = importlib.util.find_spec("llama")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for folder in spec.submodule_search_locations:
-        found = sorted(Path(folder).glob("_llama_cpp_cpu*.so"))
-        if found:
-            return found[0]
+    """The CPU build of llama.cpp inside the installed llama-cpp-cffi, for this interpreter."""
+    for path in distribution_files(DISTRIBUTION, EXTENSION):
+        if any(path.name.endswith(suffix) for suffix in importlib.machinery.EXTENSION_SUFFIXES):
+            return path
     return None
 
 
 # The wheel is built with GCC 14, whose C++ runtime added one function, `__cxa_call_terminate` (what
 # runs when an exception leaves a noexcept function). Older systems (Debian 12: GCC 12) lack it, and it
 # is the only symbol missing. These installed extensions link that runtime statically and export it;
-# loading one first, globally, supplies it. Where the system runtime is new enough nothing is preloaded.
+# loading one first, globally, supplies it -- in the reader's own process only. Where the system
+# runtime is new enough nothing is preloaded.
 RUNTIME_PROVIDERS = [("contourpy", "_contourpy*.so"), ("pyarrow", "libarrow_compute.so*")]
+
+
+def runtime_candidates() -> list[Path]:
+    """Libraries that can supply the missing symbol, each listed by its own installed distribution."""
+    return [p for dist, pattern in RUNTIME_PROVIDERS for p in distribution_files(dist, pattern)]
 
 
 def _provide_missing_runtime() -> str | None:
     import ctypes
 
-    for package, pattern in RUNTIME_PROVIDERS:
-        spec = importlib.util.find_spec(package)
-        for folder in (spec.submodule_search_locations or []) if spec else []:
-            for candidate in sorted(Path(folder).glob(pattern)):
-                ctypes.CDLL(str(candidate), mode=ctypes.RTLD_GLOBAL)
-                return str(candidate)
+    for candidate in runtime_candidates():
+        try:
+            ctypes.CDLL(str(candidate), mode=ctypes.RTLD_GLOBAL)
+        except OSError:
+            continue
+        return str(candidate)
     return None
 
 
@@ -77,36 +111,45 @@ def load_api():
 @dataclass
 class ReadBack:
     prompt_ids: list[list[int]]  # llama.cpp's tokenisation of each rendered prompt
-    logits: list[torch.Tensor]  # [positions, vocab] per row, for the rows given (not llama.cpp's ids)
+    logits: list  # [positions, vocab] per row (numpy in the reader, torch once returned), rows as given
     greedy: list[list[int]]
     chat_template: str | None
     end_ids: list[int]  # EOS and EOT as llama.cpp reads them from the file
 
 
 class LlamaCpp:
-    """One GGUF file loaded by llama.cpp on the CPU, with one context of `n_ctx` tokens."""
+    """One GGUF file loaded by llama.cpp on the CPU, with one context of `n_ctx` tokens. Every handle
+    the C API returns is checked: a null one is a `NotVerified` with the reason, never a crash later."""
 
     def __init__(self, path: Path, n_ctx: int = 512, threads: int = 2):
         api = load_api()
         if api is None:
-            raise ImportError("llama-cpp-cffi is not installed")
+            raise NotVerified("llama-cpp-cffi is not installed")
         self.ffi, self.lib = api
+        self.model = self.ctx = None
         self._silence_logs()
         self.lib.llama_backend_init()
         mparams = self.lib.llama_model_default_params()
         mparams.n_gpu_layers = 0
-        self.model = self.lib.llama_model_load_from_file(str(path).encode(), mparams)
-        if self.model == self.ffi.NULL:
-            raise ValueError(f"llama.cpp could not load {path}")
+        self.model = self._checked(self.lib.llama_model_load_from_file(str(path).encode(), mparams),
+                                   f"llama.cpp could not load {path.name}")
         cparams = self.lib.llama_context_default_params()
         cparams.n_ctx, cparams.n_batch, cparams.n_ubatch = n_ctx, n_ctx, n_ctx
         cparams.n_threads, cparams.n_threads_batch = threads, threads
         # The KV cache defaults to f16, which alone moves logits by ~1e-3: keep it in f32 so that the
         # comparison measures the file, not the cache.
         cparams.type_k, cparams.type_v = self.lib.GGML_TYPE_F32, self.lib.GGML_TYPE_F32
-        self.ctx = self.lib.llama_init_from_model(self.model, cparams)
-        self.vocab = self.lib.llama_model_get_vocab(self.model)
+        self.ctx = self._checked(self.lib.llama_init_from_model(self.model, cparams),
+                                 "llama.cpp could not create a context")
+        self.vocab = self._checked(self.lib.llama_model_get_vocab(self.model), "llama.cpp found no vocabulary")
         self.n_vocab = self.lib.llama_vocab_n_tokens(self.vocab)
+        if self.n_vocab <= 0:
+            raise NotVerified(f"llama.cpp reads a vocabulary of {self.n_vocab} tokens")
+
+    def _checked(self, handle, what: str):
+        if handle == self.ffi.NULL:
+            raise NotVerified(what)
+        return handle
 
     def _silence_logs(self) -> None:
         # llama.cpp prints the whole model description to stderr; keep the callback alive on self.
@@ -114,8 +157,10 @@ class LlamaCpp:
         self.lib.llama_log_set(self._log, self.ffi.NULL)
 
     def close(self) -> None:
-        self.lib.llama_free(self.ctx)
-        self.lib.llama_model_free(self.model)
+        if self.ctx is not None:
+            self.lib.llama_free(self.ctx)
+        if self.model is not None:
+            self.lib.llama_model_free(self.model)
 
     def tokenize(self, text: str) -> list[int]:
         """llama.cpp's tokenisation, special tokens parsed (as a server does with a rendered template)."""
@@ -124,14 +169,14 @@ class LlamaCpp:
         buffer = self.ffi.new("llama_token[]", size)
         n = self.lib.llama_tokenize(self.vocab, raw, len(raw), buffer, size, False, True)
         if n < 0:
-            raise ValueError("tokenize buffer too small")
+            raise NotVerified("llama.cpp's tokenize buffer was too small")
         return list(buffer[0:n])
 
-    def logits(self, ids: list[int]) -> torch.Tensor:
+    def logits(self, ids: list[int]) -> np.ndarray:
         """Logits at every position of one row, from an empty cache."""
         self.lib.llama_kv_self_clear(self.ctx)
         self._decode(ids, start=0, all_logits=True)
-        return torch.stack([self._row(i) for i in range(len(ids))])
+        return np.stack([self._row(i) for i in range(len(ids))])
 
     def greedy(self, ids: list[int], max_new_tokens: int, stop: set[int]) -> list[int]:
         """Greedy continuation, one token at a time through the cache."""
@@ -157,6 +202,8 @@ class LlamaCpp:
 
     def _decode(self, ids: list[int], start: int, all_logits: bool) -> None:
         batch = self.lib.llama_batch_init(len(ids), 0, 1)
+        if batch.token == self.ffi.NULL:
+            raise NotVerified("llama.cpp could not allocate a batch")
         try:
             for i, token in enumerate(ids):
                 batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, start + i, 1
@@ -164,18 +211,19 @@ class LlamaCpp:
                 batch.logits[i] = all_logits or i == len(ids) - 1
             batch.n_tokens = len(ids)
             if self.lib.llama_decode(self.ctx, batch) != 0:
-                raise RuntimeError("llama_decode failed")
+                raise NotVerified("llama_decode failed")
         finally:
             self.lib.llama_batch_free(batch)
 
-    def _row(self, i: int) -> torch.Tensor:
-        pointer = self.lib.llama_get_logits_ith(self.ctx, i)
-        return torch.frombuffer(bytearray(self.ffi.buffer(pointer, 4 * self.n_vocab)), dtype=torch.float32)
+    def _row(self, i: int) -> np.ndarray:
+        pointer = self._checked(self.lib.llama_get_logits_ith(self.ctx, i), f"llama.cpp returned no logits at {i}")
+        return np.frombuffer(bytes(self.ffi.buffer(pointer, 4 * self.n_vocab)), dtype=np.float32).copy()
 
 
 def read_back(path: Path, texts: list[str], rows: list[list[int]], max_new_tokens: int,
               stop: set[int]) -> ReadBack:
-    """Everything the verification compares, read through llama.cpp (see the module docstring)."""
+    """Everything the verification compares, read through llama.cpp in this process (see the module
+    docstring; the export calls `read_back_isolated`)."""
     llm = LlamaCpp(path)
     try:
         return ReadBack(
@@ -187,3 +235,63 @@ def read_back(path: Path, texts: list[str], rows: list[list[int]], max_new_token
         )
     finally:
         llm.close()
+
+
+def read_back_isolated(path: Path, texts: list[str], rows: list[list[int]], max_new_tokens: int,
+                       stop: set[int], timeout: float = READ_TIMEOUT_S) -> ReadBack:
+    """`read_back` in a child process; raises `NotVerified` with the reason when it does not succeed."""
+    from safetensors.numpy import load_file
+
+    import tunery
+
+    with tempfile.TemporaryDirectory(prefix="tunery-llama-") as folder:
+        work = Path(folder)
+        request = {"path": str(Path(path).resolve()), "texts": texts, "rows": rows,
+                   "max_new_tokens": max_new_tokens, "stop": sorted(stop)}
+        (work / "request.json").write_text(json.dumps(request))
+        package_root = str(Path(tunery.__file__).resolve().parents[1])
+        env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+        try:
+            proc = subprocess.run([sys.executable, "-m", "tunery.export.llamacpp", str(work)], env=env,
+                                  capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise NotVerified(f"the reader took longer than {timeout:.0f} s") from None
+        if proc.returncode != 0:
+            raise NotVerified(_failure(proc))
+        result = json.loads((work / "result.json").read_text())
+        logits = load_file(str(work / "logits.safetensors"))
+    import torch
+
+    return ReadBack(result["prompt_ids"], [torch.from_numpy(logits[f"row{i}"]) for i in range(len(rows))],
+                    result["greedy"], result["chat_template"], result["end_ids"])
+
+
+def _failure(proc: subprocess.CompletedProcess) -> str:
+    if proc.returncode < 0:
+        return f"the reader process died (signal {-proc.returncode})"
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else f"the reader process exited with code {proc.returncode}"
+
+
+def _child(folder: Path) -> int:
+    """The reader process: request.json in, result.json + logits.safetensors out; errors on stderr."""
+    from safetensors.numpy import save_file
+
+    from tunery import faults
+
+    request = json.loads((folder / "request.json").read_text())
+    faults.reached("llama-reader")
+    try:
+        got = read_back(Path(request["path"]), request["texts"], request["rows"], request["max_new_tokens"],
+                        set(request["stop"]))
+    except (NotVerified, ImportError, OSError) as exc:
+        print(str(exc) or type(exc).__name__, file=sys.stderr)
+        return 1
+    save_file({f"row{i}": np.ascontiguousarray(x) for i, x in enumerate(got.logits)}, str(folder / "logits.safetensors"))
+    (folder / "result.json").write_text(json.dumps({"prompt_ids": got.prompt_ids, "greedy": got.greedy,
+                                                     "chat_template": got.chat_template, "end_ids": got.end_ids}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child(Path(sys.argv[1])))

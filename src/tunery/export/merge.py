@@ -7,7 +7,10 @@ arithmetic is `lora_math.merge_lora_weights`; this wrapper adds what makes it sa
 - the base is read fresh from its source each time, so a second merge never adds the update twice;
 - NaN/inf in the merged weights (after the cast to the output dtype, where fp16 can overflow) stops
   the merge before anything is written;
-- the output is written to a temporary folder and renamed, so a crash leaves no half model;
+- the output is written to a temporary folder, fsynced and renamed (`tunery.atomic`), so a crash or a
+  full disk leaves no half model, and an earlier merge stays in place until the new one is complete;
+- `--out` may only be a new or empty folder or an earlier merge (its `.tunery` marker), never a folder
+  tunery did not make; the run folder is only read;
 - the merged model's logits are compared with the unmerged (base + adapter) model on fixed prompts,
   and the difference is stored in `merge.json`;
 - running it again with the same inputs finds the same fingerprint and does nothing.
@@ -17,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -27,7 +29,8 @@ from tunery.errors import TuneryError
 from tunery.export import lora_math
 from tunery.export.probe import compare_logits, logits_of, probe_ids
 from tunery.models.load import DTYPES
-from tunery.runfolder import RunFolder
+from tunery.atomic import atomic_dir, write_text_atomic
+from tunery.runfolder import RunFolder, check_output, made_by, portable_path, write_marker
 
 MERGE_RECORD = "merge.json"
 ADAPTER_KINDS = ("lora", "qlora")
@@ -119,7 +122,7 @@ def merge_run(run_dir: str | Path, out_dir: str | Path, dtype: str = "float32", 
 
     from tunery.inference import read_run_info
 
-    run, out = RunFolder(Path(run_dir)), Path(out_dir)
+    run, out = RunFolder(Path(run_dir)), Path(out_dir).expanduser()
     info = read_run_info(run.root)
     if dtype not in DTYPES:
         raise TuneryError(f"unknown dtype '{dtype}'", fix=f"use one of {', '.join(DTYPES)}")
@@ -128,20 +131,13 @@ def merge_run(run_dir: str | Path, out_dir: str | Path, dtype: str = "float32", 
         raise TuneryError(f"{run.root} has no final adapter/ yet", fix="finish the run (tunery train --resume)")
     print_ = log
     key = fingerprint(run, info, dtype)
-    previous = _previous_record(out)
+    previous = _previous_record(out) if made_by(out) == "merge" else None
     if previous is not None and previous.get("fingerprint") == key:
         print_(f"{out} already holds this merge (same adapter, base and dtype); nothing to do")
         return previous | {"skipped": True}
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise TuneryError(
-            f"{out} already exists and holds something else",
-            fix="choose another --out folder, or add --overwrite to replace it",
-        )
+    out = check_output(out, "merge", overwrite)
     tokenizer = AutoTokenizer.from_pretrained(run.tokenizer)
     if kind in ADAPTER_KINDS:
-        from tunery.runcard import write_adapter_card
-
-        write_adapter_card(run.root)
         print_(f"merging {run.adapter} into {info['base_model']} ...")
         model, check = merged_model(run, info, tokenizer)
     else:
@@ -153,8 +149,8 @@ def merge_run(run_dir: str | Path, out_dir: str | Path, dtype: str = "float32", 
             f"the merged weights overflow in {dtype} ({bad[0]} holds inf/NaN); nothing was written",
             fix="merge with --dtype float32 or bfloat16",
         )
-    record = {"source_run": str(run.root.resolve()), "base_model": info["base_model"], "adapter": kind,
-              "dtype": dtype, "fingerprint": key, "logits_vs_unmerged": check}
+    record = {"source_run": portable_path(str(run.root), out), "base_model": portable_path(info["base_model"], out),
+              "adapter": kind, "dtype": dtype, "fingerprint": key, "logits_vs_unmerged": check}
     write_model_folder(model, tokenizer, out, record)
     if check is not None:
         print_(f"merged model vs unmerged: max |logit diff| {check['max_abs_diff']:.3g} over "
@@ -173,20 +169,17 @@ def _previous_record(out: Path) -> dict | None:
         return None
 
 
-def write_model_folder(model, tokenizer, out: Path, record: dict) -> None:
-    """Save model + tokenizer (+ chat template, end tokens in the generation config) atomically."""
+def write_model_folder(model, tokenizer, out: Path, record: dict, maker: str = "merge") -> None:
+    """Save model + tokenizer (+ chat template, end tokens in the generation config) atomically, with
+    the marker of the command that made it (`maker`), so that only that command replaces it later."""
     from tunery.inference import stop_token_ids
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".tmp-{out.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
     stops = stop_token_ids(tokenizer, model)
     if getattr(model, "generation_config", None) is not None and stops:
         # Plain `generate` then stops at the end-of-turn token, not only at the tokenizer's eos.
         model.generation_config.eos_token_id = stops if len(stops) > 1 else stops[0]
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    (tmp / MERGE_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        write_text_atomic(tmp / MERGE_RECORD, json.dumps(record, indent=2, sort_keys=True) + "\n")
+        write_marker(tmp, maker)

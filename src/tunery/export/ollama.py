@@ -64,10 +64,18 @@ def derive_translation(tokenizer) -> Translation:
     except Exception as exc:  # Jinja errors come in many types; the message says which
         raise TuneryError("the chat template could not be rendered for the Ollama translation",
                           why=f"{type(exc).__name__}: {exc}") from exc
-    suffix = {role: alone[i + 1].split(_MARK[role])[-1] for i, role in enumerate(ROLES)}
-    prefix = {"system": full[:full.index(_MARK["system"])]}
-    prefix["user"] = _between(full, _MARK["system"], _MARK["user"])[len(suffix["system"]):]
-    prefix["assistant"] = _between(full, _MARK["user"], _MARK["assistant"])[len(suffix["user"]):]
+    try:
+        suffix = {role: alone[i + 1].split(_MARK[role])[-1] for i, role in enumerate(ROLES)}
+        prefix = {"system": full[:full.index(_MARK["system"])]}
+        prefix["user"] = _between(full, _MARK["system"], _MARK["user"])[len(suffix["system"]):]
+        prefix["assistant"] = _between(full, _MARK["user"], _MARK["assistant"])[len(suffix["user"]):]
+    except ValueError:  # a message's text is not where its turn is (moved, merged or dropped)
+        raise TuneryError(
+            "the chat template does not write each message in its own place, so it has no Ollama TEMPLATE",
+            why="rendered as system, user, assistant, user, the messages come out in another order or "
+            f"merged: {full!r}",
+            fix="export --format gguf and write the Modelfile TEMPLATE by hand",
+        ) from None
     generation_prompt = full[len(no_prompt):]
     head = without_system[:without_system.index(_MARK["user"])]
     header, default_system = _split_head(head, prefix, suffix)

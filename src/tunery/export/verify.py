@@ -107,24 +107,36 @@ def verify_gguf(path: Path, reference_model, reference_tokenizer, file_type: str
 
 def verify_with_llama_cpp(path: Path, reference_logits: list, reference_greedy: list[list[int]], tokenizer,
                           file_type: str, max_new_tokens: int) -> dict:
-    """The same comparison through llama.cpp (see tunery.export.llamacpp); {"ran": False, why} without it."""
+    """The same comparison through llama.cpp (see tunery.export.llamacpp), in a separate process.
+
+    When llama.cpp is missing, cannot load the file or dies, the result is {"ran": False, "why":
+    "not verified by llama.cpp: <reason>"}: a status next to the transformers check, never a crash."""
     from tunery.data.render import chat_template_of
     from tunery.export import llamacpp
     from tunery.inference import stop_token_ids
 
     if llamacpp.find_extension() is None:
-        return {"ran": False, "why": "llama.cpp is not installed: pip install 'tunery[llamacpp]' && "
-                                     "pip install --no-deps llama-cpp-cffi==0.4.42"}
+        return not_verified("llama.cpp is not installed (pip install 'tunery[llamacpp]' && "
+                            "pip install --no-deps llama-cpp-cffi==0.4.42)")
     texts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in PROBE_CONVERSATIONS]
     rows = probe_ids(tokenizer)
     stops = stop_token_ids(tokenizer)
-    got = llamacpp.read_back(path, texts, rows, max_new_tokens, set(stops))
+    try:
+        got = llamacpp.read_back_isolated(path, texts, rows, max_new_tokens, set(stops))
+    except llamacpp.NotVerified as exc:
+        return not_verified(str(exc))
     record = {
         "reader": "llama.cpp (llama-cpp-cffi)",
         "tokenizer": {"chat_template_identical": got.chat_template == chat_template_of(tokenizer),
                       "probe_tokens_identical": got.prompt_ids == rows,
-                      "stop_ids": stops, "stop_ids_identical": set(got.end_ids) <= set(stops)},
+                      # The same set, not a subset: an end id the run has and llama.cpp lacks is an
+                      # answer that never stops there (an empty set would stop nowhere).
+                      "stop_ids": stops, "stop_ids_identical": set(got.end_ids) == set(stops)},
         "logits": compare_logits(reference_logits, got.logits),
         "greedy_identical": got.greedy == reference_greedy,
     }
     return judge(record, file_type, LLAMA_CPP_TOLERANCE) | {"ran": True}
+
+
+def not_verified(reason: str) -> dict:
+    return {"ran": False, "why": f"not verified by llama.cpp: {reason}"}

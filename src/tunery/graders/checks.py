@@ -106,3 +106,11 @@ def contains(prediction: str, reference: str | None, needle: str | None) -> floa
 def max_words(prediction: str, _reference: str | None, limit: int) -> float:
     """1 when the prediction has at least one and at most `limit` whitespace-separated words."""
     return float(0 < len(prediction.split()) <= limit)
+
+
+def length_range(prediction: str, _reference: str | None, bounds: tuple[int, int, str]) -> float:
+    """1 when the prediction's length is within [low, high] (inclusive) in words (whitespace-separated)
+    or in characters (after `normalize`)."""
+    low, high, unit = bounds
+    size = len(prediction.split()) if unit == "words" else len(normalize(prediction))
+    return float(low <= size <= high)

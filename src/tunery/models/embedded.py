@@ -3,16 +3,18 @@
 The GGUF is found through the package's file list (the package itself is never imported: it would pull
 in its own dependencies), dequantized once by transformers' GGUF loader (~40 s), and saved as
 safetensors in a cache folder; every later load reads the cache (~1 s).
+
+Several processes may need the conversion at once (`--nproc 2` on a fresh machine, two commands): a
+file lock next to the cache folder lets one convert while the others wait and then read its result.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
+from tunery.atomic import atomic_dir, write_text_atomic
 from tunery.errors import TuneryError
 
 ALIASES = {
@@ -60,13 +62,27 @@ def embedded_model_dir(alias: str) -> Path:
     return target
 
 
-def convert_gguf(gguf_path: Path, target: Path) -> Path:
-    """Dequantize a GGUF model into a safetensors folder, atomically (a temp folder, then a rename)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+def conversion_lock(target: Path):
+    """The inter-process lock held while `target` is converted (a `filelock.FileLock`)."""
+    from filelock import FileLock
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+    return FileLock(str(target.parent / f".{target.name}.lock"))
+
+
+def convert_gguf(gguf_path: Path, target: Path) -> Path:
+    """Dequantize a GGUF model into a safetensors folder, atomically (a temp folder, then a rename),
+    once: under the lock, a conversion that another process finished meanwhile is reused."""
+    with conversion_lock(target):
+        if not (target / READY_MARKER).is_file():
+            _convert(gguf_path, target)
+    return target
+
+
+def _convert(gguf_path: Path, target: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    with atomic_dir(target) as tmp:
         kwargs = dict(gguf_file=gguf_path.name)
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
         # Without dequantize=True the model stays marked quantized: it generates but cannot train or save.
@@ -78,11 +94,4 @@ def convert_gguf(gguf_path: Path, target: Path) -> Path:
             del model.config._pre_quantization_dtype
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        (tmp / READY_MARKER).write_text(f"converted from {gguf_path.name}\n")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except Exception:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
+        write_text_atomic(tmp / READY_MARKER, f"converted from {gguf_path.name}\n")

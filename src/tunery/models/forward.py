@@ -41,18 +41,25 @@ def has_plain_head(model) -> bool:
             and getattr(config, "logit_scale", None) is None)
 
 
-def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def model_inputs(batch: dict[str, torch.Tensor], device: torch.device | None = None) -> dict[str, torch.Tensor]:
+    """The batch's model inputs (on `device` when given, the weights' device)."""
     keys = ("input_ids", "attention_mask", "position_ids")
     # use_cache=False: no KV cache in training, and packed rows stay apart only without it.
-    return {k: batch[k] for k in keys if k in batch} | {"use_cache": False}
+    return {k: batch[k].to(device) if device is not None else batch[k] for k in keys if k in batch} | {"use_cache": False}
+
+
+def device_of(model) -> torch.device:
+    return next(model.parameters()).device
 
 
 def head_logits(model, batch: dict[str, torch.Tensor], positions: torch.Tensor) -> torch.Tensor:
     """Logits at `positions` (True where wanted): the decoder once, then the head only there."""
+    device = device_of(model)
+    positions = positions.to(device)
     if not has_plain_head(model):
-        return model(**model_inputs(batch)).logits[positions]
+        return model(**model_inputs(batch, device)).logits[positions]
     causal = causal_lm_of(model)
-    hidden = causal.get_decoder()(**model_inputs(batch)).last_hidden_state
+    hidden = causal.get_decoder()(**model_inputs(batch, device)).last_hidden_state
     return causal.get_output_embeddings()(hidden[positions])
 
 
@@ -61,11 +68,11 @@ def root_logits(model, batch: dict[str, torch.Tensor], positions: torch.Tensor) 
     head there only, inside that forward). FSDP gathers the root's weights (embeddings, final norm,
     head) in the root's forward hook, so a sharded model must take this path. The batch moves to the
     weights' device (a GPU with CUDA)."""
-    device = next(model.parameters()).device
-    batch = {k: v.to(device) for k, v in batch.items()}
+    device = device_of(model)
+    positions = positions.to(device)
     if not has_plain_head(model):
-        return model(**model_inputs(batch)).logits[positions.to(device)]
-    return model(**model_inputs(batch), logits_to_keep=positions.to(device)).logits
+        return model(**model_inputs(batch, device)).logits[positions]
+    return model(**model_inputs(batch, device), logits_to_keep=positions).logits
 
 
 def next_token_targets(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,9 +89,18 @@ def forward_loss(model, batch: dict[str, torch.Tensor], trained_only: bool = Tru
     `trained_only=False` runs the head at every position (the plain path, kept for the invariant tests)."""
     positions, targets = next_token_targets(batch["labels"])
     if not trained_only:
-        logits = model(**model_inputs(batch)).logits
-        return token_ce_sum(logits[positions], targets)
-    return token_ce_sum(logits_at(model, batch, positions), targets)
+        device = device_of(model)
+        logits = model(**model_inputs(batch, device)).logits
+        return token_ce_sum(logits[positions.to(device)], targets.to(device))
+    logits = logits_at(model, batch, positions)
+    return token_ce_sum(logits, targets.to(logits.device))
+
+
+def token_logps(model, batch: dict[str, torch.Tensor], logits_at: LogitsAt = head_logits) -> torch.Tensor:
+    """Log-probability of every trained token [n], in the order `next_token_targets` lists them."""
+    positions, targets = next_token_targets(batch["labels"])
+    logits = logits_at(model, batch, positions)
+    return -torch.nn.functional.cross_entropy(logits.float(), targets.to(logits.device), reduction="none")
 
 
 def sequence_logps(model, batch: dict[str, torch.Tensor], logits_at: LogitsAt = head_logits
@@ -92,13 +108,11 @@ def sequence_logps(model, batch: dict[str, torch.Tensor], logits_at: LogitsAt = 
     """(sum of log-probs of each sequence's trained tokens [S], their count [S]) for a batch that says
     which sequence each trained token belongs to (`target_seq`, in the order `next_token_targets` lists
     them) and how many sequences it holds (`sequences`). What preference and RL methods score answers by."""
-    positions, targets = next_token_targets(batch["labels"])
-    logits = logits_at(model, batch, positions)
-    token_logps = -torch.nn.functional.cross_entropy(logits.float(), targets.to(logits.device), reduction="none")
-    seq = batch["target_seq"].to(token_logps.device)
+    logps = token_logps(model, batch, logits_at)
+    seq = batch["target_seq"].to(logps.device)
     count = int(batch["sequences"])
-    sums = torch.zeros(count, dtype=token_logps.dtype, device=token_logps.device).index_add(0, seq, token_logps)
-    counts = torch.bincount(seq, minlength=count).to(token_logps.dtype)
+    sums = torch.zeros(count, dtype=logps.dtype, device=logps.device).index_add(0, seq, logps)
+    counts = torch.bincount(seq, minlength=count).to(logps.dtype)
     return sums, counts
 
 

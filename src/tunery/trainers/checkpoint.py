@@ -1,14 +1,14 @@
 """Resumable checkpoints: trainable weights, optimizer moments, RNG states and loop state.
 
 Everything is written as safetensors plus JSON (nothing that loading would execute), into a temporary
-folder that is fsynced and renamed into place, with a completeness marker written last. A folder
-without the marker is never read, so a `kill -9` during a write costs at most that checkpoint.
+folder that is fsynced and renamed into place (`tunery.atomic.atomic_dir`), with a completeness marker
+written last inside it. A folder without the marker is never read, so a `kill -9` or a full disk during
+a write costs at most that checkpoint.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 from pathlib import Path
@@ -18,6 +18,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from tunery import faults
+from tunery.atomic import atomic_dir, remove_leftovers, write_text_atomic
 from tunery.trainers.common import assert_finite_state
 
 COMPLETE = "COMPLETE"
@@ -29,17 +31,6 @@ METHOD = "method.safetensors"  # what a method carries between steps (an RL gene
 
 def step_dir(root: Path, step: int) -> Path:
     return root / f"step-{step:07d}"
-
-
-def _fsync_tree(folder: Path) -> None:
-    for path in folder.iterdir():
-        with open(path, "rb") as fh:
-            os.fsync(fh.fileno())
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer | dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -92,30 +83,23 @@ def save_checkpoint(root: Path, step: int, weights: dict[str, torch.Tensor],
     `rank_rng`: each rank's torch RNG state in a multi-process run (rank 0's own is saved anyway).
     `method_state`: tensors the training method carries between steps (none for most methods)."""
     assert_finite_state(weights, f"checkpoint step {step}")
-    root.mkdir(parents=True, exist_ok=True)
     final = step_dir(root, step)
-    tmp = root / f".tmp-{final.name}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file({k: v.detach().contiguous() for k, v in weights.items()}, str(tmp / WEIGHTS))
     opt_tensors, opt_meta = optimizer_tensors(optimizer)
     rng_tensors, rng_meta = rng_snapshot()
     for rank, state in enumerate(rank_rng or []):
         rng_tensors[f"rank{rank}.torch_cpu"] = state
     rng_meta["world"] = len(rank_rng) if rank_rng else 1
     both = {f"opt.{k}": v for k, v in opt_tensors.items()} | {f"rng.{k}": v for k, v in rng_tensors.items()}
-    save_file(both, str(tmp / OPTIMIZER))
-    if method_state:
-        assert_finite_state(method_state, f"checkpoint step {step} (method state)")
-        save_file({k: v.detach().contiguous() for k, v in method_state.items()}, str(tmp / METHOD))
     state = {"step": step, "loop": loop_state, "optimizer": opt_meta, "rng": rng_meta}
-    (tmp / STATE).write_text(json.dumps(state, indent=1))
-    _fsync_tree(tmp)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    (final / COMPLETE).write_text(f"{step}\n")
-    _fsync_tree(final)
+    with atomic_dir(final) as tmp:
+        save_file({k: v.detach().contiguous() for k, v in weights.items()}, str(tmp / WEIGHTS))
+        faults.reached("checkpoint")  # between two files of one checkpoint
+        save_file(both, str(tmp / OPTIMIZER))
+        if method_state:
+            assert_finite_state(method_state, f"checkpoint step {step} (method state)")
+            save_file({k: v.detach().contiguous() for k, v in method_state.items()}, str(tmp / METHOD))
+        write_text_atomic(tmp / STATE, json.dumps(state, indent=1))
+        write_text_atomic(tmp / COMPLETE, f"{step}\n")  # last: the folder is complete
     return final
 
 
@@ -171,7 +155,8 @@ def rotate(root: Path, keep: int, protect: set[int]) -> list[Path]:
     (the best), and leftovers of interrupted writes. Returns what was deleted."""
     done = complete_checkpoints(root)
     removable = [p for p in done[:-keep] if int(p.name.split("-")[1]) not in protect] if keep else []
-    stale = [p for p in root.glob("*step-*") if not (p / COMPLETE).is_file()] if root.is_dir() else []
+    stale = [p for p in root.glob("step-*") if not (p / COMPLETE).is_file()] if root.is_dir() else []
     for path in removable + stale:
         shutil.rmtree(path, ignore_errors=True)
+    remove_leftovers(root)  # temporaries of interrupted writes (.tmp-step-N, .old-step-N)
     return removable

@@ -68,10 +68,16 @@ class Loop:
     save_every: int
     watch: Watch
 
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps of the run: every batch of the plan taken `method.steps_per_batch` times."""
+        return self.plan.total_steps * self.method.steps_per_batch
+
 
 def setup(cfg: TrainConfig, method: Method, model, data: Datasets, strategy: Single | None = None) -> Loop:
     """Make the model trainable (as the strategy holds it), build the optimizer, the step plan and the watch."""
     strategy = strategy or Single()
+    method.rank = strategy.dist.rank
     model = strategy.wrap(method.make_trainable(model))
     model.train()
     method.prepare(model, strategy.logits_at)
@@ -83,16 +89,21 @@ def setup(cfg: TrainConfig, method: Method, model, data: Datasets, strategy: Sin
     # batch_size is per process: N processes step through the examples N x batch_size at a time.
     plan = batching.make_plan(len(data.train), tc.batch_size * strategy.dist.world, tc.grad_accum, tc.epochs,
                               tc.max_steps, tc.seed)
-    watch = Watch.for_run(cfg, plan.total_steps, data.val_examples)
+    if tc.max_steps is not None and method.steps_per_batch > 1:  # max_steps counts optimizer steps
+        plan = batching.make_plan(len(data.train), tc.batch_size * strategy.dist.world, tc.grad_accum, tc.epochs,
+                                  max(1, tc.max_steps // method.steps_per_batch), tc.seed)
+    watch = Watch.for_run(cfg, plan.total_steps * method.steps_per_batch, data.val_examples)
     save_every = tc.save_every or watch.eval_every
     return Loop(cfg, method, strategy, model, data.train, data.val, optimizer, plan, save_every, watch)
 
 
-def step_pieces(loop: Loop, step: int) -> list[list]:
+def step_pieces(loop: Loop, step: int, dry: bool = False) -> list[list]:
     """This process's rows of optimizer step `step`, in the pieces run through forward and backward:
-    what the loop trains on and what the preflight measures."""
-    micro = batching.micro_batches_for_step(loop.plan, step)
+    what the loop trains on and what the preflight measures (`dry`: without side effects, e.g. rows of
+    the largest size a method could produce instead of sampling them)."""
+    micro = batching.micro_batches_for_step(loop.plan, step // loop.method.steps_per_batch)
     rows = [[loop.train[i] for i in loop.strategy.my_share(idx)] for idx in micro]
+    rows = loop.method.expand(loop.model, rows, step, dry)
     return [piece for r in rows for piece in loop.method.pieces(r) if piece]
 
 
@@ -104,7 +115,8 @@ def pass_loss(loop: Loop, batch: dict[str, torch.Tensor]) -> LossOut:
 def _fillers(loop: Loop, done: int) -> list[dict[str, torch.Tensor]]:
     """Batches for the passes this process runs to keep in step with the others (none for most
     strategies). Any example will do: their loss is multiplied by zero or dropped."""
-    return [loop.method.collate(loop.train[:1])] * loop.strategy.filler_passes(done)
+    passes = loop.strategy.filler_passes(done)
+    return [loop.method.collate(loop.train[:1])] * passes if passes else []
 
 
 def accumulate(loop: Loop, step: int) -> StepResult:
@@ -126,8 +138,15 @@ def accumulate(loop: Loop, step: int) -> StepResult:
     for batch in fillers:
         (pass_loss(loop, batch).total * 0.0).backward()  # gradients of exactly zero: only the collectives matter
     loss_total, tokens, *sums = strategy.sum_all([loss_total, tokens, *figures.values()])
-    means = {key: value / max(units, 1) for key, value in zip(figures, sums)}
-    return StepResult(loss_total / max(units, 1), units, int(tokens), means)
+    return StepResult(loss_total / max(units, 1), units, int(tokens), means_of(method, dict(zip(figures, sums)), units))
+
+
+def means_of(method: Method, sums: dict[str, float], units: int) -> dict[str, float]:
+    """Figures as means: per unit of the loss, or per the figure the method names as their count
+    (`figure_units`: a reward per completion rather than per token, say), then the method's own
+    derived figures (a spread from a mean of squares, say)."""
+    means = {key: value / max(sums.get(method.figure_units.get(key, ""), units), 1) for key, value in sums.items()}
+    return method.derive_figures(means)
 
 
 def optimizer_step(loop: Loop, step: int, loss: float) -> tuple[bool, float, float]:
@@ -139,8 +158,8 @@ def optimizer_step(loop: Loop, step: int, loss: float) -> tuple[bool, float, flo
     max_norm = tc.max_grad_norm if tc.max_grad_norm is not None else float("inf")
     # Sharded gradients are DTensors: the norm is then over the whole gradient, the same on every rank.
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-    warmup = math.ceil(tc.warmup_ratio * loop.plan.total_steps)
-    lr = loop.cfg.peak_lr() * lr_factor(step, loop.plan.total_steps, warmup, tc.scheduler)
+    warmup = math.ceil(tc.warmup_ratio * loop.total_steps)
+    lr = loop.cfg.peak_lr() * lr_factor(step, loop.total_steps, warmup, tc.scheduler)
     applied = math.isfinite(loss) and math.isfinite(grad_norm)
     if applied:
         for group in loop.optimizer.param_groups:
@@ -152,11 +171,14 @@ def optimizer_step(loop: Loop, step: int, loss: float) -> tuple[bool, float, flo
 
 @torch.no_grad()
 def evaluate(loop: Loop) -> tuple[float, dict[str, float]] | None:
-    """Mean loss per unit over the whole validation set and the method's figures (None without one)."""
+    """Mean loss per unit over the whole validation set and the method's figures (None without one),
+    or what the method's own `validate` measures."""
     if not loop.val:
         return None
-    loop.model.eval()
     method, strategy = loop.method, loop.strategy
+    if method.validates_itself:
+        return method.validate(loop.model, strategy.my_share(list(range(len(loop.val)))), loop.val, strategy)
+    loop.model.eval()
     bs = loop.cfg.training.batch_size
     mine = strategy.my_share(list(range(len(loop.val))))
     total, count = 0.0, 0
@@ -173,14 +195,17 @@ def evaluate(loop: Loop) -> tuple[float, dict[str, float]] | None:
     total, count, *sums = strategy.sum_all([total, count, *figures.values()])
     if not count:
         return None
-    return total / count, {f"val_{key}": value / count for key, value in zip(figures, sums)}
+    means = {f"val_{k}": v for k, v in means_of(method, dict(zip(figures, sums)), count).items()}
+    return total / count, {"val_ppl": math.exp(min(total / count, 50.0))} | means
 
 
 def resume(loop: Loop, folder: Path) -> LoopState:
     """Load weights, optimizer moments, RNG streams, the method's state and the loop state from a
     complete checkpoint."""
     state = loop.strategy.load_checkpoint(loop.model, loop.optimizer, folder)
-    loop.method.load_state_tensors(ckpt.load_method_state(folder))
+    prefix = f"rank{loop.strategy.dist.rank}."
+    saved = ckpt.load_method_state(folder)
+    loop.method.load_state_tensors({k[len(prefix):]: v for k, v in saved.items() if k.startswith(prefix)})
     return LoopState(**state["loop"])
 
 
@@ -189,9 +214,10 @@ def save(loop: Loop, run: RunFolder, st: LoopState) -> None:
 
     Every process takes part (RNG streams and sharded tensors are gathered); the main one writes."""
     weights, optimizer, rank_rng = loop.strategy.checkpoint_tensors(loop.model, loop.optimizer)
+    method_state = loop.strategy.gather_tensors(loop.method.state_tensors())  # every process's own
     if loop.strategy.is_main:
         ckpt.save_checkpoint(run.checkpoints, st.step, weights, optimizer, asdict(st), rank_rng=rank_rng,
-                             method_state=loop.method.state_tensors())
+                             method_state=method_state)
         protect = {st.best_step} if st.best_step is not None else set()
         ckpt.rotate(run.checkpoints, loop.cfg.training.keep_checkpoints, protect)
     loop.strategy.barrier()
@@ -235,7 +261,7 @@ def _evaluate_and_watch(loop: Loop, run: RunFolder, st: LoopState, say) -> bool:
 
 def train(loop: Loop, run: RunFolder, st: LoopState, should_stop: Callable[[], bool]) -> tuple[LoopState, str]:
     """The loop. Returns the final state and why it ended: finished, early_stopped or interrupted."""
-    tc, total = loop.cfg.training, loop.plan.total_steps
+    tc, total = loop.cfg.training, loop.total_steps
     main = loop.strategy.is_main
     if main:
         run.root.mkdir(parents=True, exist_ok=True)

@@ -51,9 +51,13 @@ class Method:
     name = "method"
     unit = "tokens"
     figures: tuple[str, ...] = ()  # names of the figures `loss` returns, logged as means per unit
+    figure_units: dict[str, str] = {}  # figure -> the figure that counts its units (else the loss's units)
+    steps_per_batch = 1  # optimizer steps taken on each batch of the plan (several updates per generation)
+    validates_itself = False  # True: `validate` measures the validation set instead of the loss
 
     def __init__(self, cfg: TrainConfig, tokenizer):
         self.cfg, self.tokenizer = cfg, tokenizer
+        self.rank = 0  # this process's rank (set by the loop), for methods that seed per process
 
     def load_base(self):
         """The base model this method trains (a causal LM in `cfg.dtype`, or 4-bit for QLoRA)."""
@@ -71,6 +75,21 @@ class Method:
     def prepare(self, model, logits_at: LogitsAt) -> None:
         """Called once the model is trainable and placed, before any step or resume, with the base
         weights still in place (precomputed reference log-probs, say)."""
+
+    def expand(self, model, micro_rows: list[list], step: int, dry: bool = False) -> list[list]:
+        """The rows each micro-batch of `step` trains on; by default its records themselves. A method
+        that samples what it trains on (RL: completions of the prompts) does it here; `dry` asks for rows
+        of the largest size it could produce, without sampling (the preflight's estimate)."""
+        return micro_rows
+
+    def validate(self, model, mine: list[int], rows: list, strategy) -> tuple[float, dict[str, float]] | None:
+        """(validation figure, lower is better; figures) over this process's validation rows `mine`,
+        for methods with `validates_itself` (the loop's loss-based validation otherwise)."""
+        raise NotImplementedError
+
+    def derive_figures(self, means: dict[str, float]) -> dict[str, float]:
+        """Figures computed from the logged means (a spread from a mean of squares, say)."""
+        return means
 
     def pieces(self, rows: list) -> list[list]:
         """A micro-batch's rows in the pieces that go through forward and backward one at a time.

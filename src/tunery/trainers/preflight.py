@@ -11,12 +11,14 @@ the device's allocated memory on CUDA.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
+from tunery.errors import TuneryError
 from tunery.trainers.loop import Loop, pass_loss, step_pieces
 
 MIB = 1024 * 1024
@@ -77,7 +79,24 @@ def _status_kb(key: str) -> float:
     return float("nan")
 
 
+MEMORY_LIMIT_VARIABLE = "TUNERY_MEMORY_LIMIT_MB"
+
+
 def available_mb(cuda: bool) -> float:
+    """Memory this process may use (MiB): the device's free memory, or the machine's available memory,
+    capped by `TUNERY_MEMORY_LIMIT_MB` when set (a budget on a shared machine, below what is free)."""
+    machine = _machine_available_mb(cuda)
+    limit = os.environ.get(MEMORY_LIMIT_VARIABLE)
+    if not limit:
+        return machine
+    try:
+        return min(machine, float(limit))
+    except ValueError:
+        raise TuneryError(f"{MEMORY_LIMIT_VARIABLE}={limit!r} is not a number of MiB",
+                          fix="set it to a number such as 8000, or unset it") from None
+
+
+def _machine_available_mb(cuda: bool) -> float:
     if cuda:
         free, _total = torch.cuda.mem_get_info()
         return free / MIB + torch.cuda.memory_allocated() / MIB
@@ -100,13 +119,13 @@ def rows_with_tokens(rows: list, tokens: int, size) -> list:
     return picked
 
 
-def probe(loop: Loop, tokens: int) -> tuple[float, float]:
-    """(peak memory in MiB, seconds per token) of one forward+backward of ~`tokens` tokens.
+def probe(loop: Loop, pool: list, tokens: int) -> tuple[float, float]:
+    """(peak memory in MiB, seconds per token) of one forward+backward of ~`tokens` tokens of `pool`'s rows.
 
     The peak is absolute (the process's high-water mark, or the device's): memory freed by an earlier
     probe stays with the process and is reused, so growth above the current level would undercount."""
     cuda = _cuda(loop.model)
-    batch = loop.method.collate(rows_with_tokens(loop.train, tokens, loop.method.row_tokens))
+    batch = loop.method.collate(rows_with_tokens(pool, tokens, loop.method.row_tokens))
     if cuda:
         batch = {k: v.cuda() for k, v in batch.items()}
         torch.cuda.synchronize()
@@ -125,17 +144,19 @@ def probe(loop: Loop, tokens: int) -> tuple[float, float]:
     return peak, seconds / loop.method.batch_tokens(batch)
 
 
-def piece_token_stats(loop: Loop) -> tuple[int, float]:
-    """(largest piece this process runs through forward+backward at once over the first epoch, in
-    tokens; mean tokens per optimizer step for this process), from the loop's own `step_pieces`."""
-    size = loop.method.row_tokens
+def first_epoch_pieces(loop: Loop) -> list[list]:
+    """The pieces this process runs over the first epoch, from the loop's own `step_pieces` (dry: for
+    RL, answers of the longest length it may sample, not the prompts)."""
+    per_batch = loop.method.steps_per_batch
     steps = min(loop.plan.steps_per_epoch, loop.plan.total_steps)
-    largest, total = 0, 0
-    for step in range(steps):
-        for piece in step_pieces(loop, step):
-            tokens = sum(size(row) for row in piece)
-            largest, total = max(largest, tokens), total + tokens
-    return largest, total / max(steps, 1)
+    return [piece for batch in range(steps) for piece in step_pieces(loop, batch * per_batch, dry=True)]
+
+
+def piece_token_stats(loop: Loop, pieces: list[list]) -> tuple[int, float]:
+    """(largest piece run through forward+backward at once, in tokens; mean tokens per optimizer step)."""
+    sizes = [sum(loop.method.row_tokens(row) for row in piece) for piece in pieces]
+    steps = min(loop.plan.steps_per_epoch, loop.plan.total_steps)
+    return max(sizes, default=0), sum(sizes) / max(steps, 1)
 
 
 def estimate(loop: Loop) -> Estimate:
@@ -146,18 +167,20 @@ def estimate(loop: Loop) -> Estimate:
     n_train = sum(p.numel() for p in trainable)
     n_total = sum(p.numel() for p in loop.model.parameters())
     optimizer = 2 * sum(p.numel() * 4 for p in trainable) / MIB  # AdamW moments are kept in fp32
-    largest, per_step = piece_token_stats(loop)
+    pieces = first_epoch_pieces(loop)
+    largest, per_step = piece_token_stats(loop, pieces)
+    pool = [row for piece in pieces for row in piece]
     # The larger probe is the largest piece itself: its high-water mark is what the run will reach.
     small, big = max(16, largest // 2), max(32, largest)
-    probe(loop, small)  # warm-up: pages the weights in, first-call allocations, kernel selection
-    peak_small, _ = probe(loop, small)
-    peak_big, sec_per_token = probe(loop, big)
+    probe(loop, pool, small)  # warm-up: pages the weights in, first-call allocations, kernel selection
+    peak_small, _ = probe(loop, pool, small)
+    peak_big, sec_per_token = probe(loop, pool, big)
     slope = max(0.0, (peak_big - peak_small) / (big - small))
     fixed = max(0.0, peak_small - slope * small - base)
     peak = base + optimizer + fixed + slope * largest
-    est = Estimate(n_total, n_train, loop.plan.total_steps, per_step, largest, round(base, 1), round(optimizer, 1),
+    est = Estimate(n_total, n_train, loop.total_steps, per_step, largest, round(base, 1), round(optimizer, 1),
                    round(fixed, 1), round(slope * 1000, 2), round(peak, 1), round(available_mb(cuda), 1),
-                   round(sec_per_token * per_step, 3), round(sec_per_token * per_step * loop.plan.total_steps, 1))
+                   round(sec_per_token * per_step, 3), round(sec_per_token * per_step * loop.total_steps, 1))
     est.suggestions = suggest(loop.cfg, est)
     return est
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,14 +13,16 @@ from typing import Callable
 
 import torch
 
-from tunery import __version__
+from tunery import __version__, faults
 from tunery.config.load import describe, load_config, to_yaml
 from tunery.config.schema import TrainConfig
 from tunery.errors import TuneryError
 from tunery.models import adapters
-from tunery.runfolder import RunFolder, write_text_atomic
+from tunery.runfolder import (RunFolder, check_run_target, clear_run_folder, create_run_folder, portable_path,
+                              write_text_atomic)
 from tunery.trainers import checkpoint as ckpt
 from tunery.trainers import distributed as ddp
+from tunery.trainers.failed_run import recorded_failure
 from tunery.trainers import loop as training_loop
 from tunery.trainers.methods import method_for
 from tunery.trainers.preflight import estimate, format_estimate, peak_mb
@@ -53,14 +54,15 @@ def run_training(cfg: TrainConfig, root: Path, resume: bool = False,
             "no preflight memory check")
     elif cfg.training.preflight:
         preflight(loop, log)
+    faults.arm_nan(loop.model, loop.optimizer)  # inert unless TUNERY_FAULT=nan:... (after preflight's probe passes)
     torch.manual_seed(cfg.training.seed + dist.rank)  # each rank its own dropout stream, all reproducible
     st = _start_or_resume(loop, run, cfg, resume, log)
     trainable, total = adapters.count_parameters(loop.model)
-    _update_info(run, base_model=portable_spec(cfg.base_model), adapter=cfg.adapter, dtype=cfg.dtype,
+    _update_info(run, base_model=portable_path(cfg.base_model, root), adapter=cfg.adapter, dtype=cfg.dtype,
                  method=cfg.method, status="running", tunery_version=__version__,
-                 total_steps=loop.plan.total_steps, train_examples=len(loop.train), val_examples=len(loop.val),
+                 total_steps=loop.total_steps, train_examples=len(loop.train), val_examples=len(loop.val),
                  trainable_params=trainable, total_params=total)
-    log(f"{len(loop.train)} training / {len(loop.val)} validation examples; {loop.plan.total_steps} steps; "
+    log(f"{len(loop.train)} training / {len(loop.val)} validation examples; {loop.total_steps} steps; "
         f"{trainable:,} of {total:,} parameters trainable")
     st, reason = training_loop.train(loop, run, st, should_stop)
     figures = dict(step=st.step, best_step=st.best_step, best_val_loss=st.best_val, best_score=st.best_score,
@@ -74,8 +76,9 @@ def run_training(cfg: TrainConfig, root: Path, resume: bool = False,
     full_state = loop.strategy.final_state(loop.model)  # gathered on rank 0 when sharded, else None
     if dist.is_main:
         target = loop.method.final_artefact(loop.model, run, state_dict=full_state)
-        info = run.update_info(status="finished", stop_reason=reason, **figures)
-        write_summary(run, info)
+        finished = dict(status="finished", stop_reason=reason, **figures)
+        write_summary(run, run.read_info() | finished)  # summary, plot and card first: a kill among them
+        run.update_info(**finished)  # leaves a run that --resume completes; "finished" is the last write
         log(f"saved {target} ({loop.watch.describe_best(st)})")
     ddp.barrier(dist)
     return run.read_info()
@@ -122,12 +125,6 @@ def _update_info(run: RunFolder, **fields) -> dict:
     return run.update_info(**fields) if run.writable else run.read_info()
 
 
-def portable_spec(spec: str) -> str:
-    """A base-model spec that later commands can read from any folder: local paths made absolute."""
-    path = Path(spec).expanduser()
-    return str(path.resolve()) if path.exists() else spec
-
-
 def _start_or_resume(loop: training_loop.Loop, run: RunFolder, cfg: TrainConfig, resume: bool,
                      log) -> training_loop.LoopState:
     latest = ckpt.latest_checkpoint(run.checkpoints) if resume else None
@@ -140,8 +137,8 @@ def _start_or_resume(loop: training_loop.Loop, run: RunFolder, cfg: TrainConfig,
         return training_loop.LoopState()
     st = training_loop.resume(loop, latest)
     if run.writable:
-        run.truncate_metrics(st.step)
-    log(f"resumed from {latest} (step {st.step} of {loop.plan.total_steps})")
+        run.truncate_metrics(st.step, log)
+    log(f"resumed from {latest} (step {st.step} of {loop.total_steps})")
     return st
 
 
@@ -161,7 +158,22 @@ def interruptible():
         yield caught
     finally:
         for sig, old in previous.items():
-            signal.signal(sig, old)
+            signal.signal(sig, _exit_with_its_code if old == signal.SIG_DFL else old)
+
+
+def hold_exit_signals() -> None:
+    """Once `tunery train`'s work is done (every file complete and on disk), ignore SIGINT/SIGTERM while
+    the process exits: Python's own shutdown puts the default handlers back (ignored signals stay
+    ignored), and a signal then would kill the exit half-way (-15) instead of letting it end with the
+    run's code. (Blocking them is not enough: threads started earlier keep them unblocked.)"""
+    for sig in EXIT_INTERRUPTED:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def _exit_with_its_code(signum, _frame):
+    """A signal after the run is over (its files are complete and on disk) while the process winds down:
+    end at once with the signal's exit code, as during the run, rather than die by the signal (-15)."""
+    os._exit(EXIT_INTERRUPTED[signum])
 
 
 def launch(config_path: str | Path, overrides: list[str], resume: bool, nproc: int) -> int:
@@ -175,18 +187,27 @@ def launch(config_path: str | Path, overrides: list[str], resume: bool, nproc: i
 
 def train_from_config(config_path: str | Path, overrides: list[str], resume: bool = False,
                       overwrite: bool = False, nproc: int = 1) -> int:
-    """The body of `tunery train`. Returns the process exit code."""
+    """The body of `tunery train`. Returns the process exit code.
+
+    SIGINT/SIGTERM are caught from here on: from the config's loading to the final save, a signal ends
+    the run with a checkpoint (after at least one step) and exit code 130/143."""
+    with interruptible() as caught:
+        return _train(config_path, overrides, resume, overwrite, nproc, caught)
+
+
+def _train(config_path, overrides: list[str], resume: bool, overwrite: bool, nproc: int, caught: list) -> int:
     resolved = load_config(config_path, overrides)
     cfg = resolved.config
     root = run_dir_for(cfg)
     run = RunFolder(root)
     launching = nproc > 1 and "WORLD_SIZE" not in os.environ
     dist = ddp.SINGLE if launching else ddp.from_env()
+    check_run_target(root, resume, overwrite)  # a folder tunery did not make is never used or deleted
     info = run.read_info()
     ddp.barrier(dist)  # every rank has read the folder's state before rank 0 changes it
     if root.exists() and overwrite:
         if dist.is_main:
-            shutil.rmtree(root)
+            clear_run_folder(root)
         info = {}
     elif info and not resume:
         raise TuneryError(
@@ -202,14 +223,16 @@ def train_from_config(config_path: str | Path, overrides: list[str], resume: boo
             return 0
     elif dist.is_main:
         _print_resolved(resolved)
+    if dist.is_main:
+        create_run_folder(root, "train")
     if launching:
         return launch(config_path, overrides, resume, nproc)
     ddp.barrier(dist)
-    with interruptible() as caught:
-        try:
+    try:
+        with recorded_failure(run if dist.is_main else None):
             run_training(cfg, root, resume=resume, should_stop=lambda: bool(caught), dist=dist)
-        finally:
-            ddp.shutdown(dist)
+    finally:
+        ddp.shutdown(dist)
     return EXIT_INTERRUPTED[caught[0]] if caught else 0
 
 

@@ -38,9 +38,14 @@ class Single:
     def is_main(self) -> bool:
         return self.dist.is_main
 
+    @property
+    def device(self) -> torch.device:
+        """Where this process trains: its GPU when there is one (torchrun sets each process's), else the CPU."""
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
     def wrap(self, model):
-        """The model as this strategy trains it (before the optimizer is built)."""
-        return model
+        """The model as this strategy trains it (before the optimizer is built): on this process's device."""
+        return _on(model, self.device)
 
     def my_share(self, indices: list[int]) -> list[int]:
         """This process's examples of a global micro-batch."""
@@ -66,6 +71,10 @@ class Single:
 
     def barrier(self) -> None:
         ddp.barrier(self.dist)
+
+    def gather_tensors(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Every process's `tensors`, keyed `rank{r}.name`, on the main process (all must call this)."""
+        return {f"rank{self.dist.rank}.{k}": v for k, v in tensors.items()}
 
     # What a checkpoint holds, and reading it back.
     def checkpoint_tensors(self, model, optimizer) -> tuple[dict, torch.optim.Optimizer | dict, list | None]:
@@ -109,6 +118,10 @@ class DataParallel(Single):
     def combine_gradients(self, params: list[torch.nn.Parameter]) -> None:
         ddp.sum_gradients(params, self.dist)
 
+    def gather_tensors(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        gathered = ddp.gather_objects({k: v.cpu() for k, v in tensors.items()}, self.dist)
+        return {f"rank{r}.{k}": v for r, part in enumerate(gathered) for k, v in part.items()}
+
     def checkpoint_tensors(self, model, optimizer):
         return adapters.trainable_state(model), optimizer, ddp.gather_rng_states(self.dist)
 
@@ -122,7 +135,7 @@ class Sharded(DataParallel):
     def wrap(self, model):
         from tunery.trainers import fsdp
 
-        return fsdp.shard(model, self.dist)  # before the optimizer, so its moments are shards too
+        return fsdp.shard(_on(model, self.device), self.dist)  # before the optimizer: its moments are shards too
 
     def combine_gradients(self, params: list[torch.nn.Parameter]) -> None:
         """Nothing: FSDP's reduce-scatter summed them during backward."""
@@ -160,6 +173,12 @@ class Sharded(DataParallel):
         from tunery.trainers import fsdp
 
         return fsdp.full_model_state(model)
+
+
+def _on(model, device: torch.device):
+    """`model` on `device` (a 4-bit base is loaded there already and cannot be moved)."""
+    current = next(model.parameters()).device
+    return model if current == device else model.to(device)
 
 
 def choose(fsdp: bool, dist: ddp.Dist) -> Single:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tunery.atomic import atomic_file, write_text_atomic
 from tunery.runcard import write_adapter_card
 from tunery.runfolder import RunFolder
 
@@ -38,7 +39,7 @@ def write_summary(run: RunFolder, info: dict) -> None:
         "![loss curve](loss.png)" if plotted else "(install matplotlib for the loss curve: pip install 'tunery[plots]')",
         "",
     ]
-    run.summary.write_text("\n".join(lines), encoding="utf-8")
+    write_text_atomic(run.summary, "\n".join(lines))
     write_adapter_card(run.root)  # adapter/README.md; nothing for full runs
 
 
@@ -65,6 +66,9 @@ def plot_losses(path: Path, train: list[dict], evals: list[dict]) -> bool:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
     return True

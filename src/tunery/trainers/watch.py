@@ -14,22 +14,24 @@ greedily, with the current weights.
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass, field
 
 from tunery.config.schema import TrainConfig
 from tunery.data.messages import Example
 from tunery.errors import TuneryError
-from tunery.graders import Grader, parse_graders
+from tunery.graders import Failures, Grader, parse_graders, score_batch
 
 
 @dataclass
 class GraderItem:
-    """One example answered during training: its prompt (chat dicts) and reference answer."""
+    """One example answered during training: its prompt (chat dicts), reference answer, and its record
+    as read from the file (graders such as code_tests read fields of it, e.g. `tests`)."""
 
     prompt: list[dict]
     reference: str
+    record: dict = field(default_factory=dict)
+    where: str = ""
 
 
 def as_grader_item(example: Example) -> GraderItem:
@@ -39,7 +41,19 @@ def as_grader_item(example: Example) -> GraderItem:
     if last is None:
         raise TuneryError(f"{example.location}: graders need an assistant turn to compare against")
     prompt = [{"role": m.role, "content": m.content} for m in messages[:last]]
-    return GraderItem(prompt, messages[last].content)
+    return GraderItem(prompt, messages[last].content, where=example.location)
+
+
+def records_of(examples: list[Example]) -> list[dict]:
+    """Each example's record as read from its file (every field), in order: examples keep only their
+    messages, and graders may read other fields."""
+    from tunery.data.readers import read_records
+
+    by_file: dict[str, dict] = {}
+    for example in examples:
+        if example.source not in by_file:
+            by_file[example.source] = dict(read_records(example.source)[0])
+    return [r if isinstance(r := by_file[e.source].get(e.line), dict) else {} for e in examples]
 
 
 def grader_sample(cfg: TrainConfig, val_examples: list[Example]) -> list[GraderItem]:
@@ -53,11 +67,14 @@ def grader_sample(cfg: TrainConfig, val_examples: list[Example]) -> list[GraderI
         raise_if_errors(problems)
     else:
         examples = val_examples
-    items = [as_grader_item(e) for e in examples if e.messages is not None]
-    if len(items) <= cfg.eval.sample:
-        return items
-    keep = sorted(random.Random(cfg.training.seed).sample(range(len(items)), cfg.eval.sample))
-    return [items[i] for i in keep]
+    examples = [e for e in examples if e.messages is not None]
+    items = [as_grader_item(e) for e in examples]
+    if len(items) > cfg.eval.sample:
+        keep = sorted(random.Random(cfg.training.seed).sample(range(len(items)), cfg.eval.sample))
+        items, examples = [items[i] for i in keep], [examples[i] for i in keep]
+    for item, record in zip(items, records_of(examples)):
+        item.record = record
+    return items
 
 
 @dataclass
@@ -69,6 +86,7 @@ class Watch:
     eval_every: int
     graders: list[Grader] = field(default_factory=list)
     items: list[GraderItem] = field(default_factory=list)
+    failures: Failures = field(default_factory=Failures)  # each grader's first failure is logged once
 
     @classmethod
     def for_run(cls, cfg: TrainConfig, total_steps: int, val_examples: list[Example]) -> "Watch":
@@ -82,7 +100,13 @@ class Watch:
                 why="graders answer validation examples, and this run has none",
                 fix="set data.validation, data.val_split or eval.data",
             )
-        return cls(cfg, total_steps, eval_every, parse_graders(cfg.eval.graders), items)
+        graders = parse_graders(cfg.eval.graders)
+        for grader, name in [(g, name) for g in graders for name in g.reads]:
+            lacking = next((i.where for i in items if i.record.get(name) in (None, "", [])), None)
+            if lacking:  # said before training starts, not as zeros at every scoring
+                raise TuneryError(f"{lacking}: grader {grader.label} in eval.graders reads the record field "
+                                  f"'{name}', which it lacks", fix="add it to every record scored during training")
+        return cls(cfg, total_steps, eval_every, graders, items)
 
     @property
     def watches_grader(self) -> bool:
@@ -104,8 +128,7 @@ class Watch:
         improved = st.best_val is None or val < st.best_val
         if improved:
             st.best_val = val
-        run.append_metrics({"kind": "eval", "step": st.step, "val_loss": val,
-                            "val_ppl": math.exp(min(val, 50.0)), **figures, "best": improved})
+        run.append_metrics({"kind": "eval", "step": st.step, "val_loss": val, **figures, "best": improved})
         say(f"step {st.step}: validation loss {val:.4f}" + (" (best)" if improved else ""))
         return not self.watches_grader and self._count_toward_patience(st, improved)
 
@@ -147,8 +170,9 @@ class Watch:
         finally:
             model.train(was_training)
         n = len(self.items)
-        means = {g.label: sum(g.score(a, i.reference) for a, i in zip(answers, self.items)) / n
-                 for g in self.graders}
+        refs, records = [i.reference for i in self.items], [i.record for i in self.items]
+        where = [i.where for i in self.items]
+        means = {g.label: sum(score_batch(g, answers, refs, records, where, self.failures)) / n for g in self.graders}
         return {"score": means[self.graders[0].label], **means, "n": n}
 
     def describe_best(self, st, since: bool = False) -> str:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from tunery.config.schema import TrainConfig
+from tunery.trainers import reward_grader  # noqa: F401  installs the reward_model grader's scorer
 from tunery.trainers.method import Method
 from tunery.trainers.methods.preference import DPO, KTO, ORPO
 from tunery.trainers.methods.reward import RewardModel
+from tunery.trainers.methods.rl import RL
 from tunery.trainers.methods.sft import CPT, SFT
 
 METHODS: dict[str, type[Method]] = {"sft": SFT, "cpt": CPT, "dpo": DPO, "orpo": ORPO, "kto": KTO,
-                                   "reward": RewardModel}
+                                   "reward": RewardModel, "rl": RL}
 
 
 def method_for(cfg: TrainConfig, tokenizer) -> Method:

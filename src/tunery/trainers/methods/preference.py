@@ -208,6 +208,8 @@ def precompute_references(method: PairMethod, model, logits_at: LogitsAt) -> Non
     reuses them."""
     from safetensors.torch import load_file, save_file
 
+    from tunery.atomic import atomic_file
+
     rows = method._train_rows + method._val_rows
     cache = Path(method.cache_dir) / f"reference-{_reference_key(method, len(rows))}.safetensors" \
         if method.cache_dir else None
@@ -224,8 +226,7 @@ def precompute_references(method: PairMethod, model, logits_at: LogitsAt) -> Non
         model.train(was_training)
         if cache is not None and method.write_cache:
             cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_name(f".{cache.name}.tmp")
-            save_file({"ref": torch.tensor(values, dtype=torch.float64)}, str(tmp))
-            tmp.replace(cache)
+            with atomic_file(cache) as tmp:
+                save_file({"ref": torch.tensor(values, dtype=torch.float64)}, str(tmp))
     for row, value in zip(rows, values):
         row.ref = (value[0], value[1])

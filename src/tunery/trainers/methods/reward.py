@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from tunery.losses.preference import bradley_terry
-from tunery.models.forward import causal_lm_of, model_inputs
+from tunery.models.forward import causal_lm_of, device_of, model_inputs
 from tunery.trainers.method import LossOut
 from tunery.trainers.methods.preference import PairMethod
 
@@ -33,9 +33,8 @@ def last_positions(batch: dict[str, torch.Tensor]) -> torch.Tensor:
 def rewards_of(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The reward of every sequence of `batch` [S]: the head on the last token's hidden state."""
     classifier = causal_lm_of(model)
-    device = next(model.parameters()).device
-    inputs = {k: v.to(device) for k, v in model_inputs(batch).items() if torch.is_tensor(v)}
-    hidden = classifier.model(**inputs, use_cache=False).last_hidden_state
+    device = device_of(model)
+    hidden = classifier.model(**model_inputs(batch, device)).last_hidden_state
     last = hidden.reshape(-1, hidden.shape[-1])[last_positions(batch).to(device)]
     return getattr(classifier, HEAD)(last).squeeze(-1).float()
 
