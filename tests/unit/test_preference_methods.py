@@ -56,7 +56,7 @@ def test_the_adapter_off_reference_is_the_frozen_base(tmp_path, tiny_model_dir):
         tuned, _ = sequence_logps(s.model.eval(), batch)
     torch.testing.assert_close(reference, expected, rtol=0, atol=1e-5)
     assert (tuned - expected).abs().max() > 1e-3  # the adapter did move the policy
-    assert batch["input_ids"].shape[0] == 1 and int(batch["sequences"]) == 8  # 4 pairs, both sides, one row
+    assert batch["input_ids"].shape[0] == 4 and int(batch["sequences"]) == 8  # 4 pairs, both sides, a row each
     assert counts.tolist() == [float(sum(side.trained[1:])) for row in s.train[:4] for side in (row.chosen, row.rejected)]
 
 

@@ -289,6 +289,10 @@ class PreferenceSection(Section):
     use_margin: bool = Field(
         True, description="`reward`: subtract a pair's `margin` field (when present) inside the Bradley-Terry loss."
     )
+    share_prompt: bool = Field(
+        True, description="`dpo`, `orpo`: put each pair's prompt through the model once for both answers (one "
+        "row per pair, the second answer masked from the first); the same log-probs for fewer tokens."
+    )
 
 
 class RLSection(Section):

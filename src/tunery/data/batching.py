@@ -110,11 +110,15 @@ def pack(rows) -> dict[str, torch.Tensor]:
 
 def count_trained(batch: dict[str, torch.Tensor]) -> int:
     """Tokens that carry loss: labels set at positions 1.. (position 0 has nothing to predict it)."""
+    if "target_ids" in batch:  # a shared-prefix pair batch lists its targets
+        return len(batch["target_ids"])
     return int((batch["labels"][:, 1:] != IGNORE).sum())
 
 
 def count_tokens(batch: dict[str, torch.Tensor]) -> int:
     """Real (non-padding) tokens of a batch, packed or padded."""
+    if "real_tokens" in batch:  # a shared-prefix pair batch: its attention mask is 4D
+        return int(batch["real_tokens"])
     if "attention_mask" in batch:
         return int(batch["attention_mask"].sum())
     return int(batch["input_ids"].numel())
@@ -134,3 +138,68 @@ def make_sequence_batch(rows, pad_id: int, packed: bool) -> dict[str, torch.Tens
     batch["target_seq"] = torch.repeat_interleave(torch.arange(len(rows)), torch.tensor(counts, dtype=torch.long))
     batch["sequences"] = torch.tensor(len(rows))
     return batch
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """How many leading tokens two rows share."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _shared_row(first, second, common: int, width: int) -> tuple[list[int], list[int], torch.Tensor]:
+    """One pair's tokens (`first`, then `second` after the prefix it shares with `first`), their
+    positions, and who attends to whom [width, width]: `first` causally; `second`'s own tokens to the
+    shared prefix and causally to themselves, never to `first`'s answer; padding only to itself."""
+    n_first, n_second = len(first.ids), len(second.ids) - common
+    ids = first.ids + second.ids[common:]
+    positions = list(range(n_first)) + list(range(common, len(second.ids)))
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    mask = torch.zeros(width, width, dtype=torch.bool)
+    mask[:n_first, :n_first] = causal[:n_first, :n_first]
+    end = n_first + n_second
+    mask[n_first:end, :common] = True
+    mask[n_first:end, n_first:end] = causal[:n_second, :n_second]
+    pad = torch.arange(end, width)
+    mask[pad, pad] = True  # a padding query attends to itself (a row with no key gives NaN)
+    return ids, positions, mask
+
+
+def make_shared_pair_batch(pairs: list[tuple], pad_id: int) -> dict[str, torch.Tensor]:
+    """Both answers of each pair in one row, their common prefix (the prompt) put through the model once.
+
+    Row i holds `first` whole, then `second` from where it stops matching `first`; positions restart
+    there at the prefix's length, and a 4D attention mask keeps `second` from seeing `first`'s answer,
+    so each answer's tokens get exactly the log-probs of their own sequence. A trained token is named by
+    the flat position that predicts it (`target_pos`, into rows x width) and its id (`target_ids`): the
+    last shared position predicts the first token of both answers. `target_seq` and `sequences` are as
+    in `make_sequence_batch` (sequence 2i is pair i's first answer, 2i + 1 its second), so
+    `sequence_logps` reads this batch like any other.
+    """
+    commons = [common_prefix(first.ids, second.ids) for first, second in pairs]
+    width = max(len(f.ids) + len(s.ids) - c for (f, s), c in zip(pairs, commons))
+    ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
+    positions = torch.zeros((len(pairs), width), dtype=torch.long)
+    mask = torch.zeros((len(pairs), 1, width, width), dtype=torch.bool)
+    target_pos, target_ids, target_seq = [], [], []
+    for i, ((first, second), common) in enumerate(zip(pairs, commons)):
+        row_ids, row_pos, mask[i, 0] = _shared_row(first, second, common, width)
+        ids[i, :len(row_ids)] = torch.tensor(row_ids)
+        positions[i, :len(row_pos)] = torch.tensor(row_pos)
+        base = i * width
+        for j in range(1, len(first.ids)):
+            if first.trained[j]:
+                target_pos.append(base + j - 1), target_ids.append(first.ids[j]), target_seq.append(2 * i)
+        for j in range(1, len(second.ids)):
+            if second.trained[j]:
+                at = j - 1 if j - 1 < common else len(first.ids) + j - 1 - common
+                target_pos.append(base + at), target_ids.append(second.ids[j]), target_seq.append(2 * i + 1)
+    return {"input_ids": ids, "position_ids": positions, "attention_mask": mask,
+            "target_pos": torch.tensor(target_pos, dtype=torch.long),
+            "target_ids": torch.tensor(target_ids, dtype=torch.long),
+            "target_seq": torch.tensor(target_seq, dtype=torch.long),
+            "sequences": torch.tensor(2 * len(pairs)),
+            "real_tokens": torch.tensor(sum(len(f.ids) + len(s.ids) - c for (f, s), c in zip(pairs, commons)))}

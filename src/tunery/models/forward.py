@@ -96,10 +96,27 @@ def forward_loss(model, batch: dict[str, torch.Tensor], trained_only: bool = Tru
     return token_ce_sum(logits, targets.to(logits.device))
 
 
+def listed_targets(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(positions [B, T] whose logits are needed, index of each target into those logits [n], target
+    tokens [n]) of a batch that lists its targets (`target_pos`, `target_ids`): one position may
+    predict several targets (a shared prompt's last token predicts the first token of both answers)."""
+    shape = batch["input_ids"].shape
+    flat = torch.zeros(shape[0] * shape[1], dtype=torch.bool)
+    flat[batch["target_pos"]] = True
+    rank = torch.cumsum(flat, 0) - 1  # the row of each wanted position in the logits
+    return flat.view(shape), rank[batch["target_pos"]], batch["target_ids"]
+
+
 def token_logps(model, batch: dict[str, torch.Tensor], logits_at: LogitsAt = head_logits) -> torch.Tensor:
-    """Log-probability of every trained token [n], in the order `next_token_targets` lists them."""
-    positions, targets = next_token_targets(batch["labels"])
-    logits = logits_at(model, batch, positions)
+    """Log-probability of every trained token [n], in the order `next_token_targets` lists them (or
+    the batch's own list, see `listed_targets`)."""
+    if "target_pos" in batch:
+        positions, index, targets = listed_targets(batch)
+        logits = logits_at(model, batch, positions)
+        logits = logits[index.to(logits.device)]
+    else:
+        positions, targets = next_token_targets(batch["labels"])
+        logits = logits_at(model, batch, positions)
     return -torch.nn.functional.cross_entropy(logits.float(), targets.to(logits.device), reduction="none")
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from tunery.data.batching import make_sequence_batch
+from tunery.data.batching import common_prefix, make_sequence_batch, make_shared_pair_batch
 from tunery.data.preference import build_feedback_datasets, build_pair_datasets
 from tunery.losses.preference import (PREFERENCE_LOSSES, kto_kl, kto_loss, orpo_figures, orpo_loss,
                                       preference_figures)
@@ -72,11 +72,19 @@ class PairMethod(Method):
         return row.chosen, row.rejected
 
     def row_tokens(self, row) -> int:
+        if self.shares_prompt and self.cfg.preference.share_prompt:  # the common prefix goes through once
+            first, second = self.sides(row)
+            return row.tokens - common_prefix(first.ids, second.ids)
         return row.tokens
 
+    shares_prompt = False  # both answers of a row follow the same prompt (see `make_shared_pair_batch`)
+
     def collate(self, rows) -> dict[str, torch.Tensor]:
-        sides = [side for row in rows for side in self.sides(row)]
-        batch = make_sequence_batch(sides, self.tokenizer.pad_token_id, self.cfg.training.packing)
+        if self.shares_prompt and self.cfg.preference.share_prompt:
+            batch = make_shared_pair_batch([self.sides(row) for row in rows], self.tokenizer.pad_token_id)
+        else:
+            sides = [side for row in rows for side in self.sides(row)]
+            batch = make_sequence_batch(sides, self.tokenizer.pad_token_id, self.cfg.training.packing)
         batch["pairs"] = torch.tensor(len(rows))
         if rows and all(row.ref is not None for row in rows):
             batch["ref"] = torch.tensor([row.ref for row in rows], dtype=torch.float64)
@@ -114,6 +122,7 @@ class DPO(PairMethod):
     """Direct preference optimisation with the loss `preference.loss` from the registry."""
 
     name = "dpo"
+    shares_prompt = True
     figures = ("accuracy", "margin", "rewards_chosen", "rewards_rejected", "logps_chosen", "logps_rejected")
 
     def __init__(self, cfg, tokenizer):
@@ -143,6 +152,7 @@ class ORPO(PairMethod):
     """Odds-ratio preference optimisation: SFT on the chosen answer plus an odds-ratio term, no reference."""
 
     name = "orpo"
+    shares_prompt = True
     figures = ("nll", "log_odds_chosen", "log_odds_ratio")
 
     def loss(self, model, batch, logits_at) -> LossOut:
