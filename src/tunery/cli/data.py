@@ -19,6 +19,8 @@ def run_check(
     as_json: bool,
     method: str = "auto",
     allow_special_tokens: bool = False,
+    long_texts: str = "split",
+    window_overlap: int = 0,
 ) -> int:
     """Lint ``files`` (and ``validation``) with ``model``'s tokenizer and print the report.
 
@@ -39,6 +41,8 @@ def run_check(
         fmt=fmt,
         method=method,
         allow_special_tokens=allow_special_tokens,
+        long_texts=long_texts,
+        window_overlap=window_overlap,
     )
     if as_json:
         print(json.dumps(report.to_json(), indent=2))

@@ -80,6 +80,10 @@ def data_check(
     allow_special_tokens: bool = typer.Option(
         False, "--allow-special-tokens",
         help="Accept control tokens (<|im_end|> ...) spelled in text, as data.allow_special_tokens does."),
+    long_texts: str = typer.Option("split", "--long-texts", help="Raw text longer than --max-length: split "
+                                   "(windows that train every token) | cut, as data.long_texts does."),
+    window_overlap: int = typer.Option(0, "--window-overlap", min=0, help="Tokens a window repeats from the "
+                                       "one before, as data.window_overlap."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Lint datasets: every bad record with file, line and reason, plus token statistics.
@@ -93,7 +97,7 @@ def data_check(
 
     raise typer.Exit(
         run_check(files, model, validation or [], max_length, train_on, fmt, as_json, method,
-                  allow_special_tokens)
+                  allow_special_tokens, long_texts, window_overlap)
     )
 
 

@@ -112,7 +112,19 @@ class DataSection(Section):
         "all tokens, or only the last assistant turn.",
     )
     max_length: int = Field(
-        defaults.MAX_LENGTH, ge=8, description="Longest example in tokens; longer ones are cut at the end."
+        defaults.MAX_LENGTH, ge=8, description="Longest example in tokens. A longer conversation is cut at "
+        "the end; a longer raw text (`method: cpt`) is split into windows (see `long_texts`)."
+    )
+    long_texts: Literal["split", "cut"] = Field(
+        "split",
+        description="Raw text longer than `max_length`: `split` into windows of `max_length` tokens that "
+        "together train every token once, or `cut` at the end (the rest is not trained).",
+    )
+    window_overlap: int = Field(
+        0,
+        ge=0,
+        description="Tokens each window repeats from the one before, as context only (never trained "
+        "twice). At least 1 is always repeated, so the window's first new token has a token to predict it.",
     )
     allow_special_tokens: bool = Field(
         False,
@@ -120,6 +132,13 @@ class DataSection(Section):
         "`</s>` ...). Off: such a record is an error, since it can forge turns the template never "
         "wrote. On: it is trained, with that text tokenised as ordinary text, never as the control token.",
     )
+
+    @model_validator(mode="after")
+    def _overlap_leaves_room(self):
+        if self.window_overlap > self.max_length // 2:
+            raise ValueError(f"data.window_overlap ({self.window_overlap}) must be at most half of data.max_length "
+                             f"({self.max_length}): each window would add fewer new tokens than it repeats")
+        return self
 
 
 class TrainingSection(Section):

@@ -17,7 +17,8 @@ from tunery.data.formats import convert_records
 from tunery.data.messages import Example
 from tunery.data.problems import Problem, raise_if_errors
 from tunery.data.readers import read_records
-from tunery.data.render import Datasets, Rendered, render_examples
+from tunery.data.render import Datasets, Rendered, render_examples, truncate
+from tunery.data.windows import split_windows
 from tunery.errors import TuneryError
 
 if TYPE_CHECKING:
@@ -109,23 +110,34 @@ def progress(items, desc: str, total: int | None = None):
 
 
 def render_all(
-    examples: list[Example], tokenizer, train_on: str, max_length: int
+    examples: list[Example], tokenizer, train_on: str, max_length: int, long_texts: str = "split",
+    overlap: int = 0,
 ) -> tuple[list[Rendered], list[str], list[Problem]]:
     """Render each example; drop (with a warning) those left with no trained token.
 
-    Returns (rendered, warnings, problems); a problem is an example the template cannot render.
+    A conversation is cut at ``max_length``; a raw text longer than that is split into windows that
+    train every token once (``long_texts="split"``, `tunery.data.windows`) or cut (``"cut"``).
+    Returns (rendered rows, warnings, problems); a problem is an example the template cannot render.
     """
     rendered: list[Rendered] = []
     warnings: list[str] = []
     problems: list[Problem] = []
-    texts_cut = 0
-    results = render_examples(examples, tokenizer, train_on, max_length)
+    texts_cut = texts_split = 0
+    split = long_texts == "split"
+    results = render_examples(examples, tokenizer, train_on, None if split else max_length)
     for example, item in progress(zip(examples, results), "tokenizing", len(examples)):
         if isinstance(item, TuneryError):
             reason = item.what.removeprefix(f"{example.location}: ")
             reason += f" ({item.why})" if item.why else ""
             problems.append(Problem(example.source, example.line, reason, kind="render_error"))
             continue
+        if split and example.messages is None:
+            windows = split_windows(item, max_length, overlap)
+            texts_split += len(windows) > 1
+            rendered.extend(windows)
+            continue
+        if split:
+            item = truncate(item.ids, item.trained, max_length)
         if item.num_trained == 0:
             why = (
                 f"every trained token lies beyond max_length {max_length}"
@@ -145,8 +157,11 @@ def render_all(
         # One line, not one per document: long documents are common in a pre-training corpus.
         warnings.append(
             f"{texts_cut} raw text example(s) are longer than max_length {max_length}; "
-            "only their first max_length tokens are trained (split long documents to keep the rest)"
+            "only their first max_length tokens are trained (data.long_texts: split keeps the rest)"
         )
+    if texts_split:
+        warnings.append(f"{texts_split} raw text example(s) are longer than max_length {max_length}: split "
+                        "into windows that train every token once")
     return rendered, warnings, problems
 
 
@@ -216,10 +231,10 @@ def _render_datasets(cfg: TrainConfig, tokenizer) -> Datasets:
         train, validation = split_validation(train, data.val_split, cfg.training.seed)
     warnings += _overlap_warning(train, validation)
     train_rendered, found_warnings, problems = render_all(
-        train, tokenizer, train_on, data.max_length
+        train, tokenizer, train_on, data.max_length, data.long_texts, data.window_overlap
     )
     val_rendered, more_warnings, more_problems = render_all(
-        validation, tokenizer, train_on, data.max_length
+        validation, tokenizer, train_on, data.max_length, data.long_texts, data.window_overlap
     )
     raise_if_errors(problems + more_problems)
     warnings += found_warnings + more_warnings

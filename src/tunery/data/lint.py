@@ -15,6 +15,7 @@ from tunery.data.control_tokens import ControlTokens, control_token_problems
 from tunery.data.dataset import gc_paused, load_file, method_problems, progress
 from tunery.data.messages import Example
 from tunery.data.problems import Problem
+from tunery.data.windows import count_windows
 from tunery.data.render import TRAIN_ON, render_examples, truncate
 from tunery.errors import TuneryError
 
@@ -80,12 +81,20 @@ def _format_stats(split: str, stats: dict, max_length: int) -> list[str]:
     length = stats["length"]
     tokens, trained = stats["tokens"], stats["trained_tokens"]
     share = 100.0 * trained / tokens if tokens else 0.0
-    return [
+    lines = [
         f"{split}: {files}",
         f"  {_plural(stats['examples'], 'example')}, {tokens} tokens, {trained} trained ({share:.1f}%)",
         f"  length p50 {length['p50']}, p90 {length['p90']}, p99 {length['p99']}, "
         f"max {length['max']} (max_length {max_length}; {stats['over_max_length']} longer)",
     ]
+    windows = stats.get("windows")
+    if windows:
+        how = (f"split into {_plural(windows['windows'], 'window')}" if windows["long_texts"] == "split"
+               else "cut at max_length")
+        lines.append(f"  raw text: {_plural(windows['documents'], 'document')}, {windows['longer']} longer than "
+                     f"max_length ({how}); {windows['trained_tokens']} tokens trained, "
+                     f"{windows['dropped_tokens']} dropped")
+    return lines
 
 
 def percentile(sorted_values: list[int], p: float) -> int:
@@ -101,16 +110,16 @@ def _at(example: Example, reason: str, kind: str, severity: str = "warning") -> 
 
 
 def _length_problems(
-    example: Example, full_ids: list[int], trained: list[bool], max_length: int
+    example: Example, full_ids: list[int], trained: list[bool], max_length: int, long_texts: str = "split"
 ) -> list[Problem]:
     length = len(full_ids)
-    if length <= max_length:
-        return []
+    if length <= max_length or example.messages is None and long_texts == "split":
+        return []  # a long raw text is split into windows: nothing is lost (see the window statistics)
     lost = sum(trained) - truncate(full_ids, trained, max_length).num_trained
     if example.messages is None:
         reason = (
             f"text is {length} tokens, longer than max_length {max_length}: "
-            f"the last {length - max_length} are dropped"
+            f"the last {length - max_length} are dropped (data.long_texts: split keeps them)"
         )
         return [_at(example, reason, "text_truncated")]
     head = f"example is {length} tokens, longer than max_length {max_length}"
@@ -127,7 +136,8 @@ Measured = tuple[Example, int, int]  # an example, its token count, its trained 
 
 
 def _render_checks(
-    examples: list[Example], tokenizer, train_on: str, max_length: int, allow_special_tokens: bool
+    examples: list[Example], tokenizer, train_on: str, max_length: int, allow_special_tokens: bool,
+    long_texts: str = "split",
 ) -> tuple[list[Measured], list[Problem]]:
     """Render every example in full; returns what was measured and the problems found."""
     measured: list[Measured] = []
@@ -145,7 +155,7 @@ def _render_checks(
         if rendered.num_trained == 0:
             reason = "no trained token (every assistant turn has weight 0); the example is dropped"
             problems.append(_at(example, reason, "no_trained_tokens"))
-        problems += _length_problems(example, rendered.ids, rendered.trained, max_length)
+        problems += _length_problems(example, rendered.ids, rendered.trained, max_length, long_texts)
     return measured, problems
 
 
@@ -194,6 +204,16 @@ def _long_tails(measured: list[Measured]) -> list[Problem]:
     ]
 
 
+def _window_stats(measured: list[Measured], max_length: int, long_texts: str, overlap: int) -> dict | None:
+    """Raw texts: documents, how many are split, windows, and tokens trained vs dropped."""
+    lengths = [n for example, n, _ in measured if example.messages is None]
+    if not lengths:
+        return None
+    count = count_windows(lengths, max_length, overlap, long_texts == "split")
+    return {"long_texts": long_texts, "window_overlap": overlap} | dict(zip(
+        ("documents", "longer", "windows", "tokens", "trained_tokens", "dropped_tokens"), count.astuple()))
+
+
 def _split_stats(files: dict, measured: list[Measured], max_length: int) -> dict:
     ordered = sorted(n for _, n, _ in measured)
     return {
@@ -230,12 +250,15 @@ def _load_split(paths: Iterable[str], fmt: str) -> _Split:
     return split
 
 
-def _check_split(split: _Split, tokenizer, method: str, train_on: str, max_length: int, allow: bool):
+def _check_split(split: _Split, tokenizer, method: str, train_on: str, max_length: int, allow: bool,
+                 long_texts: str = "split", overlap: int = 0):
     """Every problem of one split and its statistics."""
-    measured, found = _render_checks(split.examples, tokenizer, train_on, max_length, allow)
+    measured, found = _render_checks(split.examples, tokenizer, train_on, max_length, allow, long_texts)
     problems = split.problems + method_problems(split.examples, method) + found
     problems += _duplicates(split.examples) + _long_tails(measured)
-    return problems, _split_stats(split.files, measured, max_length)
+    stats = _split_stats(split.files, measured, max_length)
+    windows = _window_stats(measured, max_length, long_texts, overlap)
+    return problems, stats | ({"windows": windows} if windows else {})
 
 
 def check_files(
@@ -248,6 +271,8 @@ def check_files(
     fmt: str = "auto",
     method: str = "sft",
     allow_special_tokens: bool = False,
+    long_texts: str = "split",
+    window_overlap: int = 0,
 ) -> LintReport:
     """Lint training (and validation) files as `tunery train` would read them.
 
@@ -257,7 +282,8 @@ def check_files(
     unless ``allow_special_tokens``: a record could forge turns with them); duplicates, long tails
     (warnings); train/validation overlap (an error, see `_overlap`).
     ``method: cpt`` trains every token and accepts raw text; ``auto`` means cpt when every training
-    file is raw text (it can serve nothing else), sft otherwise. Statistics are per split.
+    file is raw text (it can serve nothing else), sft otherwise. Statistics are per split; raw texts
+    also get window statistics (`long_texts`, `window_overlap`: how `tunery train` splits them).
     """
     if method in PREFERENCE_METHODS:
         from tunery.data.preference_lint import check_preference_files
@@ -267,13 +293,17 @@ def check_files(
                                           allow_special_tokens)
     with gc_paused():
         return _check_files(
-            train_paths, tokenizer, validation_paths, max_length, train_on, fmt, method, allow_special_tokens
+            train_paths, tokenizer, validation_paths, max_length, train_on, fmt, method, allow_special_tokens,
+            (long_texts, window_overlap),
         )
 
 
 def _check_files(
-    train_paths, tokenizer, validation_paths, max_length, train_on, fmt, method, allow_special_tokens
+    train_paths, tokenizer, validation_paths, max_length, train_on, fmt, method, allow_special_tokens,
+    windows: tuple[str, int] = ("split", 0),
 ) -> LintReport:
+    if windows[0] not in ("split", "cut"):
+        raise TuneryError(f"unknown long_texts '{windows[0]}'", fix="long_texts: split or cut")
     if train_on not in TRAIN_ON or method not in METHODS:
         raise TuneryError(
             f"unknown train_on '{train_on}' or method '{method}'",
@@ -285,13 +315,13 @@ def _check_files(
         method = "cpt" if formats == {"text"} else "sft"
     train_on = "all" if method == "cpt" else train_on
     allow = allow_special_tokens
-    problems, train_stats = _check_split(train, tokenizer, method, train_on, max_length, allow)
+    problems, train_stats = _check_split(train, tokenizer, method, train_on, max_length, allow, *windows)
     stats = {"max_length": max_length, "train_on": train_on, "method": method}
     stats |= {"train": train_stats, "validation": None}
     if validation_paths:
         validation = _load_split(validation_paths, fmt)
         found, stats["validation"] = _check_split(
-            validation, tokenizer, method, train_on, max_length, allow
+            validation, tokenizer, method, train_on, max_length, allow, *windows
         )
         problems += found + _overlap(train.examples, validation.examples)
     order = {path: i for i, path in enumerate(map(str, [*train_paths, *validation_paths]))}

@@ -51,6 +51,7 @@ def cache_key(cfg, tokenizer) -> str:
         "format": data.format, "train_on": data.train_on, "max_length": data.max_length,
         "val_split": data.val_split, "seed": cfg.training.seed, "method": cfg.method,
         "allow_special_tokens": data.allow_special_tokens,
+        "long_texts": data.long_texts, "window_overlap": data.window_overlap,
         "tokenizer": _tokenizer_digest(tokenizer),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
