@@ -247,6 +247,8 @@ def eval_(
     seed: int = typer.Option(0, "--seed", help="Seed for sampling, few-shot draws and bootstrap intervals."),
     batch_size: int = typer.Option(defaults.EVAL_BATCH_SIZE, "--batch-size", min=1, help="Prompts generated together."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate only the first N examples."),
+    max_length: int = typer.Option(defaults.MAX_LENGTH, "--max-length", min=8, help="Longest sequence scored: "
+                                   "preference pairs are cut there, raw text is scored in windows of this size."),
     probe: str = typer.Option("builtin", "--probe", help="Forgetting probe: builtin, a file with graders per "
                               "record, or none."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for eval.json and report.html (default: the "
@@ -264,6 +266,7 @@ def eval_(
       tunery eval runs/quickstart --data examples/quickstart/heldout.jsonl --limit 8 --max-new-tokens 40
       tunery eval runs/a runs/b --data val.jsonl --graders json_match --graders numeric:0.01 --json
       tunery eval runs/coder --data tasks.jsonl --graders code_tests:5 --gate "code_tests:5>=0.6"
+      tunery eval runs/cpt --data heldout_docs.jsonl --max-length 512   # raw text: perplexity before/after
     """
     from tunery.cli.evaluation import grader_specs, parse_baselines, run_eval
     from tunery.eval.evaluate import EvalOptions
@@ -271,7 +274,7 @@ def eval_(
     opts = EvalOptions(graders=grader_specs(graders), baselines=parse_baselines(baselines), k=k, retrieval=retrieval,
                        train=[str(p) for p in train or []], max_new_tokens=max_new_tokens, temperature=temperature,
                        seed=seed, batch_size=batch_size, limit=limit, probe=None if probe == "none" else probe,
-                       gates=list(gates or []))
+                       gates=list(gates or []), max_length=max_length)
     raise typer.Exit(run_eval(targets, str(data), opts, out, as_json))
 
 

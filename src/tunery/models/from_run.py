@@ -24,10 +24,6 @@ from tunery.models import embedded
 MERGED_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
-def is_run_folder(path: Path) -> bool:
-    return (path / "run.json").is_file()
-
-
 def run_info(run: Path) -> dict:
     """run.json, with the base model resolved against the run folder (it is stored relative to it)."""
     from tunery.runfolder import resolve_portable

@@ -39,7 +39,8 @@ def resolve_model_source(spec: str) -> str:
             raise TuneryError(f"GGUF file not found: {path}")
         return str(_converted_gguf_dir(path.resolve()))
     if path.is_dir():
-        from tunery.models.from_run import is_run_folder, run_model_dir
+        from tunery.models.from_run import run_model_dir
+        from tunery.runfolder import is_run_folder
 
         if is_run_folder(path) and not (path / "config.json").is_file():  # a finished run: two-stage training
             return str(run_model_dir(path))
