@@ -162,11 +162,19 @@ def summary_sentence(result: dict) -> str:
         verdict = ("lower" if test["diff"] < 0 else "higher") if test["significant"] else "not different (p >= 0.05)"
         parts.append(f"{test['a']}: held-out perplexity {run['ppl']:.2f} against {base['ppl']:.2f} for the base, "
                      f"{verdict} (loss per token {test['diff']:+.4f} [{test['diff_low']:+.4f}, {test['diff_high']:+.4f}], "
-                     f"p={test['p']:.3g})")
+                     f"{_p(test['p'])})")
     for run, f in result["forgetting"].items():
+        change = "a significant change" if f["test"]["significant"] else "not a significant change"
         parts.append(f"{run}: the general-ability probe went from {f['before']['mean']:.0%} to {f['after']['mean']:.0%}"
-                     f" ({f['lost']} items lost, {f['gained']} gained)")
+                     f" ({f['lost']} items lost, {f['gained']} gained; {change}, {_p(f['test']['p'])})")
     return "; ".join(parts) + "." if parts else "No run was evaluated: perplexity of the base only."
+
+
+def _p(p: float) -> str:
+    """p as printed: a bootstrap p of 0 only says it is below what its resamples can show."""
+    from tunery.eval.stats import RESAMPLES
+
+    return f"p={p:.3g}" if p > 0 else f"p<{2 / RESAMPLES:g}"
 
 
 def format_text_table(result: dict) -> str:
