@@ -283,7 +283,10 @@ def read_parquet(path: str) -> ReadResult:
     problems: list[Problem] = []
     line = 0
     try:
-        for batch in parquet.ParquetFile(path).iter_batches(batch_size=PARQUET_BATCH_ROWS):
+        # pre_buffer off: with it, pyarrow reads ahead whole column chunks and held ~55 MB more at
+        # peak on a 100 MB file (measured; bench/read_memory.py), for no speed a text column needs.
+        table = parquet.ParquetFile(path, pre_buffer=False)
+        for batch in table.iter_batches(batch_size=PARQUET_BATCH_ROWS):
             for row in batch.to_pylist():
                 line += 1
                 problem = _decode_nested(path, line, row)
