@@ -8,7 +8,9 @@ share common words as real text does. Then copies are planted: 1% with one word 
 (word 5-gram Jaccard ~0.90 with the original), 1% with one in 60 changed (~0.84, near the 0.8
 threshold, where a 128-value MinHash estimate errs by about 0.03), and 1% with only case and
 whitespace changed (exact). Reports the time of `duplicate_groups` in `exact` and `near` mode, how many
-planted copies of each kind it found, and how many pairs it reported that were not planted.
+planted copies of each kind it found, and how many pairs it reported that were not planted. A last
+row times the worst case of banding: 3,000 variants of one template (3 random words changed each), all
+falling in the same buckets.
 Results go to bench/results/dedup_speed.json.
 """
 
@@ -69,6 +71,21 @@ def run(texts: list[str], planted: dict, mode: str) -> dict:
             "pairs_not_planted": len(pairs - set(planted))}
 
 
+def template_case(count: int = 3000, words: int = 300, seed: int = 1) -> dict:
+    rng = random.Random(seed)
+    base = [f"w{rng.randrange(5000)}" for _ in range(words)]
+    texts = []
+    for _ in range(count):
+        variant = list(base)
+        for _ in range(3):
+            variant[rng.randrange(words)] = f"x{rng.randrange(10**6)}"
+        texts.append(" ".join(variant))
+    started = time.perf_counter()
+    groups = duplicate_groups(texts, "near")
+    return {"mode": "near", "case": f"{count} variants of one template", "seconds": round(time.perf_counter() - started, 2),
+            "groups": [len(g.members) for g in groups]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, default=5000)
@@ -76,7 +93,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "dedup_speed.json"))
     args = parser.parse_args()
     texts, planted = corpus(args.docs, args.words)
-    rows = [run(texts, planted, mode) for mode in ("exact", "near")]
+    rows = [run(texts, planted, mode) for mode in ("exact", "near")] + [template_case()]
     similarity = {}
     for (original, copy), kind in planted.items():
         similarity.setdefault(kind, []).append(jaccard(texts[original], texts[copy]))

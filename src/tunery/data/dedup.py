@@ -97,7 +97,7 @@ class _Signer:
         """NUM_PERM minima of multiply-shift hashes (the high 32 bits of ``a * x + b`` mod 2**64)."""
         shingles = self.shingles(normalised)
         permuted = (shingles[:, None] * self.multipliers[None, :] + self.offsets[None, :]) >> np.uint64(32)
-        return permuted.min(axis=0)
+        return permuted.min(axis=0).astype(np.uint32)  # the high 32 bits: 4 bytes a value suffice
 
 
 def _bands(threshold: float) -> int:
@@ -151,14 +151,18 @@ def _link_bucket(members: list[int], signatures: np.ndarray, threshold: float, l
             is_head.add(doc)
 
 
-def _near_links(texts: list[str], threshold: float) -> _UnionFind:
+def _near_links(texts: list[str], indexes: list[int], threshold: float) -> _UnionFind:
+    """Near-duplicate links among ``texts[i]`` for ``i`` in ``indexes`` (positions in ``indexes``)."""
     signer = _Signer()
-    signatures = np.stack([signer.signature(t) for t in texts]) if texts else np.zeros((0, NUM_PERM))
+    # One normalised text at a time; the signatures (128 x 4 bytes per document) are all that is kept.
+    signatures = np.zeros((len(indexes), NUM_PERM), dtype=np.uint32)
+    for position, index in enumerate(indexes):
+        signatures[position] = signer.signature(normalise(texts[index]))
     rows = _bands(threshold)
-    links = _UnionFind(len(texts))
+    links = _UnionFind(len(indexes))
     for start in range(0, NUM_PERM, rows):
         buckets: dict[bytes, list[int]] = defaultdict(list)
-        for doc in range(len(texts)):
+        for doc in range(len(indexes)):
             buckets[signatures[doc, start:start + rows].tobytes()].append(doc)
         for members in buckets.values():
             if len(members) > 1:
@@ -175,16 +179,17 @@ def duplicate_groups(texts: list[str], mode: Literal["exact", "near"] = "near",
     estimated Jaccard similarity of word 5-gram sets is at least ``threshold``. Dropping all but the
     first member of every group keeps exactly one text of each set of duplicates. Blank texts are
     never grouped."""
-    first_of: dict[str, int] = {}
+    first_of: dict[bytes, int] = {}  # a digest of the normalised text, not a second copy of the corpus
     exact: dict[int, list[int]] = defaultdict(list)
     for index, text in enumerate(texts):
         key = normalise(text)
         if key:
-            exact[first_of.setdefault(key, index)].append(index)
+            digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+            exact[first_of.setdefault(digest, index)].append(index)
     groups = [DuplicateGroup("exact", tuple(m)) for m in exact.values() if len(m) > 1]
     if mode == "near":
         firsts = list(exact)  # in document order, one per distinct normalised text
-        links = _near_links([normalise(texts[i]) for i in firsts], threshold)
+        links = _near_links(texts, firsts, threshold)
         near: dict[int, list[int]] = defaultdict(list)
         for position, index in enumerate(firsts):
             near[links.find(position)].append(index)
