@@ -147,3 +147,20 @@ def test_the_rendered_data_cache_key_follows_the_files_of_a_folder(tmp_path, smo
     cfg.data.drop_duplicates = "near"
     keys.append(cache_key(cfg, smol_tokenizer))
     assert len(set(keys)) == 5 and keys[2] == keys[3]
+
+
+def test_data_check_takes_a_folder_with_include_and_exclude(tmp_path):
+    from typer.testing import CliRunner
+
+    from tunery.cli.main import app
+
+    docs = corpus(tmp_path)
+    put(docs, "empty.txt", "")
+    args = ["data", "check", str(docs), "--include", "**/*.txt", "--exclude", "drafts/**", "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.stdout)
+    assert [(e["file"], e["line"], e["kind"]) for e in report["errors"]] == [(str(docs / "empty.txt"), 0, "empty_file")]
+    # b.txt and guide/c.txt: not the .md files, not drafts/, not the hidden ones.
+    assert report["stats"]["method"] == "cpt"
+    assert report["stats"]["train"]["files"] == {str(docs): {"format": "text", "examples": 2, "files": 3}}
