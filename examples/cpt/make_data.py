@@ -20,6 +20,7 @@ import argparse
 import importlib
 import inspect
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -34,6 +35,7 @@ symtable tabnanny tarfile tempfile textwrap threading timeit token tokenize toml
 types typing unittest urllib.parse uuid warnings wave weakref zipapp zipfile zipimport zoneinfo
 """.split())
 HELD_OUT_EVERY = 5  # every fifth module is held out
+MADE_WITH = (3, 11)  # the Python whose standard library wrote the shipped files (docstrings change between versions)
 MAX_CHARS = 12_000
 
 
@@ -41,11 +43,15 @@ def clean(text: str | None) -> str:
     return inspect.cleandoc(text) if text else ""
 
 
+ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+>")  # a default's repr naming where it lies in memory
+
+
 def signature(obj) -> str:
     try:
-        return str(inspect.signature(obj))
+        text = str(inspect.signature(obj))
     except (TypeError, ValueError):
         return "(...)"
+    return ADDRESS.sub(">", text)  # the same bytes on every run
 
 
 def public(module, obj_type) -> list[tuple[str, object]]:
@@ -82,10 +88,10 @@ def document(module_name: str) -> str:
     return text
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     train, heldout = [], []
     for i, name in enumerate(MODULES):
         record = {"text": document(name), "module": name}

@@ -70,7 +70,8 @@ def plan(
 
 @data_app.command("check")
 def data_check(
-    files: List[Path] = typer.Argument(..., help="Training files to lint."),
+    files: List[Path] = typer.Argument(..., help="Training files or folders to lint (a folder: every file "
+                                       "matching --include under it, each .txt/.md one raw-text document)."),
     model: str = typer.Option(defaults.BASE_MODEL, "--model", "-m", help=MODEL_HELP),
     validation: Optional[List[Path]] = typer.Option(None, "--validation", "-v", help="Validation file(s)."),
     max_length: int = typer.Option(defaults.MAX_LENGTH, "--max-length", help="Longest example in tokens."),
@@ -84,26 +85,37 @@ def data_check(
                                    "(windows that train every token) | cut, as data.long_texts does."),
     window_overlap: int = typer.Option(0, "--window-overlap", min=0, help="Tokens a window repeats from the "
                                        "one before, as data.window_overlap."),
+    include: Optional[List[str]] = typer.Option(
+        None, "--include", help="Glob of the files of a folder to read, relative to it (repeatable; "
+        "default **/*.txt and **/*.md), as data.include."),
+    exclude: Optional[List[str]] = typer.Option(
+        None, "--exclude", help="Glob of the files of a folder to skip (repeatable), as data.exclude."),
+    near_threshold: float = typer.Option(
+        defaults.NEAR_DUPLICATE_THRESHOLD, "--near-threshold", min=0.5, max=1.0,
+        help="Estimated Jaccard similarity from which raw-text documents are near duplicates."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Lint datasets: every bad record with file, line and reason, plus token statistics.
 
-    Exit code 0 only when there is no error; warnings do not fail.
+    Exit code 0 only when there is no error; warnings do not fail. Raw-text documents that are
+    exact or near duplicates are listed in groups (warnings).
 
     Example:
       tunery data check train.jsonl --validation val.jsonl --model smollm2-135m-instruct
+      tunery data check notes/ --exclude "drafts/**"
     """
-    from tunery.cli.data import run_check
+    from tunery.cli.data import SourceOptions, run_check
 
+    sources = SourceOptions(include or list(defaults.INCLUDE), exclude or [], near_threshold)
     raise typer.Exit(
         run_check(files, model, validation or [], max_length, train_on, fmt, as_json, method,
-                  allow_special_tokens, long_texts, window_overlap)
+                  allow_special_tokens, sources, long_texts, window_overlap)
     )
 
 
 @data_app.command("preview")
 def data_preview(
-    file: Path = typer.Argument(..., help="Dataset file."),
+    file: Path = typer.Argument(..., help="Dataset file, or a folder of raw-text documents."),
     model: str = typer.Option(defaults.BASE_MODEL, "--model", "-m", help=MODEL_HELP),
     n: int = typer.Option(3, "-n", help="How many examples."),
     max_length: int = typer.Option(defaults.MAX_LENGTH, "--max-length", help="Longest example in tokens."),

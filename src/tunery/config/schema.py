@@ -90,11 +90,39 @@ class DataSection(Section):
 
     train: list[str] = Field(
         default_factory=list,
-        description="Training files (JSONL, JSON, CSV or Parquet). Paths in a YAML file are "
-        "relative to that file; paths given on the command line are relative to the current folder.",
+        description="Training files (JSONL, JSON, CSV, Parquet, or .txt/.md: one raw-text document each) "
+        "or folders (each file matching `include` under it, recursively, in sorted order). Paths in a "
+        "YAML file are relative to that file; paths given on the command line are relative to the "
+        "current folder.",
     )
     validation: list[str] = Field(
-        default_factory=list, description="Validation files. Empty: use `val_split` instead."
+        default_factory=list,
+        description="Validation files or folders, as in `train`. Empty: use `val_split` instead.",
+    )
+    include: list[str] = Field(
+        default_factory=lambda: list(defaults.INCLUDE),
+        description="Which files of a folder in `train`/`validation` are read: globs matched against the "
+        "path relative to the folder (`*` within one folder name, `**/` any number of folders). A "
+        "matching .jsonl/.json/.csv/.parquet file is read as records, any other as one raw-text "
+        "document. Hidden files and folders (`.git` ...) are skipped.",
+    )
+    exclude: list[str] = Field(
+        default_factory=list,
+        description="Globs (as in `include`) of files of a folder that are not read, e.g. [drafts/**].",
+    )
+    drop_duplicates: Literal[False, "exact", "near"] = Field(
+        False,
+        description="Drop all but the first of each group of duplicate raw-text documents before "
+        "training (one warning gives the count): `exact` (the same text after normalising whitespace "
+        "and case) or `near` (also MinHash near duplicates, see `near_duplicate_threshold`). "
+        "`tunery data check` lists the groups either way.",
+    )
+    near_duplicate_threshold: float = Field(
+        defaults.NEAR_DUPLICATE_THRESHOLD,
+        ge=0.5,
+        le=1.0,
+        description="Estimated Jaccard similarity of word 5-gram sets from which two raw-text "
+        "documents are near duplicates.",
     )
     val_split: float = Field(
         0.0,

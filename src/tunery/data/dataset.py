@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tunery.data.control_tokens import ControlTokens, control_token_problems
+from tunery.data.dedup import drop_from_splits
 from tunery.data.formats import convert_records
 from tunery.data.messages import Example
 from tunery.data.problems import Problem, raise_if_errors
-from tunery.data.readers import read_records
+from tunery.data.readers import DOCUMENT_SUFFIXES, read_records
 from tunery.data.render import Datasets, Rendered, render_examples, truncate
+from tunery.data.sources import DEFAULT_INCLUDE, expand
 from tunery.data.windows import split_windows
 from tunery.errors import TuneryError
 
@@ -25,28 +27,38 @@ if TYPE_CHECKING:
     from tunery.config.schema import TrainConfig
 
 
-def load_examples(paths: list[str], fmt: str = "auto") -> tuple[list[Example], list[Problem]]:
+def load_examples(
+    paths: list[str], fmt: str = "auto", include=DEFAULT_INCLUDE, exclude=()
+) -> tuple[list[Example], list[Problem]]:
     """Read and convert every record of ``paths``; returns the good examples and every problem.
 
-    ``fmt`` forces a format for all files; ``auto`` detects it per file from the records' keys.
+    ``fmt`` forces a format for all files; ``auto`` detects it per file from the records' keys. A
+    folder stands for its files that match ``include`` and not ``exclude`` (`tunery.data.sources`).
     """
     examples: list[Example] = []
     problems: list[Problem] = []
     for path in paths:
-        converted, found, _ = load_file(str(path), fmt)
-        examples.extend(converted)
+        sources, found = expand(str(path), include, exclude)
         problems.extend(found)
+        for source in sources:
+            converted, found, _ = load_file(source.path, fmt, source.document)
+            examples.extend(converted)
+            problems.extend(found)
     return examples, problems
 
 
-def load_file(path: str, fmt: str = "auto") -> tuple[list[Example], list[Problem], str | None]:
-    """One file's examples, problems, and the format used (None when none could be told)."""
-    records, problems = read_records(path)
+def load_file(
+    path: str, fmt: str = "auto", document: bool = False
+) -> tuple[list[Example], list[Problem], str | None]:
+    """One file's examples, problems, and the format used (None when none could be told). A
+    document (``.txt``, ``.md``, or ``document``) is one raw-text example, whatever ``fmt`` says."""
+    document = document or Path(path).suffix.lower() in DOCUMENT_SUFFIXES
+    records, problems = read_records(path, document)
     if not records:
         if not problems:
             problems.append(Problem(path, 0, "the file holds no records", kind="empty_file"))
         return [], problems, None
-    examples, found, used = convert_records(path, records, fmt)
+    examples, found, used = convert_records(path, records, "text" if document else fmt)
     return examples, problems + found, used
 
 
@@ -216,15 +228,17 @@ def render_datasets(cfg: TrainConfig, tokenizer) -> Datasets:
 def _render_datasets(cfg: TrainConfig, tokenizer) -> Datasets:
     data = cfg.data
     train_on = "all" if cfg.method == "cpt" else data.train_on
-    train, problems = load_examples(data.train, data.format)
-    validation, found = load_examples(data.validation, data.format)
+    train, problems = load_examples(data.train, data.format, data.include, data.exclude)
+    validation, found = load_examples(data.validation, data.format, data.include, data.exclude)
     problems += found + method_problems(train + validation, cfg.method)
     if not data.allow_special_tokens:
         controls = ControlTokens.of(tokenizer)
         for example in train + validation:
             problems += control_token_problems(example, controls, allowed=False)
     raise_if_errors(problems)
-    warnings: list[str] = []
+    train, validation, warnings = drop_from_splits(
+        train, validation, data.drop_duplicates, data.near_duplicate_threshold
+    )
     if data.validation and data.val_split > 0:
         warnings.append("data.val_split is ignored because validation files are given")
     elif data.val_split > 0:
