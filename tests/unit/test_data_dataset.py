@@ -73,14 +73,14 @@ def test_sft_refuses_raw_text_and_cpt_trains_every_token(tmp_path, smol_tokenize
     tr, va, _ = parts(build_datasets(cfg, smol_tokenizer))
     assert tr[0].ids == smol_tokenizer("Alpha beta.")["input_ids"] + [smol_tokenizer.eos_token_id]
     assert all(all(r.trained) for r in tr) and va == []
-    cfg.data.max_length = 8
+    cfg.data.max_length, cfg.data.long_texts = 8, "cut"
     long_text = write_jsonl(tmp_path / "l.jsonl", [{"text": " ".join(["word"] * 20)}, {"text": "Gamma."}])
     cfg.data.train = [long_text]
     tr, _, warnings = parts(build_datasets(cfg, smol_tokenizer))
     assert [len(r.ids) for r in tr] == [8, 4] and tr[0].answer_cut  # "Gamma." is 3 tokens + EOS
     assert warnings == [
         "1 raw text example(s) are longer than max_length 8; only their first max_length tokens "
-        "are trained (split long documents to keep the rest)"
+        "are trained (data.long_texts: split keeps the rest)"
     ]
 
 

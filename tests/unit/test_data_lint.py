@@ -172,8 +172,11 @@ def test_raw_text_needs_cpt(tmp_path, smol_tokenizer):
     # "one two three" is 3 tokens and "four" 1, each plus EOS; every token is trained.
     assert report.stats["train"]["tokens"] == 6 and report.stats["train"]["trained_tokens"] == 6
     assert check_files([corpus], smol_tokenizer, method="auto").ok
-    cut = check_files([corpus], smol_tokenizer, method="cpt", max_length=2)
+    cut = check_files([corpus], smol_tokenizer, method="cpt", max_length=2, long_texts="cut")
     assert cut.ok and kinds(cut.warnings) == [(1, "text_truncated")]
+    assert cut.stats["train"]["windows"]["dropped_tokens"] == 2  # "three" and EOS of the 4-token text
+    split = check_files([corpus], smol_tokenizer, method="cpt", max_length=2)
+    assert split.ok and split.warnings == []  # split into windows: nothing is lost, nothing to warn of
 
 
 def test_train_on_changes_trained_counts(tmp_path, smol_tokenizer):

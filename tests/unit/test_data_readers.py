@@ -143,7 +143,7 @@ def test_parquet_json_string_column(tmp_path):
 
 def test_missing_unknown_and_empty_files(tmp_path):
     missing = str(tmp_path / "nope.jsonl")
-    unknown = write(tmp_path / "t.txt", "hello")
+    unknown = write(tmp_path / "t.xml", "hello")
     empty = write(tmp_path / "e.jsonl", "\n\n")
     latin = tmp_path / "l.jsonl"
     latin.write_bytes('{"text": "caf\xe9"}'.encode("latin-1"))
@@ -155,6 +155,6 @@ def test_missing_unknown_and_empty_files(tmp_path):
         (str(latin), 1, "encoding"),  # the line, not the whole file
     ]
     assert (
-        problems[1].reason == "unknown file type '.txt': use one of .csv, .json, .jsonl, .parquet"
+        problems[1].reason == "unknown file type '.xml': use one of .csv, .json, .jsonl, .md, .parquet, .txt"
     )
     assert problems[0].format() == f"{missing}: file not found"

@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from tunery.config import defaults
 from tunery.errors import TuneryError
+
+
+@dataclass
+class SourceOptions:
+    """How folders are read and duplicates told (data.include, data.exclude, the near threshold)."""
+
+    include: list[str] = field(default_factory=lambda: list(defaults.INCLUDE))
+    exclude: list[str] = field(default_factory=list)
+    near_threshold: float = defaults.NEAR_DUPLICATE_THRESHOLD
 
 
 def run_check(
@@ -19,16 +30,21 @@ def run_check(
     as_json: bool,
     method: str = "auto",
     allow_special_tokens: bool = False,
+    sources: SourceOptions | None = None,
+    long_texts: str = "split",
+    window_overlap: int = 0,
 ) -> int:
     """Lint ``files`` (and ``validation``) with ``model``'s tokenizer and print the report.
 
     Returns 0 when there is no error, 1 otherwise. With ``as_json`` stdout holds only the JSON.
     With ``method`` auto, raw-text-only training files are linted as continued pre-training.
     ``allow_special_tokens`` turns control tokens spelled in text from errors into warnings.
+    ``sources`` says which files of a folder are read and when documents are near duplicates.
     """
     from tunery.data.lint import check_files
     from tunery.models.load import load_tokenizer
 
+    sources = sources or SourceOptions()
     tokenizer = load_tokenizer(model)
     report = check_files(
         [str(f) for f in files],
@@ -39,6 +55,11 @@ def run_check(
         fmt=fmt,
         method=method,
         allow_special_tokens=allow_special_tokens,
+        include=sources.include,
+        exclude=sources.exclude,
+        near_threshold=sources.near_threshold,
+        long_texts=long_texts,
+        window_overlap=window_overlap,
     )
     if as_json:
         print(json.dumps(report.to_json(), indent=2))
@@ -53,12 +74,12 @@ def run_preview(
     """Print the first ``n`` readable examples of ``file`` with trained tokens marked: green on a
     terminal, ``[[ ]]`` otherwise. Returns 1 when the file has broken records (listed by
     `tunery data check`), else 0."""
-    from tunery.data.dataset import load_file
+    from tunery.data.dataset import load_examples
     from tunery.data.preview import ANSI_GREEN, BRACKETS, render_previews
     from tunery.data.problems import errors_of, raise_if_errors
     from tunery.models.load import load_tokenizer
 
-    examples, problems, _ = load_file(str(file), fmt)
+    examples, problems = load_examples([str(file)], fmt)  # a file, or a folder's documents
     if not examples:
         raise_if_errors(problems, what=str(file))
         raise TuneryError(f"{file} holds no example to preview")

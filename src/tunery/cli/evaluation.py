@@ -72,6 +72,10 @@ def write_and_print(result: dict, targets: list[str], out: Path | None, as_json:
 
         print(format_pairs_table(result))
         print(format_pairs_details(result))
+    elif result.get("kind") == "text":
+        from tunery.eval.text import format_text_table
+
+        print(format_text_table(result))
     else:
         print(format_table(result))
         print(format_details(result))

@@ -70,7 +70,8 @@ def plan(
 
 @data_app.command("check")
 def data_check(
-    files: List[Path] = typer.Argument(..., help="Training files to lint."),
+    files: List[Path] = typer.Argument(..., help="Training files or folders to lint (a folder: every file "
+                                       "matching --include under it, each .txt/.md one raw-text document)."),
     model: str = typer.Option(defaults.BASE_MODEL, "--model", "-m", help=MODEL_HELP),
     validation: Optional[List[Path]] = typer.Option(None, "--validation", "-v", help="Validation file(s)."),
     max_length: int = typer.Option(defaults.MAX_LENGTH, "--max-length", help="Longest example in tokens."),
@@ -80,26 +81,41 @@ def data_check(
     allow_special_tokens: bool = typer.Option(
         False, "--allow-special-tokens",
         help="Accept control tokens (<|im_end|> ...) spelled in text, as data.allow_special_tokens does."),
+    long_texts: str = typer.Option("split", "--long-texts", help="Raw text longer than --max-length: split "
+                                   "(windows that train every token) | cut, as data.long_texts does."),
+    window_overlap: int = typer.Option(0, "--window-overlap", min=0, help="Tokens a window repeats from the "
+                                       "one before, as data.window_overlap."),
+    include: Optional[List[str]] = typer.Option(
+        None, "--include", help="Glob of the files of a folder to read, relative to it (repeatable; "
+        "default **/*.txt and **/*.md), as data.include."),
+    exclude: Optional[List[str]] = typer.Option(
+        None, "--exclude", help="Glob of the files of a folder to skip (repeatable), as data.exclude."),
+    near_threshold: float = typer.Option(
+        defaults.NEAR_DUPLICATE_THRESHOLD, "--near-threshold", min=0.5, max=1.0,
+        help="Estimated Jaccard similarity from which raw-text documents are near duplicates."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Lint datasets: every bad record with file, line and reason, plus token statistics.
 
-    Exit code 0 only when there is no error; warnings do not fail.
+    Exit code 0 only when there is no error; warnings do not fail. Raw-text documents that are
+    exact or near duplicates are listed in groups (warnings).
 
     Example:
       tunery data check train.jsonl --validation val.jsonl --model smollm2-135m-instruct
+      tunery data check notes/ --exclude "drafts/**"
     """
-    from tunery.cli.data import run_check
+    from tunery.cli.data import SourceOptions, run_check
 
+    sources = SourceOptions(include or list(defaults.INCLUDE), exclude or [], near_threshold)
     raise typer.Exit(
         run_check(files, model, validation or [], max_length, train_on, fmt, as_json, method,
-                  allow_special_tokens)
+                  allow_special_tokens, sources, long_texts, window_overlap)
     )
 
 
 @data_app.command("preview")
 def data_preview(
-    file: Path = typer.Argument(..., help="Dataset file."),
+    file: Path = typer.Argument(..., help="Dataset file, or a folder of raw-text documents."),
     model: str = typer.Option(defaults.BASE_MODEL, "--model", "-m", help=MODEL_HELP),
     n: int = typer.Option(3, "-n", help="How many examples."),
     max_length: int = typer.Option(defaults.MAX_LENGTH, "--max-length", help="Longest example in tokens."),
@@ -243,6 +259,8 @@ def eval_(
     seed: int = typer.Option(0, "--seed", help="Seed for sampling, few-shot draws and bootstrap intervals."),
     batch_size: int = typer.Option(defaults.EVAL_BATCH_SIZE, "--batch-size", min=1, help="Prompts generated together."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate only the first N examples."),
+    max_length: int = typer.Option(defaults.MAX_LENGTH, "--max-length", min=8, help="Longest sequence scored: "
+                                   "preference pairs are cut there, raw text is scored in windows of this size."),
     probe: str = typer.Option("builtin", "--probe", help="Forgetting probe: builtin, a file with graders per "
                               "record, or none."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for eval.json and report.html (default: the "
@@ -260,6 +278,7 @@ def eval_(
       tunery eval runs/quickstart --data examples/quickstart/heldout.jsonl --limit 8 --max-new-tokens 40
       tunery eval runs/a runs/b --data val.jsonl --graders json_match --graders numeric:0.01 --json
       tunery eval runs/coder --data tasks.jsonl --graders code_tests:5 --gate "code_tests:5>=0.6"
+      tunery eval runs/cpt --data heldout_docs.jsonl --max-length 512   # raw text: perplexity before/after
     """
     from tunery.cli.evaluation import grader_specs, parse_baselines, run_eval
     from tunery.eval.evaluate import EvalOptions
@@ -267,7 +286,7 @@ def eval_(
     opts = EvalOptions(graders=grader_specs(graders), baselines=parse_baselines(baselines), k=k, retrieval=retrieval,
                        train=[str(p) for p in train or []], max_new_tokens=max_new_tokens, temperature=temperature,
                        seed=seed, batch_size=batch_size, limit=limit, probe=None if probe == "none" else probe,
-                       gates=list(gates or []))
+                       gates=list(gates or []), max_length=max_length)
     raise typer.Exit(run_eval(targets, str(data), opts, out, as_json))
 
 

@@ -12,3 +12,5 @@ TRAIN_ON = "assistant"  # data.train_on
 EVAL_BATCH_SIZE = 8  # prompts generated together by `tunery eval`
 SHOTS = 3  # examples in few-shot and retrieval prompts
 RETRIEVAL = "bm25"  # retrieval method of the baselines
+INCLUDE = ("**/*.txt", "**/*.md")  # data.include: the files of a folder that are read
+NEAR_DUPLICATE_THRESHOLD = 0.8  # data.near_duplicate_threshold: estimated Jaccard of word 5-grams

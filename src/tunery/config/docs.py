@@ -31,7 +31,7 @@ def type_name(annotation) -> str:
     """A short readable name for a field's type."""
     origin = typing.get_origin(annotation)
     if origin is typing.Literal:
-        return " \\| ".join(f"`{a}`" for a in typing.get_args(annotation))
+        return " \\| ".join(f"`{a if isinstance(a, str) else json.dumps(a)}`" for a in typing.get_args(annotation))
     if origin in (typing.Union, types.UnionType):
         parts = [type_name(a) for a in typing.get_args(annotation) if a is not type(None)]
         optional = type(None) in typing.get_args(annotation)

@@ -90,11 +90,39 @@ class DataSection(Section):
 
     train: list[str] = Field(
         default_factory=list,
-        description="Training files (JSONL, JSON, CSV or Parquet). Paths in a YAML file are "
-        "relative to that file; paths given on the command line are relative to the current folder.",
+        description="Training files (JSONL, JSON, CSV, Parquet, or .txt/.md: one raw-text document each) "
+        "or folders (each file matching `include` under it, recursively, in sorted order). Paths in a "
+        "YAML file are relative to that file; paths given on the command line are relative to the "
+        "current folder.",
     )
     validation: list[str] = Field(
-        default_factory=list, description="Validation files. Empty: use `val_split` instead."
+        default_factory=list,
+        description="Validation files or folders, as in `train`. Empty: use `val_split` instead.",
+    )
+    include: list[str] = Field(
+        default_factory=lambda: list(defaults.INCLUDE),
+        description="Which files of a folder in `train`/`validation` are read: globs matched against the "
+        "path relative to the folder (`*` within one folder name, `**/` any number of folders). A "
+        "matching .jsonl/.json/.csv/.parquet file is read as records, any other as one raw-text "
+        "document. Hidden files and folders (`.git` ...) are skipped.",
+    )
+    exclude: list[str] = Field(
+        default_factory=list,
+        description="Globs (as in `include`) of files of a folder that are not read, e.g. [drafts/**].",
+    )
+    drop_duplicates: Literal[False, "exact", "near"] = Field(
+        False,
+        description="Drop all but the first of each group of duplicate raw-text documents before "
+        "training (one warning gives the count): `exact` (the same text after normalising whitespace "
+        "and case) or `near` (also MinHash near duplicates, see `near_duplicate_threshold`). "
+        "`tunery data check` lists the groups either way.",
+    )
+    near_duplicate_threshold: float = Field(
+        defaults.NEAR_DUPLICATE_THRESHOLD,
+        ge=0.5,
+        le=1.0,
+        description="Estimated Jaccard similarity of word 5-gram sets from which two raw-text "
+        "documents are near duplicates.",
     )
     val_split: float = Field(
         0.0,
@@ -112,7 +140,19 @@ class DataSection(Section):
         "all tokens, or only the last assistant turn.",
     )
     max_length: int = Field(
-        defaults.MAX_LENGTH, ge=8, description="Longest example in tokens; longer ones are cut at the end."
+        defaults.MAX_LENGTH, ge=8, description="Longest example in tokens. A longer conversation is cut at "
+        "the end; a longer raw text (`method: cpt`) is split into windows (see `long_texts`)."
+    )
+    long_texts: Literal["split", "cut"] = Field(
+        "split",
+        description="Raw text longer than `max_length`: `split` into windows of `max_length` tokens that "
+        "together train every token once, or `cut` at the end (the rest is not trained).",
+    )
+    window_overlap: int = Field(
+        0,
+        ge=0,
+        description="Tokens each window repeats from the one before, as context only (never trained "
+        "twice). At least 1 is always repeated, so the window's first new token has a token to predict it.",
     )
     allow_special_tokens: bool = Field(
         False,
@@ -120,6 +160,13 @@ class DataSection(Section):
         "`</s>` ...). Off: such a record is an error, since it can forge turns the template never "
         "wrote. On: it is trained, with that text tokenised as ordinary text, never as the control token.",
     )
+
+    @model_validator(mode="after")
+    def _overlap_leaves_room(self):
+        if self.window_overlap > self.max_length // 2:
+            raise ValueError(f"data.window_overlap ({self.window_overlap}) must be at most half of data.max_length "
+                             f"({self.max_length}): each window would add fewer new tokens than it repeats")
+        return self
 
 
 class TrainingSection(Section):

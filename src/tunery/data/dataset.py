@@ -13,39 +13,52 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tunery.data.control_tokens import ControlTokens, control_token_problems
+from tunery.data.dedup import drop_from_splits
 from tunery.data.formats import convert_records
 from tunery.data.messages import Example
 from tunery.data.problems import Problem, raise_if_errors
-from tunery.data.readers import read_records
-from tunery.data.render import Datasets, Rendered, render_examples
+from tunery.data.readers import DOCUMENT_SUFFIXES, read_records
+from tunery.data.render import Datasets, Rendered, render_examples, truncate
+from tunery.data.sources import DEFAULT_INCLUDE, expand
+from tunery.data.windows import split_windows
 from tunery.errors import TuneryError
 
 if TYPE_CHECKING:
     from tunery.config.schema import TrainConfig
 
 
-def load_examples(paths: list[str], fmt: str = "auto") -> tuple[list[Example], list[Problem]]:
+def load_examples(
+    paths: list[str], fmt: str = "auto", include=DEFAULT_INCLUDE, exclude=()
+) -> tuple[list[Example], list[Problem]]:
     """Read and convert every record of ``paths``; returns the good examples and every problem.
 
-    ``fmt`` forces a format for all files; ``auto`` detects it per file from the records' keys.
+    ``fmt`` forces a format for all files; ``auto`` detects it per file from the records' keys. A
+    folder stands for its files that match ``include`` and not ``exclude`` (`tunery.data.sources`).
     """
     examples: list[Example] = []
     problems: list[Problem] = []
     for path in paths:
-        converted, found, _ = load_file(str(path), fmt)
-        examples.extend(converted)
+        sources, found = expand(str(path), include, exclude)
         problems.extend(found)
+        for source in sources:
+            converted, found, _ = load_file(source.path, fmt, source.document)
+            examples.extend(converted)
+            problems.extend(found)
     return examples, problems
 
 
-def load_file(path: str, fmt: str = "auto") -> tuple[list[Example], list[Problem], str | None]:
-    """One file's examples, problems, and the format used (None when none could be told)."""
-    records, problems = read_records(path)
+def load_file(
+    path: str, fmt: str = "auto", document: bool = False
+) -> tuple[list[Example], list[Problem], str | None]:
+    """One file's examples, problems, and the format used (None when none could be told). A
+    document (``.txt``, ``.md``, or ``document``) is one raw-text example, whatever ``fmt`` says."""
+    document = document or Path(path).suffix.lower() in DOCUMENT_SUFFIXES
+    records, problems = read_records(path, document)
     if not records:
         if not problems:
             problems.append(Problem(path, 0, "the file holds no records", kind="empty_file"))
         return [], problems, None
-    examples, found, used = convert_records(path, records, fmt)
+    examples, found, used = convert_records(path, records, "text" if document else fmt)
     return examples, problems + found, used
 
 
@@ -109,23 +122,34 @@ def progress(items, desc: str, total: int | None = None):
 
 
 def render_all(
-    examples: list[Example], tokenizer, train_on: str, max_length: int
+    examples: list[Example], tokenizer, train_on: str, max_length: int, long_texts: str = "split",
+    overlap: int = 0,
 ) -> tuple[list[Rendered], list[str], list[Problem]]:
     """Render each example; drop (with a warning) those left with no trained token.
 
-    Returns (rendered, warnings, problems); a problem is an example the template cannot render.
+    A conversation is cut at ``max_length``; a raw text longer than that is split into windows that
+    train every token once (``long_texts="split"``, `tunery.data.windows`) or cut (``"cut"``).
+    Returns (rendered rows, warnings, problems); a problem is an example the template cannot render.
     """
     rendered: list[Rendered] = []
     warnings: list[str] = []
     problems: list[Problem] = []
-    texts_cut = 0
-    results = render_examples(examples, tokenizer, train_on, max_length)
+    texts_cut = texts_split = 0
+    split = long_texts == "split"
+    results = render_examples(examples, tokenizer, train_on, None if split else max_length)
     for example, item in progress(zip(examples, results), "tokenizing", len(examples)):
         if isinstance(item, TuneryError):
             reason = item.what.removeprefix(f"{example.location}: ")
             reason += f" ({item.why})" if item.why else ""
             problems.append(Problem(example.source, example.line, reason, kind="render_error"))
             continue
+        if split and example.messages is None:
+            windows = split_windows(item, max_length, overlap)
+            texts_split += len(windows) > 1
+            rendered.extend(windows)
+            continue
+        if split:
+            item = truncate(item.ids, item.trained, max_length)
         if item.num_trained == 0:
             why = (
                 f"every trained token lies beyond max_length {max_length}"
@@ -145,8 +169,11 @@ def render_all(
         # One line, not one per document: long documents are common in a pre-training corpus.
         warnings.append(
             f"{texts_cut} raw text example(s) are longer than max_length {max_length}; "
-            "only their first max_length tokens are trained (split long documents to keep the rest)"
+            "only their first max_length tokens are trained (data.long_texts: split keeps the rest)"
         )
+    if texts_split:
+        warnings.append(f"{texts_split} raw text example(s) are longer than max_length {max_length}: split "
+                        "into windows that train every token once")
     return rendered, warnings, problems
 
 
@@ -201,25 +228,27 @@ def render_datasets(cfg: TrainConfig, tokenizer) -> Datasets:
 def _render_datasets(cfg: TrainConfig, tokenizer) -> Datasets:
     data = cfg.data
     train_on = "all" if cfg.method == "cpt" else data.train_on
-    train, problems = load_examples(data.train, data.format)
-    validation, found = load_examples(data.validation, data.format)
+    train, problems = load_examples(data.train, data.format, data.include, data.exclude)
+    validation, found = load_examples(data.validation, data.format, data.include, data.exclude)
     problems += found + method_problems(train + validation, cfg.method)
     if not data.allow_special_tokens:
         controls = ControlTokens.of(tokenizer)
         for example in train + validation:
             problems += control_token_problems(example, controls, allowed=False)
     raise_if_errors(problems)
-    warnings: list[str] = []
+    train, validation, warnings = drop_from_splits(
+        train, validation, data.drop_duplicates, data.near_duplicate_threshold
+    )
     if data.validation and data.val_split > 0:
         warnings.append("data.val_split is ignored because validation files are given")
     elif data.val_split > 0:
         train, validation = split_validation(train, data.val_split, cfg.training.seed)
     warnings += _overlap_warning(train, validation)
     train_rendered, found_warnings, problems = render_all(
-        train, tokenizer, train_on, data.max_length
+        train, tokenizer, train_on, data.max_length, data.long_texts, data.window_overlap
     )
     val_rendered, more_warnings, more_problems = render_all(
-        validation, tokenizer, train_on, data.max_length
+        validation, tokenizer, train_on, data.max_length, data.long_texts, data.window_overlap
     )
     raise_if_errors(problems + more_problems)
     warnings += found_warnings + more_warnings

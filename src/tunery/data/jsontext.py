@@ -4,6 +4,7 @@ Three things the standard library does not do for us:
 
 - `decode_utf8` decodes a whole file even when some lines are not UTF-8, and says which lines, at
   which byte of the file, so that the other lines are still read (a strict decode fails the file).
+  `utf8_lines` does the same one line at a time, for readers that need not hold the whole file.
 - `parse_json` turns every way `json.loads` can fail into a `JsonFault`: syntax errors, nesting
   deeper than the C parser's recursion limit (a ~2 KB line of brackets raises `RecursionError`), and
   integers longer than Python's 4,300-digit conversion limit (`ValueError`).
@@ -13,9 +14,10 @@ Three things the standard library does not do for us:
 
 from __future__ import annotations
 
+import codecs
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,6 +80,33 @@ def decode_utf8(raw: bytes) -> tuple[str, dict[int, EncodingFault]]:
         text = text[1:]
         faults = {n: _shift(f, -1) if f.line == 1 else _shift(f, -1, column=False) for n, f in faults.items()}
     return text, faults
+
+
+def utf8_lines(raw_lines: Iterable[bytes]) -> Iterator[tuple[int, str, EncodingFault | None]]:
+    """``(number, text, fault)`` for each line of a file opened in binary mode (iterating it splits at
+    ``\\n`` only), the ``\\n`` dropped, decoded one line at a time: a reader holds one line, not the file.
+
+    Same text and faults as `decode_utf8` gives for the whole file (a leading byte-order mark dropped,
+    bad bytes kept as lone surrogates, byte offsets counted in the file), so the readers that stream
+    report exactly what the whole-file readers did.
+    """
+    byte_offset = char_offset = 0
+    for number, raw in enumerate(raw_lines, start=1):
+        body = raw[:-1] if raw.endswith(b"\n") else raw
+        skip = len(codecs.BOM_UTF8) if number == 1 and body.startswith(codecs.BOM_UTF8) else 0
+        body = body[skip:]
+        fault = None
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            text = body.decode("utf-8", errors="surrogateescape")
+            column = len(body[: exc.start].decode("utf-8")) + 1
+            fault = EncodingFault(
+                number, column, byte_offset + skip + exc.start, char_offset + column - 1, exc.reason
+            )
+        yield number, text, fault
+        byte_offset += len(raw)
+        char_offset += len(text) + 1
 
 
 def _shift(fault: EncodingFault, by: int, column: bool = True) -> EncodingFault:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from itertools import groupby
 
 from tunery.config import defaults
-from tunery.data.dataset import load_file
+from tunery.data.dataset import load_examples
 from tunery.data.messages import Example
 from tunery.data.problems import raise_if_errors
 from tunery.data.render import render_example
@@ -77,7 +77,7 @@ def preview_examples(
     Broken records are skipped (`tunery data check` lists them); a file with no readable example
     raises `TuneryError` with its problems.
     """
-    examples, problems, _ = load_file(str(path), fmt)
+    examples, problems = load_examples([str(path)], fmt)
     if not examples:
         raise_if_errors(problems, what=str(path))
     return render_previews(examples, tokenizer, n, train_on, max_length)

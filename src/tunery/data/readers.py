@@ -1,5 +1,7 @@
 """Read records (plain dicts) from JSONL, JSON, CSV and Parquet files, each with its 1-based line.
 
+A ``.txt`` or ``.md`` file is one raw-text document (`read_document`).
+
 Readers never stop at the first bad record: a record that cannot be read becomes a `Problem` and
 reading goes on, so that a user sees every broken line of a file in one run. Bytes that are not
 UTF-8, JSON nested too deeply to parse, or a broken element of a JSON array spoil only their own
@@ -22,6 +24,7 @@ from tunery.data.jsontext import (
     parse_json,
     records_array_start,
     skip_whitespace,
+    utf8_lines,
 )
 from tunery.data.problems import Problem
 
@@ -32,12 +35,16 @@ ReadResult = tuple[list[Record], list[Problem]]
 NESTED_COLUMNS = ("messages", "conversations")
 # csv's default cap of 128 KiB per cell would reject a long document for continued pre-training.
 CSV_FIELD_LIMIT = 1 << 30
+# Rows per Parquet batch: small enough that a batch of long documents stays a few MB, large enough
+# that the per-batch cost of pyarrow is negligible.
+PARQUET_BATCH_ROWS = 1024
 
 
-def read_records(path: str) -> ReadResult:
-    """Every record of ``path`` with its line, plus the problems met while reading."""
+def read_records(path: str, document: bool = False) -> ReadResult:
+    """Every record of ``path`` with its line, plus the problems met while reading. With
+    ``document``, the file is one raw-text document whatever its suffix (see `read_document`)."""
     file = Path(path)
-    reader = READERS.get(file.suffix.lower())
+    reader = read_document if document else READERS.get(file.suffix.lower())
     if not file.is_file():
         what = "is a folder, not a file" if file.is_dir() else "not found"
         return [], [Problem(path, 0, f"file {what}", kind="file_not_found")]
@@ -63,21 +70,24 @@ def _json_problem(path: str, line: int, fault: JsonFault, prefix: str = "invalid
 
 
 def read_jsonl(path: str) -> ReadResult:
-    """One JSON value per line; blank lines are skipped (a trailing newline is not a record)."""
+    """One JSON value per line; blank lines are skipped (a trailing newline is not a record).
+
+    Read one line at a time: the file's bytes and text are never held whole (a 200 MB file peaked
+    at about four times its size when read whole; see bench/read_memory.py)."""
     records: list[Record] = []
     problems: list[Problem] = []
-    text, faults = decode_utf8(Path(path).read_bytes())
-    for number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        if number in faults:
-            problems.append(_encoding_problem(path, number, faults[number]))
-            continue
-        value, fault = parse_json(line)
-        if fault is None:
-            records.append((number, value))
-        else:
-            problems.append(_json_problem(path, number, fault))
+    with open(path, "rb") as handle:
+        for number, line, fault in utf8_lines(handle):
+            if not line.strip():
+                continue
+            if fault is not None:
+                problems.append(_encoding_problem(path, number, fault))
+                continue
+            value, json_fault = parse_json(line)
+            if json_fault is None:
+                records.append((number, value))
+            else:
+                problems.append(_json_problem(path, number, json_fault))
     return records, problems
 
 
@@ -176,22 +186,34 @@ def _decode_nested(path: str, line: int, row: dict) -> Problem | None:
     return None
 
 
-def _lines(text: str) -> Iterator[str]:
-    """The lines of ``text`` with their ends, split at ``\\n`` only (csv's own line counting then
-    matches what an editor shows, and a quoted ``\\r`` stays inside its cell)."""
-    parts = text.split("\n")
-    for part in parts[:-1]:
-        yield part + "\n"
-    if parts[-1]:
-        yield parts[-1]
+def _csv_lines(raw_lines, faults: dict[int, EncodingFault]) -> Iterator[str]:
+    """The decoded lines of a CSV file with their ends, split at ``\\n`` only (csv's own line counting
+    then matches what an editor shows, and a quoted ``\\r`` stays inside its cell). Lines that are not
+    UTF-8 are put in ``faults`` as they are read, before csv returns the row holding them."""
+    ended = [True]  # whether the raw line just read ended with "\n" (only the last one may not)
+
+    def tracked():
+        for raw in raw_lines:
+            ended[0] = raw.endswith(b"\n")
+            yield raw
+
+    for number, text, fault in utf8_lines(tracked()):
+        if fault is not None:
+            faults[number] = fault
+        yield text + "\n" if ended[0] else text
 
 
 def read_csv(path: str) -> ReadResult:
     """A header row then one record per row; ``line`` is the file line where the row starts (a
     quoted cell may span lines). Empty cells count as absent."""
     csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
-    text, faults = decode_utf8(Path(path).read_bytes())
-    reader = csv.reader(_lines(text))
+    with open(path, "rb") as handle:
+        return _read_csv_rows(path, handle)
+
+
+def _read_csv_rows(path: str, handle) -> ReadResult:
+    faults: dict[int, EncodingFault] = {}
+    reader = csv.reader(_csv_lines(handle, faults))
     try:
         header = next(reader, None)
     except csv.Error as exc:
@@ -249,30 +271,61 @@ def _csv_row_problem(
 
 
 def read_parquet(path: str) -> ReadResult:
-    """One record per row (line = 1-based row). Needs the ``parquet`` extra (pyarrow)."""
+    """One record per row (line = 1-based row). Needs the ``parquet`` extra (pyarrow).
+
+    Read in batches of rows: only one batch is ever held as Arrow columns and as Python objects at
+    once, besides the records themselves (the whole table and a full copy of it as Python objects,
+    before)."""
     from tunery._deps import require
 
     parquet = require("pyarrow.parquet", extra="parquet", package="pyarrow")
-    try:
-        rows = parquet.read_table(path).to_pylist()
-    except Exception as exc:  # pyarrow raises several unrelated types for a damaged file
-        return [], [Problem(path, 0, f"cannot read Parquet file: {exc}", kind="invalid_parquet")]
     records: list[Record] = []
     problems: list[Problem] = []
-    for index, row in enumerate(rows):
-        problem = _decode_nested(path, index + 1, row)
-        if problem:
-            problems.append(problem)
-        else:
-            records.append((index + 1, row))
+    line = 0
+    try:
+        # pre_buffer off: with it, pyarrow reads ahead whole column chunks and held ~55 MB more at
+        # peak on a 100 MB file (measured; bench/read_memory.py), for no speed a text column needs.
+        table = parquet.ParquetFile(path, pre_buffer=False)
+        for batch in table.iter_batches(batch_size=PARQUET_BATCH_ROWS):
+            for row in batch.to_pylist():
+                line += 1
+                problem = _decode_nested(path, line, row)
+                if problem:
+                    problems.append(problem)
+                else:
+                    records.append((line, row))
+    except Exception as exc:  # pyarrow raises several unrelated types for a damaged file
+        where = f" after row {line}" if line else ""
+        problems.append(Problem(path, 0, f"cannot read Parquet file{where}: {exc}", kind="invalid_parquet"))
     return records, problems
 
+
+def read_document(path: str) -> ReadResult:
+    """A whole text file as one raw-text record, ``{"text": ...}`` at line 1 (continued pre-training
+    on documents where they live). An empty or blank file, and one that is not UTF-8 (the first bad
+    byte's line and offset), is a problem of the file."""
+    text, faults = decode_utf8(Path(path).read_bytes())
+    if faults:
+        first = faults[min(faults)]
+        more = f"; {len(faults) - 1} more line(s) hold bytes that are not UTF-8" if len(faults) > 1 else ""
+        reason = f"the file is not UTF-8 text: {first.describe()}{more}"
+        return [], [Problem(path, first.line, reason, kind="encoding")]
+    if not text.strip():
+        what = "empty" if not text else "blank (only whitespace)"
+        return [], [Problem(path, 0, f"the file is {what}: a document needs text", kind="empty_file")]
+    return [(1, {"text": text})], []
+
+
+# Files that are one raw-text document each, given alone or found in a folder.
+DOCUMENT_SUFFIXES = (".txt", ".md")
 
 READERS: dict[str, Callable[[str], ReadResult]] = {
     ".jsonl": read_jsonl,
     ".json": read_json,
     ".csv": read_csv,
     ".parquet": read_parquet,
+    ".txt": read_document,
+    ".md": read_document,
 }
 
 # Keys that mark an object as a record of some format (see formats.py).

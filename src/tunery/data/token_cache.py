@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from tunery.atomic import atomic_file, write_text_atomic
 from tunery.data.messages import Example, Message
 from tunery.data.render import Datasets, Rendered, chat_template_of
+from tunery.data.sources import expand
 
 # Bump when rendering changes what it produces for the same inputs.
 # 2: control tokens spelled in message content are tokenised as plain text.
@@ -35,6 +37,15 @@ def _file_digest(path: str) -> str:
     return digest.hexdigest()
 
 
+def _source_digest(path: str, include, exclude) -> str | list:
+    """A file's digest; for a folder, the relative path and digest of every file it stands for, so
+    that a file added, removed, renamed or edited under it renders again."""
+    if not Path(path).is_dir():
+        return _file_digest(path)
+    sources, _ = expand(path, include, exclude)
+    return [[os.path.relpath(s.path, path), _file_digest(s.path)] for s in sources]
+
+
 def _tokenizer_digest(tokenizer) -> str:
     backend = tokenizer.backend_tokenizer.to_str() if hasattr(tokenizer, "backend_tokenizer") else repr(tokenizer.get_vocab())
     specials = [tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id]
@@ -46,11 +57,13 @@ def cache_key(cfg, tokenizer) -> str:
     data = cfg.data
     parts = {
         "version": RENDER_VERSION,
-        "train": [_file_digest(p) for p in data.train],
-        "validation": [_file_digest(p) for p in data.validation],
+        "train": [_source_digest(p, data.include, data.exclude) for p in data.train],
+        "validation": [_source_digest(p, data.include, data.exclude) for p in data.validation],
+        "drop_duplicates": data.drop_duplicates, "near_duplicate_threshold": data.near_duplicate_threshold,
         "format": data.format, "train_on": data.train_on, "max_length": data.max_length,
         "val_split": data.val_split, "seed": cfg.training.seed, "method": cfg.method,
         "allow_special_tokens": data.allow_special_tokens,
+        "long_texts": data.long_texts, "window_overlap": data.window_overlap,
         "tokenizer": _tokenizer_digest(tokenizer),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]

@@ -179,7 +179,8 @@ def evaluate(targets: list[str], data: str, opts: EvalOptions | None = None,
     """Evaluate run folders and/or base models on `data` against the baselines; the eval.json dict.
 
     `items` and `pool` replace reading `data` and the training files (`tunery advise` splits one file).
-    A file of preference pairs is scored by `tunery.eval.pairs` instead (which answer each model prefers).
+    A file of preference pairs is scored by `tunery.eval.pairs` instead (which answer each model prefers),
+    a file of raw text by `tunery.eval.text` (held-out perplexity before and after).
     """
     opts = opts or EvalOptions()
     if items is None:
@@ -187,6 +188,10 @@ def evaluate(targets: list[str], data: str, opts: EvalOptions | None = None,
 
         if is_pairs_file(data):
             return evaluate_pairs(targets, data, opts, log)
+        from tunery.eval.text import evaluate_text, is_text_file
+
+        if is_text_file(data):
+            return evaluate_text(targets, data, opts, log)
     if not targets:
         raise TuneryError("name at least one run folder or base model to evaluate")
     started = time.monotonic()

@@ -164,6 +164,10 @@ def render_report(result: dict, metrics_by_run: dict[str, list[dict]]) -> str:
         from tunery.eval.pairs_report import render_pairs_report
 
         return render_pairs_report(result, metrics_by_run)
+    if result.get("kind") == "text":
+        from tunery.eval.text_report import render_text_report
+
+        return render_text_report(result, metrics_by_run)
     gen = result["generation"]
     parts = [
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>tunery eval report</title>",

@@ -98,3 +98,30 @@ def compare_paired(a, b, seed: int = 0, alpha: float = 0.05) -> dict:
         result |= {"test": "paired_bootstrap", "p": p_boot}
     result["significant"] = bool(result["p"] < alpha)
     return result
+
+
+def _resampled_ratios(num: np.ndarray, den: np.ndarray, resamples: int, seed: int) -> np.ndarray:
+    picks = np.random.default_rng(seed).integers(0, num.size, size=(resamples, num.size))
+    return num[picks].sum(1) / np.maximum(den[picks].sum(1), 1e-12)
+
+
+def bootstrap_ratio(num, den, level: float = LEVEL, resamples: int = RESAMPLES, seed: int = 0) -> Interval:
+    """Percentile bootstrap interval of sum(num) / sum(den), resampling whole units (documents): the
+    per-token loss of a set of texts, whose documents differ in length and whose tokens within one
+    document are not independent."""
+    return paired_ratio_difference(num, np.zeros(len(list(num))), den, level, resamples, seed)[1]
+
+
+def paired_ratio_difference(num_a, num_b, den, level: float = LEVEL, resamples: int = RESAMPLES,
+                            seed: int = 0) -> tuple[float, Interval]:
+    """(two-sided p, interval) of (sum(num_a) - sum(num_b)) / sum(den), the same units resampled for
+    both: is one model's per-token loss on the same texts different from another's?"""
+    diff = np.asarray(list(num_a), dtype=float) - np.asarray(list(num_b), dtype=float)
+    den = np.asarray(list(den), dtype=float)
+    if diff.size == 0 or den.sum() == 0:
+        return 1.0, Interval(math.nan, math.nan, math.nan, int(diff.size), level)
+    ratios = _resampled_ratios(diff, den, resamples, seed)
+    tail = (1.0 - level) / 2
+    low, high = np.quantile(ratios, [tail, 1.0 - tail])
+    p = 1.0 if np.all(diff == 0) else min(1.0, 2.0 * min(float(np.mean(ratios <= 0)), float(np.mean(ratios >= 0))))
+    return p, Interval(float(diff.sum() / den.sum()), float(low), float(high), int(diff.size), level)

@@ -39,10 +39,15 @@ def resolve_model_source(spec: str) -> str:
             raise TuneryError(f"GGUF file not found: {path}")
         return str(_converted_gguf_dir(path.resolve()))
     if path.is_dir():
+        from tunery.models.from_run import run_model_dir
+        from tunery.runfolder import is_run_folder
+
+        if is_run_folder(path) and not (path / "config.json").is_file():  # a finished run: two-stage training
+            return str(run_model_dir(path))
         if not (path / "config.json").is_file():
             raise TuneryError(
                 f"'{spec}' is a folder but holds no config.json, so it is not a model folder",
-                fix="point base_model at a folder written by save_pretrained, a .gguf file, "
+                fix="point base_model at a folder written by save_pretrained, a run folder, a .gguf file, "
                 f"an alias ({', '.join(embedded.ALIASES)}) or a hub id",
             )
         return str(path.resolve())
