@@ -152,6 +152,26 @@ class RunFolder:
         write_text_atomic(self.metrics, "".join(json.dumps(r) + "\n" for r in kept))
 
 
+def keep_steps_up_to(path: Path, last_step: int) -> int:
+    """Drop the JSON lines of a per-step log logged after `last_step`, and a torn last line: a resumed
+    run writes those steps again, so the file never holds them twice. Returns the lines dropped."""
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        try:
+            record = json.loads(line) if line.endswith("\n") else None
+        except json.JSONDecodeError:
+            record = None
+        if isinstance(record, dict) and record.get("step", 0) <= last_step:
+            kept.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        write_text_atomic(path, "".join(kept))
+    return dropped
+
+
 def cut_torn_tail(path: Path) -> int:
     """Truncate `path` after its last newline when it does not end with one; returns bytes cut."""
     try:

@@ -99,3 +99,22 @@ def test_a_run_logs_rewards_and_a_sample_of_completions(tmp_path, tiny_model_dir
     assert {"prompt", "completion", "reward", "advantage", "reward_numeric"} <= set(logged[0])
     evals = [m for m in RunFolder(tmp_path / "run").read_metrics() if m["kind"] == "eval"]
     assert evals[0]["val_loss"] == pytest.approx(1 - evals[0]["val_reward"]) and "val_ppl" not in evals[0]
+
+
+def test_a_resumed_run_logs_each_steps_completions_once(tmp_path, tiny_model_dir):
+    """Killed after step 4's answers were logged but before its checkpoint: the resumed run samples
+    steps 3 and 4 again, and completions.jsonl holds them once, as metrics.jsonl does."""
+    import shutil
+
+    from tunery.trainers.run import run_training
+
+    cfg = rl_config(tiny_model_dir, prompts_file(tmp_path, 10), log_completions=2)
+    cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"max_steps": 4, "save_every": 2})})
+    run_training(cfg, tmp_path / "run", **QUIET)
+    log = tmp_path / "run" / "completions.jsonl"
+    whole = log.read_text()
+    assert [json.loads(line)["step"] for line in whole.splitlines()] == [1, 1, 2, 2, 3, 3, 4, 4]
+    shutil.rmtree(tmp_path / "run" / "checkpoints" / "step-0000004")  # as if killed before it was written
+    log.write_text(whole + '{"step": 4, "prom')  # and while a line was being written
+    run_training(cfg, tmp_path / "run", resume=True, **QUIET)
+    assert log.read_text() == whole  # the same steps, the same answers (the sampler resumes exactly)

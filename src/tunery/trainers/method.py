@@ -54,6 +54,7 @@ class Method:
     figure_units: dict[str, str] = {}  # figure -> the figure that counts its units (else the loss's units)
     steps_per_batch = 1  # optimizer steps taken on each batch of the plan (several updates per generation)
     validates_itself = False  # True: `validate` measures the validation set instead of the loss
+    step_logs: tuple[str, ...] = ()  # run-folder files of JSON lines with a "step", cut back on resume
 
     def __init__(self, cfg: TrainConfig, tokenizer):
         self.cfg, self.tokenizer = cfg, tokenizer

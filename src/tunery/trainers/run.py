@@ -18,8 +18,8 @@ from tunery.config.load import describe, load_config, to_yaml
 from tunery.config.schema import TrainConfig
 from tunery.errors import TuneryError
 from tunery.models import adapters
-from tunery.runfolder import (RunFolder, check_run_target, clear_run_folder, create_run_folder, portable_path,
-                              write_text_atomic)
+from tunery.runfolder import (RunFolder, check_run_target, clear_run_folder, create_run_folder, keep_steps_up_to,
+                              portable_path, write_text_atomic)
 from tunery.trainers import checkpoint as ckpt
 from tunery.trainers import distributed as ddp
 from tunery.trainers.failed_run import recorded_failure
@@ -138,6 +138,8 @@ def _start_or_resume(loop: training_loop.Loop, run: RunFolder, cfg: TrainConfig,
     st = training_loop.resume(loop, latest)
     if run.writable:
         run.truncate_metrics(st.step, log)
+        for name in loop.method.step_logs:  # e.g. RL's completions.jsonl: written again from here on
+            keep_steps_up_to(run.root / name, st.step)
     log(f"resumed from {latest} (step {st.step} of {loop.total_steps})")
     return st
 

@@ -69,6 +69,7 @@ class RL(Method):
     """GRPO / RLOO on prompts, rewarded by graders."""
 
     name = "rl"
+    step_logs = ("completions.jsonl",)  # the sample of answers, by the step that trained on them
     unit = "tokens"
 
     def __init__(self, cfg, tokenizer):
