@@ -17,6 +17,7 @@ from tunery.config.schema import TrainConfig
 from tunery.errors import TuneryError
 
 PATH_KEYS = ("data.train", "data.validation", "eval.data")
+ONE_PATH_KEYS = {"data.replay": ("self",)}  # a single path, unless it is one of these words
 
 
 @dataclass
@@ -159,12 +160,17 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> ResolvedC
         for key in PATH_KEYS:
             if key in flat and flat[key] is not None:
                 _set_dotted(data, key, _resolve_paths(flat[key], cfg_path.parent))
+        for key, words in ONE_PATH_KEYS.items():
+            if isinstance(flat.get(key), str) and flat[key] not in words:
+                _set_dotted(data, key, _resolve_paths(flat[key], cfg_path.parent)[0])
         sources.update({key: cfg_path.name for key in flat})
     for text in overrides:
         key, value = parse_override(text)
         _check_keys({key: value}, origin="command line")
         if key in PATH_KEYS and value is not None:
             value = _resolve_paths(value, Path.cwd())
+        if key in ONE_PATH_KEYS and isinstance(value, str) and value not in ONE_PATH_KEYS[key]:
+            value = _resolve_paths(value, Path.cwd())[0]
         _set_dotted(data, key, value)
         sources[key] = "command line"
     if cfg_path is not None and "output.name" not in sources:

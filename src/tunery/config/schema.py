@@ -160,6 +160,16 @@ class DataSection(Section):
         "`</s>` ...). Off: such a record is an error, since it can forge turns the template never "
         "wrote. On: it is trained, with that text tokenised as ordinary text, never as the control token.",
     )
+    replay: str | None = Field(
+        None,
+        description="General conversations mixed into training so the model keeps what it knew: `self` (the "
+        "base model's own greedy answers to tunery's built-in pool of general prompts, generated once and "
+        "cached), a file of your own general conversations, or empty for none. `method: sft` or `cpt`.",
+    )
+    replay_share: float = Field(
+        0.2, gt=0.0, lt=0.9, description="Share of the training examples that are replay conversations "
+        "(they count toward the steps and the token budget)."
+    )
 
     @model_validator(mode="after")
     def _overlap_leaves_room(self):
@@ -232,6 +242,13 @@ class TrainingSection(Section):
         ge=1,
         description="Stop after this many evaluations without a better validation loss, and keep "
         "the best weights (empty: never stop early; the best weights are still kept).",
+    )
+    kl_to_base: float | None = Field(
+        None,
+        gt=0.0,
+        description="Hold the model near its base on the replay conversations: add this weight times "
+        "KL(base || tuned) of the next-token distributions at their trained tokens (the base is the same "
+        "model with the adapter switched off). Needs `data.replay` and an adapter (LoRA or QLoRA).",
     )
     max_bad_steps: int = Field(
         3, ge=1, description="Stop after this many steps in a row with a NaN/inf loss or gradient."
@@ -447,6 +464,19 @@ class TrainConfig(Section):
             raise ValueError("method rl needs a reward: name graders in rl.graders, e.g. rl.graders=[numeric]")
         if self.method == "rl" and self.training.fsdp:
             raise ValueError("method rl samples answers, which training.fsdp cannot shard yet: train rl without fsdp")
+        return self
+
+    @model_validator(mode="after")
+    def _guards_fit_the_run(self) -> "TrainConfig":
+        if self.data.replay is not None and self.method not in ("sft", "cpt"):
+            raise ValueError(f"data.replay mixes conversations into sft or cpt training, not method {self.method}")
+        if self.training.kl_to_base is not None:
+            if self.data.replay is None:
+                raise ValueError("training.kl_to_base works on the replay conversations: set data.replay "
+                                 "(e.g. data.replay=self)")
+            if self.adapter == "full":
+                raise ValueError("training.kl_to_base needs an adapter to switch off for the base: use "
+                                 "adapter: lora or qlora")
         return self
 
     @model_validator(mode="after")

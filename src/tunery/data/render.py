@@ -49,6 +49,7 @@ class Rendered:
     trained: list[bool]  # same length as ids
     truncated: bool  # True when cut at max_length
     answer_cut: bool  # True when a trained token was cut off by truncation
+    replay: bool = False  # a general conversation mixed in by data.replay (where kl_to_base applies)
 
     @property
     def num_trained(self) -> int:

@@ -34,3 +34,17 @@ def token_ce_sum(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Ten
     if n == 0:
         return logits.sum() * 0.0, 0
     return F.cross_entropy(logits.float(), targets, reduction="sum"), n
+
+
+def kl_from_reference_sum(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
+    """KL(reference || model) of the next-token distributions, summed over positions: logits and
+    ref_logits [n, vocab] at the same positions.
+
+    sum_i sum_v p_ref(v | i) (log p_ref(v | i) - log p(v | i)), in fp32. It is 0 exactly when the model's
+    distribution equals the reference's at every position, and its gradient pulls the model towards the
+    reference's whole distribution, not only its top token (learning without forgetting, Li and Hoiem
+    2016, with the frozen base as the reference).
+    """
+    log_p = F.log_softmax(logits.float(), dim=-1)
+    log_ref = F.log_softmax(ref_logits.float(), dim=-1)
+    return F.kl_div(log_p, log_ref, log_target=True, reduction="sum")

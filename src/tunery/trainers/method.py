@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -59,6 +60,7 @@ class Method:
     def __init__(self, cfg: TrainConfig, tokenizer):
         self.cfg, self.tokenizer = cfg, tokenizer
         self.rank = 0  # this process's rank (set by the loop), for methods that seed per process
+        self.log: Callable[[str], None] = print  # the run's log (set by `tunery.trainers.run.prepare`)
 
     def load_base(self):
         """The base model this method trains (a causal LM in `cfg.dtype`, or 4-bit for QLoRA)."""

@@ -101,6 +101,7 @@ def prepare(cfg: TrainConfig, dist: ddp.Dist = ddp.SINGLE, log: Callable[[str], 
     # Pin the template used for rendering, so the saved tokenizer/ carries exactly that one.
     tokenizer.chat_template = chat_template_of(tokenizer)
     method = method_for(cfg, tokenizer)
+    method.log = log
     model = method.load_base()  # the causal LM in cfg.dtype, or a 4-bit base for adapter: qlora
     log(f"loaded {cfg.base_model} in {time.monotonic() - started:.1f} s")
     data = method.load_data(cache_dir=cache_dir, write_cache=dist.is_main)

@@ -2,12 +2,21 @@
 
 SFT trains the assistant turns of conversations (`data.train_on`), CPT every token of raw text; both
 render their records with the data pipeline and differ only in which tokens carry loss.
+
+The guards against forgetting live here too: `data.replay` appends general conversations to the
+training rows (`tunery.trainers.replay`), and `training.kl_to_base` adds, on those rows' trained
+tokens, KL(base || tuned) of the next-token distributions, the base being the same model with the
+adapter switched off.
 """
 
 from __future__ import annotations
 
+import torch
+
+from tunery.data.batching import make_batch
 from tunery.data.dataset import build_datasets
-from tunery.models.forward import forward_loss
+from tunery.losses.lm import kl_from_reference_sum, token_ce_sum
+from tunery.models.forward import forward_loss, next_token_targets
 from tunery.trainers.method import LossOut, Method
 
 
@@ -17,12 +26,57 @@ class SFT(Method):
     name = "sft"
     unit = "tokens"
 
+    def __init__(self, cfg, tokenizer):
+        super().__init__(cfg, tokenizer)
+        self.kl_beta = cfg.training.kl_to_base
+        if self.kl_beta is not None:
+            self.figures = ("kl_to_base", "replay_tokens")
+            self.figure_units = {"kl_to_base": "replay_tokens"}  # the KL per replay token
+        self._base = None
+
+    def load_base(self):
+        model = super().load_base()
+        self._base = model  # the untrained base: self-replay's answers are its own
+        return model
+
     def load_data(self, cache_dir=None, write_cache=True):
-        return build_datasets(self.cfg, self.tokenizer, cache_dir=cache_dir, write_cache=write_cache)
+        data = build_datasets(self.cfg, self.tokenizer, cache_dir=cache_dir, write_cache=write_cache)
+        if self.cfg.data.replay is not None:
+            from tunery.trainers.replay import mix_replay
+
+            data = mix_replay(data, self.cfg, self.tokenizer, self._base, self.log)
+        self._base = None
+        return data
+
+    def collate(self, rows):
+        batch = make_batch(rows, self.tokenizer.pad_token_id, self.cfg.training.packing)
+        if self.kl_beta is not None:
+            counts = torch.tensor([sum(r.trained[1:]) for r in rows], dtype=torch.long)
+            flags = torch.tensor([getattr(r, "replay", False) for r in rows], dtype=torch.bool)
+            batch["replay_target"] = torch.repeat_interleave(flags, counts)  # per trained token, in target order
+            replay = [r for r in rows if getattr(r, "replay", False)]
+            if replay:  # the base scores only these rows
+                batch["replay_batch"] = make_batch(replay, self.tokenizer.pad_token_id, self.cfg.training.packing)
+        return batch
 
     def loss(self, model, batch, logits_at):
-        total, count = forward_loss(model, batch, logits_at=logits_at)
-        return LossOut(total, count)
+        if self.kl_beta is None:
+            total, count = forward_loss(model, batch, logits_at=logits_at)
+            return LossOut(total, count)
+        positions, targets = next_token_targets(batch["labels"])
+        logits = logits_at(model, batch, positions)
+        total, count = token_ce_sum(logits, targets.to(logits.device))
+        replay = batch["replay_target"].to(logits.device)
+        if "replay_batch" not in batch:
+            return LossOut(total, count, {"kl_to_base": 0.0, "replay_tokens": 0.0})
+        from tunery.trainers.methods.preference import reference_mode
+
+        with reference_mode(model):  # the base: the adapter switched off, no gradients
+            sub = batch["replay_batch"]
+            base_logits = logits_at(model, sub, next_token_targets(sub["labels"])[0])
+        kl = kl_from_reference_sum(logits[replay], base_logits.to(logits.device))
+        return LossOut(total + self.kl_beta * kl, count,
+                       {"kl_to_base": float(kl.detach()), "replay_tokens": float(replay.sum())})
 
 
 class CPT(SFT):

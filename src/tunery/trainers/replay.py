@@ -1,0 +1,133 @@
+"""`data.replay`: general conversations mixed into training, so the model keeps what it knew.
+
+With `replay_share` s and n task examples, k = round(n s / (1 - s)) replay conversations are added to
+the training rows (so s of the examples are replay; they take their share of every epoch's steps and
+tokens, and the log says how much). They are rendered like any conversation (their assistant turns
+trained) and marked `Rendered.replay`, which is where `training.kl_to_base` holds the model near its
+base. The choice of the k is seeded by `training.seed`, so a resumed run has the same rows.
+
+`self`: the base model's own greedy answers to tunery's general prompts (`tunery.data.replay_pool`),
+generated with the model as loaded, before any training, and cached in `~/.cache/tunery/replay/`
+(keyed by the base model, its chat template, the pool and the answer length; written atomically), so
+the answers are made once per base. A file: its conversations, any format `data.train` reads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+from tunery.data.messages import Example, Message
+from tunery.data.render import Datasets
+
+ANSWER_TOKENS = 128  # longest self-replay answer: the base's usual reply to a general prompt fits
+BATCH = 16
+
+
+def replay_count(n_task: int, share: float) -> int:
+    """Replay conversations that make `share` of the training examples."""
+    return max(1, round(n_task * share / (1.0 - share)))
+
+
+def mix_replay(data: Datasets, cfg, tokenizer, model, log: Callable[[str], None]) -> Datasets:
+    """`data` with the replay rows appended to its training rows, and a log line saying how many."""
+    from tunery.data.dataset import render_all
+
+    wanted = replay_count(len(data.train), cfg.data.replay_share)
+    examples = replay_examples(cfg, tokenizer, model, wanted, log)
+    rows, warnings, problems = render_all(examples, tokenizer, "assistant", cfg.data.max_length)
+    if problems:
+        from tunery.data.problems import raise_if_errors
+
+        raise_if_errors(problems, what=f"data.replay ({cfg.data.replay})")
+    rows = [replace(row, replay=True) for row in rows]
+    task_tokens, replay_tokens = sum(len(r.ids) for r in data.train), sum(len(r.ids) for r in rows)
+    log(f"replay ({_what(cfg.data.replay)}): {len(rows)} conversations, {len(rows) / (len(rows) + len(data.train)):.0%} "
+        f"of the training examples and {replay_tokens / max(task_tokens + replay_tokens, 1):.0%} of their tokens")
+    return replace(data, train=data.train + rows, warnings=data.warnings + warnings)
+
+
+def _what(replay: str) -> str:
+    return "the base model's own answers to tunery's general prompts" if replay == "self" else replay
+
+
+def replay_examples(cfg, tokenizer, model, wanted: int, log) -> list[Example]:
+    """`wanted` replay conversations (fewer, with a warning, when the pool or file holds fewer)."""
+    if cfg.data.replay == "self":
+        from tunery.data.replay_pool import general_prompts
+
+        prompts = general_prompts()
+        if wanted > len(prompts):
+            log(f"warning: data.replay: self has {len(prompts)} general prompts; {wanted} were asked for "
+                f"(replay_share {cfg.data.replay_share}), so replay is {len(prompts)} conversations")
+        prompts = prompts[:wanted]
+        answers = self_answers(cfg, tokenizer, model, prompts, log)
+        return [Example("replay:self", i + 1, [Message("user", p), Message("assistant", a)])
+                for i, (p, a) in enumerate(zip(prompts, answers)) if a.strip()]
+    return _from_file(cfg.data.replay, wanted, cfg.training.seed, log)
+
+
+def _from_file(path: str, wanted: int, seed: int, log) -> list[Example]:
+    from tunery.data.dataset import load_examples
+    from tunery.data.problems import raise_if_errors
+
+    examples, problems = load_examples([path])
+    raise_if_errors(problems, what=f"data.replay ({path})")
+    conversations = [e for e in examples if e.messages is not None]
+    if len(conversations) < wanted:
+        log(f"warning: data.replay {path} holds {len(conversations)} conversations; {wanted} were asked for")
+    random.Random(seed).shuffle(conversations)
+    return conversations[:wanted]
+
+
+def self_answers(cfg, tokenizer, model, prompts: list[str], log) -> list[str]:
+    """The base model's greedy answers to `prompts`, from the cache or generated (and cached) now."""
+    from tunery.atomic import write_text_atomic
+    from tunery.models.embedded import cache_root
+
+    path = cache_root() / "replay" / f"self-{_cache_key(cfg, tokenizer)}.jsonl"
+    known = _read_cache(path)
+    missing = [p for p in prompts if p not in known]
+    if missing:
+        log(f"replay: the base model answers {len(missing)} general prompts (once; cached in {path})")
+        known |= dict(zip(missing, _generate(model, tokenizer, missing)))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, "".join(json.dumps({"prompt": p, "answer": a}) + "\n" for p, a in known.items()))
+    return [known[p] for p in prompts]
+
+
+def _cache_key(cfg, tokenizer) -> str:
+    from tunery.data.replay_pool import POOL_VERSION
+    from tunery.models.load import resolve_model_source
+
+    parts = [resolve_model_source(cfg.base_model), cfg.adapter == "qlora", tokenizer.chat_template, POOL_VERSION,
+             ANSWER_TOKENS]
+    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:20]
+
+
+def _read_cache(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        return {}
+    known = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+            known[record["prompt"]] = record["answer"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # a damaged line: that answer is generated again
+    return known
+
+
+def _generate(model, tokenizer, prompts: list[str]) -> list[str]:
+    from tunery.inference import generate_ids
+
+    was_training = model.training
+    model.eval()
+    conversations = [[{"role": "user", "content": p}] for p in prompts]
+    ids = generate_ids(model, tokenizer, conversations, ANSWER_TOKENS, temperature=0.0, batch_size=BATCH)
+    model.train(was_training)
+    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in ids]

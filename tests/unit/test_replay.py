@@ -1,0 +1,161 @@
+"""Guards against forgetting: `data.replay` (general conversations mixed in) and `training.kl_to_base`
+(KL to the base on them), on the tiny model."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from loop_helpers import same_trainable_weights, straight_and_resumed
+from tunery.config.load import validate
+from tunery.data.replay_pool import general_prompts
+from tunery.losses.lm import kl_from_reference_sum
+from tunery.runfolder import RunFolder
+from tunery.trainers import replay
+from tunery.trainers.run import prepare, run_training
+
+QUIET = dict(log=lambda _text: None)
+
+
+def write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return str(path)
+
+
+def chat(q, a):
+    return {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+
+
+def config(model_dir, tmp_path, n=12, adapter="lora", method="sft", **sections):
+    train = write_jsonl(tmp_path / "task.jsonl", [chat(f"Code for item {i}?", f"X-{i:03d}") for i in range(n)])
+    data = {"base_model": str(model_dir), "adapter": adapter, "method": method,
+            "data": {"train": [train], "max_length": 96},
+            "lora": {"rank": 4, "alpha": 8, "dropout": 0.0},
+            "training": {"batch_size": 4, "max_steps": 4, "warmup_ratio": 0.0, "lr": 2e-2, "preflight": False,
+                         "seed": 5, "save_every": 100}}
+    for key, value in sections.items():
+        data[key] = data.get(key, {}) | value
+    return validate(data)
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNERY_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(replay, "ANSWER_TOKENS", 12)  # the tiny model's answers: short is enough here
+
+
+def test_the_pool_is_fixed_distinct_and_large_enough():
+    prompts = general_prompts()
+    assert len(prompts) == len(set(prompts)) >= 200 and prompts == general_prompts()
+    assert replay.replay_count(12, 0.2) == 3 and replay.replay_count(300, 0.5) == 300
+
+
+def test_replay_from_a_file_is_a_share_of_the_examples_marked_and_logged(tmp_path, tiny_model_dir):
+    general = write_jsonl(tmp_path / "general.jsonl", [chat(f"General {i}?", f"Answer {i}.") for i in range(10)])
+    logs = []
+    s = prepare(config(tiny_model_dir, tmp_path, data={"replay": general, "replay_share": 0.25}), log=logs.append)
+    rows = s.train
+    assert len(rows) == 12 + 4 and [r.replay for r in rows] == [False] * 12 + [True] * 4
+    line = next(text for text in logs if text.startswith("replay ("))
+    assert line.startswith(f"replay ({general}): 4 conversations, 25% of the training examples")
+    again = prepare(config(tiny_model_dir, tmp_path, data={"replay": general, "replay_share": 0.25}), **QUIET)
+    assert [r.ids for r in again.train] == [r.ids for r in rows]  # the same seeded choice
+
+
+def fake_answers(calls):
+    """A stand-in for the base's greedy answers (the tiny random model answers with an end token at once)."""
+    def generate(model, tokenizer, prompts):
+        calls.append(list(prompts))
+        return [f"Here is a short answer about: {p[:30]}" for p in prompts]
+    return generate
+
+
+def test_self_replay_answers_with_the_base_once_and_caches_them(tmp_path, tiny_model_dir, monkeypatch):
+    calls = []
+    monkeypatch.setattr(replay, "_generate", fake_answers(calls))
+    cfg = config(tiny_model_dir, tmp_path, data={"replay": "self", "replay_share": 0.2})
+    s = prepare(cfg, **QUIET)
+    replayed = [r for r in s.train if r.replay]
+    assert len(replayed) == 3 and calls == [general_prompts()[:3]]
+    (cached,) = (tmp_path / "cache" / "replay").glob("self-*.jsonl")
+    records = [json.loads(line) for line in cached.read_text().splitlines()]
+    assert [r["prompt"] for r in records] == general_prompts()[:3]
+    text = s.method.tokenizer.decode([t for t, on in zip(replayed[0].ids, replayed[0].trained) if on])
+    assert text.startswith("Here is a short answer about: " + general_prompts()[0][:10])
+    bigger = config(tiny_model_dir, tmp_path, data={"replay": "self", "replay_share": 0.25})
+    assert len([r for r in prepare(bigger, **QUIET).train if r.replay]) == 4
+    assert calls[1:] == [[general_prompts()[3]]]  # only the prompt not answered yet
+
+
+def test_the_base_answers_greedily(tiny_model_dir):
+    from tunery.inference import generate_ids
+    from tunery.models.load import load_model, load_tokenizer
+
+    tokenizer, base = load_tokenizer(str(tiny_model_dir)), load_model(str(tiny_model_dir))
+    prompts = general_prompts()[:2]
+    ids = generate_ids(base, tokenizer, [[{"role": "user", "content": p}] for p in prompts], 12)
+    assert replay._generate(base, tokenizer, prompts) == [tokenizer.decode(i, skip_special_tokens=True).strip()
+                                                          for i in ids]
+
+
+def test_the_kl_term_by_hand_and_zero_against_itself():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    ref = torch.tensor([[0.0, 0.0], [1.0, 0.0]])
+    p = torch.softmax(logits, -1)
+    q = torch.softmax(ref, -1)
+    by_hand = float((q * (q.log() - p.log())).sum())
+    assert float(kl_from_reference_sum(logits, ref)) == pytest.approx(by_hand, rel=1e-6)
+    assert float(kl_from_reference_sum(logits, logits)) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_the_loss_with_kl_is_the_task_loss_plus_beta_kl_on_replay_tokens(tmp_path, tiny_model_dir):
+    from tunery.models.forward import head_logits, next_token_targets
+    from tunery.trainers.methods.preference import reference_mode
+
+    general = write_jsonl(tmp_path / "general.jsonl", [chat(f"General {i}?", f"Answer {i}.") for i in range(10)])
+    cfg = config(tiny_model_dir, tmp_path, data={"replay": general, "replay_share": 0.25},
+                 training={"kl_to_base": 0.5})
+    s = prepare(cfg, **QUIET)
+    rows = [s.train[0], s.train[13], s.train[1], s.train[14]]  # task, replay, task, replay
+    batch = s.method.collate(rows)
+    first = s.method.loss(s.model, batch, head_logits)
+    assert first.figures["kl_to_base"] == pytest.approx(0.0, abs=1e-6)  # LoRA's B is 0: tuned == base
+    for p in s.model.parameters():  # move the adapter off the base
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.05, generator=torch.Generator().manual_seed(p.numel()))
+    out = s.method.loss(s.model, batch, head_logits)
+    positions, targets = next_token_targets(batch["labels"])
+    logits = head_logits(s.model, batch, positions)
+    ce = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+    replay_mask = torch.cat([torch.full((sum(r.trained[1:]),), r.replay) for r in rows])
+    with reference_mode(s.model):
+        base = head_logits(s.model, batch, positions)
+    q = torch.softmax(base[replay_mask], -1)
+    kl = (q * (q.log() - torch.log_softmax(logits[replay_mask], -1))).sum()
+    assert out.figures["replay_tokens"] == float(replay_mask.sum()) > 0 and out.count == len(targets)
+    assert out.figures["kl_to_base"] == pytest.approx(float(kl), rel=1e-3, abs=1e-5) and float(kl) > 1e-3
+    assert float(out.total) == pytest.approx(float(ce + 0.5 * kl), rel=1e-5)
+
+
+def test_a_guarded_run_logs_its_kl_and_resumes_bitwise(tmp_path, tiny_model_dir, monkeypatch):
+    monkeypatch.setattr(replay, "_generate", fake_answers([]))
+    cfg = config(tiny_model_dir, tmp_path, data={"replay": "self", "replay_share": 0.3},
+                 training={"kl_to_base": 0.1, "max_steps": 5})
+    run_training(cfg, tmp_path / "run", **QUIET)
+    train = [m for m in RunFolder(tmp_path / "run").read_metrics() if m["kind"] == "train"]
+    assert len(train) == 5 and all(math.isfinite(m["kl_to_base"]) for m in train)
+    assert train[0]["kl_to_base"] == pytest.approx(0.0, abs=1e-6) and max(m["kl_to_base"] for m in train) > 0
+    whole, resumed, reason = straight_and_resumed(lambda: prepare(cfg, **QUIET), tmp_path / "resume", stop_after=2)
+    assert reason == "finished" and same_trainable_weights(whole, resumed)
+
+
+def test_guards_that_cannot_work_are_refused(tmp_path, tiny_model_dir):
+    with pytest.raises(Exception, match="kl_to_base works on the replay conversations"):
+        config(tiny_model_dir, tmp_path, training={"kl_to_base": 0.1})
+    with pytest.raises(Exception, match="needs an adapter to switch off"):
+        config(tiny_model_dir, tmp_path, adapter="full", data={"replay": "self"}, training={"kl_to_base": 0.1})
+    with pytest.raises(Exception, match="not method dpo"):
+        config(tiny_model_dir, tmp_path, method="dpo", data={"replay": "self"})
