@@ -204,3 +204,23 @@ def test_cpt_documents_are_whole_modules_and_held_out_modules_are_never_trained(
             assert r["text"].startswith(f"Module {r['module']}") and len(r["text"]) <= make_data.MAX_CHARS
     trained_text = "\n".join(r["text"] for r in rows["train"])
     assert not any(f"Module {m}\n" in trained_text for m in modules["heldout"])
+
+
+def test_routing_messages_are_labelled_by_their_template_and_held_out_words_are_never_trained():
+    make_data = _load_script(EXAMPLES / "routing" / "make_data.py")
+    rows = {name: _records(EXAMPLES / "routing" / f"{name}.jsonl") for name in ("train", "heldout")}
+    assert (len(rows["train"]), len(rows["heldout"])) == (240, 80)
+    for name, records in rows.items():
+        teams = [m[2]["content"] for m in records]
+        assert {teams.count(t) for t in make_data.TEMPLATES} == {len(records) // 4}  # balanced
+        assert len({m[1]["content"] for m in records}) == len(records)
+        held = [w for lst in (make_data.PRODUCTS, make_data.NAMES) for w in make_data.split(lst, heldout=True)]
+        text = " ".join(m[1]["content"] for m in records)
+        assert any(w in text for w in held) == (name == "heldout")
+    def pattern(template: str) -> str:
+        return re.escape(template).replace(r"\{product\}", "(.+)").replace(r"\{name\}", "(.+)").replace(
+            r"\{amount\}", r"\d+ euros")
+    for m in rows["train"] + rows["heldout"]:  # each message is one of its own team's templates
+        teams = {team for team, templates in make_data.TEMPLATES.items()
+                 if any(re.fullmatch(pattern(t), m[1]["content"]) for t in templates)}
+        assert teams == {m[2]["content"]}, m[1]["content"]

@@ -1,0 +1,135 @@
+"""Which guard keeps what the base model knew? Task score and forgetting probe for each setting.
+
+    python bench/forgetting.py [--tasks quickstart,routing,arithmetic] [--settings plain,rank4,...]
+                               [--out bench/results/forgetting.json]
+
+For every task (an example of this repository, trained as shipped) and every setting (overrides on top
+of it), one `tunery train` process; then one `tunery eval` per task over all its runs (zero-shot, no
+prompting baselines), which scores the task's held-out examples with its grader and the forgetting
+probe for the base and every run. Printed: the task score and the probe with 95% intervals, the
+probe's change against the base with its paired test, and the training time against the plain run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TASKS = {  # name: (config, held-out file, grader)
+    "quickstart": ("examples/quickstart/config.yaml", "examples/quickstart/heldout.jsonl", "json_match"),
+    "routing": ("examples/routing/config.yaml", "examples/routing/heldout.jsonl", "exact"),
+    "arithmetic": ("examples/rl/sft.yaml", "examples/rl/heldout.jsonl", "numeric"),
+}
+SETTINGS = {
+    "plain": [],
+    "rank4": ["lora.rank=4", "lora.alpha=8"],
+    "half-steps": ["training.max_steps=HALF"],
+    "replay10": ["data.replay=self", "data.replay_share=0.1"],
+    "replay25": ["data.replay=self", "data.replay_share=0.25"],
+    "replay25-kl0.1": ["data.replay=self", "data.replay_share=0.25", "training.kl_to_base=0.1"],
+    "replay25-kl1": ["data.replay=self", "data.replay_share=0.25", "training.kl_to_base=1.0"],
+}
+COMMON = ["eval.graders=[]", "training.eval_every=1000"]  # no grader scoring inside training: eval does it
+
+
+def tunery(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tunery.cli.main", *args], cwd=cwd, capture_output=True,
+                          text=True, check=False)
+
+
+def half_steps(config: str) -> str:
+    from tunery.config.load import load_config
+
+    return str(max(1, load_config(REPO / config).config.training.max_steps // 2))
+
+
+def train(task: str, setting: str, work: Path) -> dict:
+    config, _, _ = TASKS[task]
+    overrides = [o.replace("HALF", half_steps(config)) for o in SETTINGS[setting]]
+    name = f"{task}-{setting}"
+    started = time.monotonic()
+    proc = tunery("train", str(REPO / config), *overrides, *COMMON, f"output.name={name}", "output.dir=runs",
+                  "--overwrite", cwd=work)
+    if proc.returncode != 0:
+        raise SystemExit(f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    metrics = [json.loads(line) for line in (work / "runs" / name / "metrics.jsonl").read_text().splitlines()]
+    steps = [m for m in metrics if m.get("kind") == "train"]
+    return {"run": f"runs/{name}", "task": task, "setting": setting, "overrides": overrides,
+            "wall_s": round(time.monotonic() - started, 1), "train_s": steps[-1]["elapsed_s"]}
+
+
+def evaluate(task: str, runs: list[dict], work: Path) -> dict:
+    _, heldout, grader = TASKS[task]
+    proc = tunery("eval", *[r["run"] for r in runs], "--data", str(REPO / heldout), "--graders", grader,
+                  "--baselines", "zero", "--json", "--out", f"eval-{task}", cwd=work)
+    if proc.returncode != 0:
+        raise SystemExit(f"eval of {task} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout)
+
+
+def rows_of(task: str, runs: list[dict], result: dict) -> list[dict]:
+    _, _, grader = TASKS[task]
+    by_model = {r["system"]["model"]: r for r in result["systems"] if r["system"]["prompting"] == "zero-shot"}
+    base = next(r for r in result["systems"] if not r["system"]["tuned"])
+    plain_s = next((r["train_s"] for r in runs if r["setting"] == "plain"), None)
+    out = [{"task": task, "setting": "base", "score": base["scores"][grader], "probe": None}]
+    for run in runs:
+        key = next(k for k in by_model if k.endswith(run["run"]))
+        forgetting = next(v for k, v in result["forgetting"].items() if k.endswith(run["run"]))
+        out.append(run | {"score": by_model[key]["scores"][grader], "probe_before": forgetting["before"],
+                          "probe": forgetting["after"], "probe_test": forgetting["test"],
+                          "by_kind": forgetting.get("by_kind"),
+                          "time_ratio": round(run["train_s"] / plain_s, 2) if plain_s else None})
+    return out
+
+
+def fmt_ci(s: dict | None) -> str:
+    return "" if s is None else f"{s['mean']:.1%} [{s['low']:.1%}, {s['high']:.1%}]"
+
+
+def table(rows: list[dict]) -> str:
+    lines = [f"{'task':<11} {'setting':<15} {'task score [95% CI]':<26} {'probe [95% CI]':<26} "
+             f"{'probe change (p)':<20} {'train s':>7} {'x plain':>7}"]
+    for r in rows:
+        if r["setting"] == "base":
+            before = next((x["probe_before"] for x in rows if x["task"] == r["task"] and x.get("probe_before")), None)
+            lines.append(f"{r['task']:<11} {'base':<15} {fmt_ci(r['score']):<26} {fmt_ci(before):<26}")
+            continue
+        test = r["probe_test"]
+        change = f"{test['diff']:+.1%} (p={test['p']:.2g})"
+        lines.append(f"{r['task']:<11} {r['setting']:<15} {fmt_ci(r['score']):<26} {fmt_ci(r['probe']):<26} "
+                     f"{change:<20} {r['train_s']:>7.0f} {r['time_ratio'] or 0:>7.2f}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tasks", default=",".join(TASKS))
+    parser.add_argument("--settings", default=",".join(SETTINGS))
+    parser.add_argument("--work", type=Path, default=Path("/tmp/tunery-forgetting"))
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "forgetting.json")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    started, rows = time.monotonic(), []
+    for task in args.tasks.split(","):
+        runs = []
+        for setting in args.settings.split(","):
+            print(f"training {task} / {setting} ...", flush=True)
+            runs.append(train(task, setting, args.work))
+        print(f"evaluating {task} ({len(runs)} runs) ...", flush=True)
+        rows += rows_of(task, runs, evaluate(task, runs, args.work))
+        args.out.write_text(json.dumps({"rows": rows}, indent=2) + "\n")  # what is done so far
+    print()
+    print(table(rows))
+    args.out.write_text(json.dumps({"rows": rows, "minutes": round((time.monotonic() - started) / 60, 1)},
+                                   indent=2) + "\n")
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
