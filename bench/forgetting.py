@@ -113,17 +113,26 @@ def main() -> None:
     parser.add_argument("--settings", default=",".join(SETTINGS))
     parser.add_argument("--work", type=Path, default=Path("/tmp/tunery-forgetting"))
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "forgetting.json")
+    parser.add_argument("--stage", choices=["all", "train", "eval"], default="all",
+                        help="train only (runs.json in --work), evaluate runs trained before, or both")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     started, rows = time.monotonic(), []
+    trained_file = args.work / "runs.json"
+    trained = json.loads(trained_file.read_text()) if args.stage == "eval" else {}
     for task in args.tasks.split(","):
-        runs = []
-        for setting in args.settings.split(","):
-            print(f"training {task} / {setting} ...", flush=True)
-            runs.append(train(task, setting, args.work))
-        print(f"evaluating {task} ({len(runs)} runs) ...", flush=True)
-        rows += rows_of(task, runs, evaluate(task, runs, args.work))
-        args.out.write_text(json.dumps({"rows": rows}, indent=2) + "\n")  # what is done so far
+        if args.stage != "eval":
+            trained[task] = []
+            for setting in args.settings.split(","):
+                print(f"training {task} / {setting} ...", flush=True)
+                trained[task].append(train(task, setting, args.work))
+                trained_file.write_text(json.dumps(trained, indent=2))
+        if args.stage != "train":
+            print(f"evaluating {task} ({len(trained[task])} runs) ...", flush=True)
+            rows += rows_of(task, trained[task], evaluate(task, trained[task], args.work))
+            args.out.write_text(json.dumps({"rows": rows}, indent=2) + "\n")  # what is done so far
+    if args.stage == "train":
+        return
     print()
     print(table(rows))
     args.out.write_text(json.dumps({"rows": rows, "minutes": round((time.monotonic() - started) / 60, 1)},

@@ -145,6 +145,8 @@ def test_a_guarded_run_logs_its_kl_and_resumes_bitwise(tmp_path, tiny_model_dir,
     cfg = config(tiny_model_dir, tmp_path, data={"replay": "self", "replay_share": 0.3},
                  training={"kl_to_base": 0.1, "max_steps": 5})
     run_training(cfg, tmp_path / "run", **QUIET)
+    assert RunFolder(tmp_path / "run").read_info()["guard"] == "replay self 30%, KL to base 0.1"
+    assert "- guard against forgetting: replay self 30%, KL to base 0.1" in (tmp_path / "run" / "summary.md").read_text()
     train = [m for m in RunFolder(tmp_path / "run").read_metrics() if m["kind"] == "train"]
     assert len(train) == 5 and all(math.isfinite(m["kl_to_base"]) for m in train)
     assert train[0]["kl_to_base"] == pytest.approx(0.0, abs=1e-6) and max(m["kl_to_base"] for m in train) > 0

@@ -28,6 +28,17 @@ ANSWER_TOKENS = 128  # longest self-replay answer: the base's usual reply to a g
 BATCH = 16
 
 
+def guard_text(cfg) -> str | None:
+    """The guards a run uses, in words ("replay self 25%, KL to base 0.1"), or None (run.json, summary, eval)."""
+    parts = []
+    if cfg.data.replay is not None:
+        source = "self" if cfg.data.replay == "self" else Path(cfg.data.replay).name
+        parts.append(f"replay {source} {cfg.data.replay_share:.0%}")
+    if cfg.training.kl_to_base is not None:
+        parts.append(f"KL to base {cfg.training.kl_to_base:g}")
+    return ", ".join(parts) or None
+
+
 def replay_count(n_task: int, share: float) -> int:
     """Replay conversations that make `share` of the training examples."""
     return max(1, round(n_task * share / (1.0 - share)))

@@ -23,6 +23,7 @@ from tunery.runfolder import (RunFolder, check_run_target, clear_run_folder, cre
 from tunery.trainers import checkpoint as ckpt
 from tunery.trainers import distributed as ddp
 from tunery.trainers.failed_run import recorded_failure
+from tunery.trainers.replay import guard_text
 from tunery.trainers import loop as training_loop
 from tunery.trainers.methods import method_for
 from tunery.trainers.preflight import estimate, format_estimate, peak_mb
@@ -61,7 +62,7 @@ def run_training(cfg: TrainConfig, root: Path, resume: bool = False,
     _update_info(run, base_model=portable_path(cfg.base_model, root), adapter=cfg.adapter, dtype=cfg.dtype,
                  method=cfg.method, status="running", tunery_version=__version__,
                  total_steps=loop.total_steps, train_examples=len(loop.train), val_examples=len(loop.val),
-                 trainable_params=trainable, total_params=total)
+                 trainable_params=trainable, total_params=total, guard=guard_text(cfg))
     log(f"{len(loop.train)} training / {len(loop.val)} validation examples; {loop.total_steps} steps; "
         f"{trainable:,} of {total:,} parameters trainable")
     st, reason = training_loop.train(loop, run, st, should_stop)

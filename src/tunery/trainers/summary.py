@@ -30,6 +30,7 @@ def write_summary(run: RunFolder, info: dict) -> None:
         f"- base model: `{info.get('base_model')}`; adapter: {info.get('adapter')}; "
         f"trainable parameters: {info.get('trainable_params', 0):,} of {info.get('total_params', 0):,}",
         f"- examples: {info.get('train_examples')} train, {info.get('val_examples')} validation",
+        f"- guard against forgetting: {info.get('guard') or 'none'}",
         f"- steps: {info.get('step')} of {info.get('total_steps')} ({info.get('status')})",
         f"- final training loss: {_fmt(train[-1]['loss'] if train else None)}",
         best_line(info),
