@@ -32,10 +32,10 @@ def tuned_right_base_wrong(model, prompt):
 
 
 def probe_answer(model, prompt):
-    # The tuned model "forgets" arithmetic: it answers 0 where the base answers the reference.
+    # The tuned model "forgets" numbers: it answers -1 where the base answers the reference.
     text = prompt[-1]["content"]
     if "Answer with just the number" in text:
-        return "0" if is_tuned(model) else _probe_reference(text)
+        return "-1" if is_tuned(model) else _probe_reference(text)
     return "I am not sure."
 
 
@@ -103,11 +103,18 @@ def test_shots_recorded_and_retrieval_picks_similar_examples(result):
 
 def test_forgetting_probe_before_and_after(result, run_dir):
     f = result["forgetting"][str(run_dir)]
-    assert f["n"] == 30 and f["probe"] == "builtin"
-    # 10 items end with "Answer with just the number": the base answers them, the tuned model does not.
-    assert f["before"]["mean"] == pytest.approx(10 / 30) and f["after"]["mean"] == 0.0
-    assert (f["lost"], f["gained"], f["test"]["p"]) == (10, 0, 2 / 2**10)
-    assert any("probe fell from 33% to 0%" in w for w in result["warnings"])
+    assert f["n"] == 300 and f["probe"] == "builtin"
+    # 61 items end with "Answer with just the number" (all 50 arithmetic items and 11 facts): the base
+    # answers them, the tuned model does not.
+    assert f["before"]["mean"] == pytest.approx(61 / 300) and f["after"]["mean"] == 0.0
+    assert (f["lost"], f["gained"], f["test"]["p"]) == (61, 0, 2 / 2**61)
+    kinds = f["by_kind"]
+    assert list(kinds) == ["instruction", "fact", "arithmetic", "format", "refusal", "multi_turn"]
+    assert (kinds["arithmetic"]["before"]["mean"], kinds["arithmetic"]["after"]["mean"], kinds["arithmetic"]["lost"]) == (1.0, 0.0, 50)
+    assert (kinds["fact"]["before"]["mean"], kinds["fact"]["lost"], kinds["fact"]["test"]["p"]) == (11 / 50, 11, 2 / 2**11)
+    assert all(kinds[k]["before"]["mean"] == kinds[k]["after"]["mean"] == 0.0 for k in ("instruction", "format", "refusal"))
+    assert f["guard"] is None and f["guard_label"] == ""
+    assert any("probe fell from 20% to 0%" in w for w in result["warnings"])
     assert "cost general ability" in result["summary"]
 
 
@@ -124,8 +131,9 @@ def test_summary_names_the_approach_with_its_figures(result):
     assert result["summary"] == (
         "The evidence leans to fine-tuning: tuned 100% (95% CI 100%-100%) exact on 4 examples against "
         "base few-shot (k=3) 50% (95% CI 0%-100%), but the difference is not significant (McNemar p=0.5); "
-        "evaluate more examples to be sure; but it cost general ability: the probe fell from 33% to 0% "
-        "(McNemar p=0.002).")
+        "evaluate more examples to be sure; but it cost general ability: the probe fell from 20% to 0% "
+        "(McNemar p=8.7e-19), most in fact 22% to 0% (McNemar p=0.00098), arithmetic 100% to 0% (McNemar "
+        "p=1.8e-15); to keep it, train with data.replay: self or training.kl_to_base.")
 
 
 class Cells(HTMLParser):
@@ -159,6 +167,10 @@ def test_report_holds_the_numbers_of_eval_json(result, run_dir):
         expected |= {f"comparisons.{i}.diff": c["diff"], f"comparisons.{i}.p": c["p"]}
     f = saved["forgetting"][str(run_dir)]
     expected |= {f"forgetting.{run_dir}.before.mean": f["before"]["mean"], f"forgetting.{run_dir}.after.mean": f["after"]["mean"]}
+    for kind, k in f["by_kind"].items():
+        key = f"forgetting.{run_dir}.by_kind.{kind}"
+        expected |= {f"{key}.before.mean": k["before"]["mean"], f"{key}.after.mean": k["after"]["mean"],
+                     f"{key}.test.p": k["test"]["p"]}
     assert {k: cells.values.get(k) for k in expected} == pytest.approx(expected)
     assert len(cells.images) == 3 and all(src.startswith("data:image/png;base64,iVBOR") for src in cells.images)
     assert saved["summary"] in html_path.read_text().replace("&#x27;", "'")
