@@ -238,3 +238,32 @@ def test_a_moved_run_without_its_training_file_gets_zero_shot_rows_only(run_dir,
     out = evaluate([str(moved)], str(run_dir.parent.parent / "heldout.jsonl"), EvalOptions(probe=None), log=said.append)
     assert [r["system"]["name"] for r in out["systems"]] == ["tuned", "base zero-shot"]
     assert any("gone.jsonl is not here" in line for line in said) and out["leakage"]["checked"] is False
+
+
+def test_a_guarded_run_is_labelled_and_a_probe_without_kinds_is_not_split(run_dir, tmp_path, monkeypatch):
+    # The guard keys are not in this branch's schema yet, so the run folder's config cannot hold them:
+    # the reader of config.yaml is replaced by what it returns for `data.replay: self` (tested on a
+    # real config.yaml in test_eval_probe.py).
+    from tunery.cli.evaluation import format_details, format_table
+    from tunery.eval.guards import guard_of
+
+    guard = guard_of({"data": {"replay": "self", "replay_share": 0.2}, "training": {"kl_to_base": 0.1}})
+    monkeypatch.setattr("tunery.eval.guards.run_guard", lambda path: guard if path == str(run_dir) else None)
+    probe = write_jsonl(tmp_path / "mine.jsonl", [
+        {"messages": [{"role": "user", "content": f"What is {n} + 1? Answer with just the number."},
+                      {"role": "assistant", "content": str(n + 1)}], "graders": ["numeric"]} for n in range(4)])
+    def answer(model, prompt):  # the base adds 1 right, the tuned model forgot how
+        text = prompt[-1]["content"]
+        if not text.endswith("just the number."):
+            return "x"
+        return "-1" if is_tuned(model) else str(int(text.split()[2]) + 1)
+
+    monkeypatch.setattr("tunery.eval.measure.generate_timed", canned_generation(answer))
+    out = evaluate([str(run_dir)], str(run_dir.parent.parent / "heldout.jsonl"),
+                   EvalOptions(probe=str(probe), baselines=("zero",)), log=lambda _m: None)
+    f = out["forgetting"][str(run_dir)]
+    assert (f["guard_label"], f["by_kind"], f["before"]["mean"], f["after"]["mean"]) == ("replay self 20%, KL 0.1", {}, 1.0, 0.0)
+    assert [r["system"].get("guard") for r in out["systems"]] == ["replay self 20%, KL 0.1", None]
+    assert format_table(out).splitlines()[2].startswith("tuned (with guard: replay self 20%, KL 0.1)  ")
+    assert (f"forgetting probe (4 items) {run_dir}: base 100.0% / after 0.0% (with guard: replay self 20%, KL 0.1) "
+            "(-100.0%, p=0.125; 4 lost, 0 gained)") in format_details(out).splitlines()
