@@ -114,7 +114,8 @@ def test_forgetting_probe_before_and_after(result, run_dir):
     assert (kinds["fact"]["before"]["mean"], kinds["fact"]["lost"], kinds["fact"]["test"]["p"]) == (11 / 50, 11, 2 / 2**11)
     assert all(kinds[k]["before"]["mean"] == kinds[k]["after"]["mean"] == 0.0 for k in ("instruction", "format", "refusal"))
     assert f["guard"] is None and f["guard_label"] == ""
-    assert any("probe fell from 20% to 0%" in w for w in result["warnings"])
+    assert f"{run_dir}: the general-ability probe fell from 20% to 0% (61 items lost; most in fact 22% to 0%, " \
+           "arithmetic 100% to 0%): the tuning cost general ability" in result["warnings"]
     assert "cost general ability" in result["summary"]
 
 

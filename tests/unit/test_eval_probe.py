@@ -143,6 +143,14 @@ def test_advice_names_the_kinds_that_fell_and_the_guards():
     assert forgetting_clause(_forgetting({"fact": (0.7, 0.6, 0.5)}, 0.3)) == ""
 
 
+def test_a_significant_drop_in_one_kind_is_warned_about():
+    from tunery.eval.evaluate import _warnings
+
+    probe = _forgetting({"refusal": (0.8, 0.2, 0.0039), "fact": (0.7, 0.6, 0.5)}, 0.2) | {"lost": 9, "gained": 2}
+    result = {"leakage": {"warning": None}, "overfitting": {}, "forgetting": {"runs/q": probe}, "n_examples": 40}
+    assert _warnings(result) == ["runs/q: the probe fell significantly in refusal 80% to 20%: the tuning cost that ability"]
+
+
 def _run_folder(tmp_path, config: str):
     folder = tmp_path / "runs" / "guarded"
     folder.mkdir(parents=True)

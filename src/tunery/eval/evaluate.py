@@ -374,8 +374,14 @@ def _warnings(result: dict) -> list[str]:
     found = [result["leakage"]["warning"]] + [o["warning"] for o in result["overfitting"].values()]
     for run, f in result["forgetting"].items():
         fell = f"{run}: the general-ability probe fell from {f['before']['mean']:.0%} to {f['after']['mean']:.0%}"
+        kinds = [k for k in aggregate.significant_drops(f) if k != "all"]
+        where = ", ".join(f"{k} {f['by_kind'][k]['before']['mean']:.0%} to {f['by_kind'][k]['after']['mean']:.0%}"
+                          for k in kinds)
         if f["test"]["significant"] and f["test"]["diff"] < 0:
-            found.append(f"{fell} ({f['lost']} items lost): the tuning cost general ability")
+            found.append(f"{fell} ({f['lost']} items lost{'; most in ' + where if where else ''}): the tuning cost "
+                         "general ability")
+        elif kinds:
+            found.append(f"{run}: the probe fell significantly in {where}: the tuning cost that ability")
         elif f["test"]["diff"] <= -0.1:  # a drop this size is worth a look even when not yet significant
             found.append(f"{fell} ({f['lost']} items lost, {f['gained']} gained; p={f['test']['p']:.2g}, not "
                          "significant): see the probe items that changed in the report")
