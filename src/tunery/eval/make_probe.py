@@ -221,7 +221,8 @@ def _memory_fact(rng: random.Random) -> tuple[str, str, str, str]:
         return f"Hi! My name is {v}.", "What is my name?", f"Your name is {v}.", f"contains:{v}"
     if kind == "color":
         v = rng.choice(COLORS)
-        return f"My favorite color is {v}.", "What is my favorite color?", f"Your favorite color is {v}.", f"contains:{v}"
+        return (f"My favorite color is {v}.", "What is my favorite color?", f"Your favorite color is {v}.",
+                f"contains:{v}")
     if kind == "city":
         v = rng.choice(CITIES)
         return f"I live in {v}.", "Which city do I live in?", f"You live in {v}.", f"contains:{v}"
