@@ -62,7 +62,8 @@ def test_tuned_against_its_baselines_on_the_same_examples(quickstart_eval):
 def test_forgetting_probe_and_signals(quickstart_eval):
     run, result = quickstart_eval
     probe = result["forgetting"][str(run)]
-    assert probe["n"] == 30 and 0.3 <= probe["before"]["mean"] <= 0.8  # the base answers about half
+    assert probe["n"] == 300 and 0.3 <= probe["before"]["mean"] <= 0.6  # the base passes about 40%
+    assert set(probe["by_kind"]) == {"instruction", "fact", "arithmetic", "format", "refusal", "multi_turn"}
     assert probe["lost"] + probe["gained"] == len(probe["changed"])
     assert [p["step"] for p in result["overfitting"][str(run)]["points"]] == [3, 6]
     assert result["leakage"]["checked"] and result["leakage"]["exact"] == 0

@@ -32,10 +32,10 @@ def tuned_right_base_wrong(model, prompt):
 
 
 def probe_answer(model, prompt):
-    # The tuned model "forgets" arithmetic: it answers 0 where the base answers the reference.
+    # The tuned model "forgets" numbers: it answers -1 where the base answers the reference.
     text = prompt[-1]["content"]
     if "Answer with just the number" in text:
-        return "0" if is_tuned(model) else _probe_reference(text)
+        return "-1" if is_tuned(model) else _probe_reference(text)
     return "I am not sure."
 
 
@@ -103,11 +103,19 @@ def test_shots_recorded_and_retrieval_picks_similar_examples(result):
 
 def test_forgetting_probe_before_and_after(result, run_dir):
     f = result["forgetting"][str(run_dir)]
-    assert f["n"] == 30 and f["probe"] == "builtin"
-    # 10 items end with "Answer with just the number": the base answers them, the tuned model does not.
-    assert f["before"]["mean"] == pytest.approx(10 / 30) and f["after"]["mean"] == 0.0
-    assert (f["lost"], f["gained"], f["test"]["p"]) == (10, 0, 2 / 2**10)
-    assert any("probe fell from 33% to 0%" in w for w in result["warnings"])
+    assert f["n"] == 300 and f["probe"] == "builtin"
+    # 61 items end with "Answer with just the number" (all 50 arithmetic items and 11 facts): the base
+    # answers them, the tuned model does not.
+    assert f["before"]["mean"] == pytest.approx(61 / 300) and f["after"]["mean"] == 0.0
+    assert (f["lost"], f["gained"], f["test"]["p"]) == (61, 0, 2 / 2**61)
+    kinds = f["by_kind"]
+    assert list(kinds) == ["instruction", "fact", "arithmetic", "format", "refusal", "multi_turn"]
+    assert (kinds["arithmetic"]["before"]["mean"], kinds["arithmetic"]["after"]["mean"], kinds["arithmetic"]["lost"]) == (1.0, 0.0, 50)
+    assert (kinds["fact"]["before"]["mean"], kinds["fact"]["lost"], kinds["fact"]["test"]["p"]) == (11 / 50, 11, 2 / 2**11)
+    assert all(kinds[k]["before"]["mean"] == kinds[k]["after"]["mean"] == 0.0 for k in ("instruction", "format", "refusal"))
+    assert f["guard"] is None and f["guard_label"] == ""
+    assert f"{run_dir}: the general-ability probe fell from 20% to 0% (61 items lost; most in fact 22% to 0%, " \
+           "arithmetic 100% to 0%): the tuning cost general ability" in result["warnings"]
     assert "cost general ability" in result["summary"]
 
 
@@ -124,8 +132,9 @@ def test_summary_names_the_approach_with_its_figures(result):
     assert result["summary"] == (
         "The evidence leans to fine-tuning: tuned 100% (95% CI 100%-100%) exact on 4 examples against "
         "base few-shot (k=3) 50% (95% CI 0%-100%), but the difference is not significant (McNemar p=0.5); "
-        "evaluate more examples to be sure; but it cost general ability: the probe fell from 33% to 0% "
-        "(McNemar p=0.002).")
+        "evaluate more examples to be sure; but it cost general ability: the probe fell from 20% to 0% "
+        "(McNemar p=8.7e-19), most in fact 22% to 0% (McNemar p=0.00098), arithmetic 100% to 0% (McNemar "
+        "p=1.8e-15); to keep it, train with data.replay: self or training.kl_to_base.")
 
 
 class Cells(HTMLParser):
@@ -159,6 +168,10 @@ def test_report_holds_the_numbers_of_eval_json(result, run_dir):
         expected |= {f"comparisons.{i}.diff": c["diff"], f"comparisons.{i}.p": c["p"]}
     f = saved["forgetting"][str(run_dir)]
     expected |= {f"forgetting.{run_dir}.before.mean": f["before"]["mean"], f"forgetting.{run_dir}.after.mean": f["after"]["mean"]}
+    for kind, k in f["by_kind"].items():
+        key = f"forgetting.{run_dir}.by_kind.{kind}"
+        expected |= {f"{key}.before.mean": k["before"]["mean"], f"{key}.after.mean": k["after"]["mean"],
+                     f"{key}.test.p": k["test"]["p"]}
     assert {k: cells.values.get(k) for k in expected} == pytest.approx(expected)
     assert len(cells.images) == 3 and all(src.startswith("data:image/png;base64,iVBOR") for src in cells.images)
     assert saved["summary"] in html_path.read_text().replace("&#x27;", "'")
@@ -226,3 +239,32 @@ def test_a_moved_run_without_its_training_file_gets_zero_shot_rows_only(run_dir,
     out = evaluate([str(moved)], str(run_dir.parent.parent / "heldout.jsonl"), EvalOptions(probe=None), log=said.append)
     assert [r["system"]["name"] for r in out["systems"]] == ["tuned", "base zero-shot"]
     assert any("gone.jsonl is not here" in line for line in said) and out["leakage"]["checked"] is False
+
+
+def test_a_guarded_run_is_labelled_and_a_probe_without_kinds_is_not_split(run_dir, tmp_path, monkeypatch):
+    # The guard keys are not in this branch's schema yet, so the run folder's config cannot hold them:
+    # the reader of config.yaml is replaced by what it returns for `data.replay: self` (tested on a
+    # real config.yaml in test_eval_probe.py).
+    from tunery.cli.evaluation import format_details, format_table
+    from tunery.eval.guards import guard_of
+
+    guard = guard_of({"data": {"replay": "self", "replay_share": 0.2}, "training": {"kl_to_base": 0.1}})
+    monkeypatch.setattr("tunery.eval.guards.run_guard", lambda path: guard if path == str(run_dir) else None)
+    probe = write_jsonl(tmp_path / "mine.jsonl", [
+        {"messages": [{"role": "user", "content": f"What is {n} + 1? Answer with just the number."},
+                      {"role": "assistant", "content": str(n + 1)}], "graders": ["numeric"]} for n in range(4)])
+    def answer(model, prompt):  # the base adds 1 right, the tuned model forgot how
+        text = prompt[-1]["content"]
+        if not text.endswith("just the number."):
+            return "x"
+        return "-1" if is_tuned(model) else str(int(text.split()[2]) + 1)
+
+    monkeypatch.setattr("tunery.eval.measure.generate_timed", canned_generation(answer))
+    out = evaluate([str(run_dir)], str(run_dir.parent.parent / "heldout.jsonl"),
+                   EvalOptions(probe=str(probe), baselines=("zero",)), log=lambda _m: None)
+    f = out["forgetting"][str(run_dir)]
+    assert (f["guard_label"], f["by_kind"], f["before"]["mean"], f["after"]["mean"]) == ("replay self 20%, KL 0.1", {}, 1.0, 0.0)
+    assert [r["system"].get("guard") for r in out["systems"]] == ["replay self 20%, KL 0.1", None]
+    assert format_table(out).splitlines()[2].startswith("tuned (with guard: replay self 20%, KL 0.1)  ")
+    assert (f"forgetting probe (4 items) {run_dir}: base 100.0% / after 0.0% (with guard: replay self 20%, KL 0.1) "
+            "(-100.0%, p=0.125; 4 lost, 0 gained)") in format_details(out).splitlines()

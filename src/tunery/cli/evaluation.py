@@ -13,10 +13,38 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def row_label(system: dict) -> str:
+    """A row's name as shown, with the guard against forgetting its run trained with, if any."""
+    guard = system.get("guard")
+    return f"{system['name']} (with guard: {guard})" if guard else system["name"]
+
+
+def format_forgetting(run: str, f: dict) -> list[str]:
+    """The probe line of one run, then a table per kind of probe item when the probe has kinds."""
+    guard = f" (with guard: {f['guard_label']})" if f.get("guard_label") else ""
+    lines = [f"forgetting probe ({f['n']} items) {run}: base {f['before']['mean']:.1%} / after "
+             f"{f['after']['mean']:.1%}{guard} ({f['test']['diff']:+.1%}, p={f['test']['p']:.3g}; "
+             f"{f['lost']} lost, {f['gained']} gained)"]
+    kinds = f.get("by_kind") or {}
+    if kinds:
+        width = max(len("kind"), *map(len, kinds))
+        lines.append(f"  {'kind':<{width}}  {'items':>5}  {'base [95% CI]':>21}  {'after [95% CI]':>21}  "
+                     f"{'change':>7}  {'p':>7}  {'lost':>4}  {'gained':>6}")
+        for kind, k in kinds.items():
+            b, a, t = k["before"], k["after"], k["test"]
+            mark = " *" if t["significant"] and t["diff"] < 0 else ""
+            lines.append(f"  {kind:<{width}}  {k['n']:>5}  {b['mean']:6.1%} [{b['low']:5.1%}, {b['high']:5.1%}]  "
+                         f"{a['mean']:6.1%} [{a['low']:5.1%}, {a['high']:5.1%}]  {t['diff']:+7.1%}  {t['p']:7.3g}  "
+                         f"{k['lost']:>4}  {k['gained']:>6}{mark}")
+        if any(k["test"]["significant"] and k["test"]["diff"] < 0 for k in kinds.values()):
+            lines.append("  (* a significant drop: p < 0.05)")
+    return lines
+
+
 def format_table(result: dict) -> str:
     """The comparison as plain text: one line per system, primary grader first, with intervals."""
     labels = result["graders"]
-    width = max(len("system"), *(len(r["system"]["name"]) for r in result["systems"]))
+    width = max(len("system"), *(len(row_label(r["system"])) for r in result["systems"]))
     head = f"{'system':<{width}}  " + "  ".join(f"{label:>22}" for label in labels)
     lines = [head + f"  {'loss':>7}  {'s/answer':>8}  {'tokens':>6}", "-" * (len(head) + 29)]
     for row in result["systems"]:
@@ -26,7 +54,7 @@ def format_table(result: dict) -> str:
             cells.append(f"{s['mean']:6.1%} [{s['low']:5.1%}, {s['high']:5.1%}]".rjust(22))
         mark = " *" if row["system"]["name"] == result["best"] else ""
         loss = row["loss"]["loss"]
-        lines.append(f"{row['system']['name']:<{width}}  " + "  ".join(cells)
+        lines.append(f"{row_label(row['system']):<{width}}  " + "  ".join(cells)
                      + f"  {loss:7.3f}  {row['latency_s']:8.2f}  {row['tokens_generated']:6d}{mark}")
     return "\n".join(lines)
 
@@ -39,9 +67,7 @@ def format_details(result: dict) -> str:
         lines.append(f"{c['a']} vs {c['b']}: {c['diff']:+.1%} [{c['diff_low']:+.1%}, {c['diff_high']:+.1%}], "
                      f"{c['test']} p={c['p']:.3g} ({verdict})")
     for run, f in result["forgetting"].items():
-        lines.append(f"forgetting probe ({f['n']} items) {run}: before {f['before']['mean']:.1%}, after "
-                     f"{f['after']['mean']:.1%} ({f['test']['diff']:+.1%}, p={f['test']['p']:.3g}; "
-                     f"{f['lost']} lost, {f['gained']} gained)")
+        lines += format_forgetting(run, f)
     lines += [f"warning: {w}" for w in result["warnings"]]
     lines.append("")
     lines.append(result["summary"])

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from tunery.eval.aggregate import cost_rank
+from tunery.eval.aggregate import cost_rank, significant_drops
 
 if TYPE_CHECKING:
     from tunery.eval.evaluate import EvalOptions
@@ -70,14 +70,37 @@ def recommendation(result: dict) -> tuple[str, dict | None, dict | None, dict | 
     return "lean", best, best, tests[rival["system"]["name"]]
 
 
+GUARDS = "data.replay: self or training.kl_to_base"  # the config keys that guard against forgetting
+
+
+def forgetting_clause(forgetting: dict | None) -> str:
+    """"; but it cost general ability: ..." when the run's probe fell significantly overall or in a kind
+    of item, naming where and the guards to try; "" otherwise."""
+    if not forgetting:
+        return ""
+    drops = significant_drops(forgetting)
+    if not drops:
+        return ""
+    kinds = [k for k in drops if k != "all"]
+    by_kind = forgetting.get("by_kind") or {}
+    where = ", ".join(f"{k} {by_kind[k]['before']['mean']:.0%} to {by_kind[k]['after']['mean']:.0%} "
+                      f"({_p(by_kind[k]['test'])})" for k in kinds)
+    if "all" in drops:
+        clause = (f"; but it cost general ability: the probe fell from {forgetting['before']['mean']:.0%} to "
+                  f"{forgetting['after']['mean']:.0%} ({_p(forgetting['test'])})")
+        clause += f", most in {where}" if where else ""
+    else:
+        clause = f"; but it cost general ability in {where} on the probe"
+    guarded = forgetting.get("guard_label")
+    if guarded:
+        return clause + f", even with its guard ({guarded}): raise the replay share or the KL weight"
+    return clause + f"; to keep it, train with {GUARDS}"
+
+
 def _forgetting_clause(result: dict, chosen: dict) -> str:
     if not chosen["system"]["tuned"]:
         return ""
-    f = result.get("forgetting", {}).get(chosen["system"]["model"])
-    if not f or not (f["test"]["significant"] and f["test"]["diff"] < 0):
-        return ""
-    return (f"; but it cost general ability: the probe fell from {f['before']['mean']:.0%} to "
-            f"{f['after']['mean']:.0%} ({_p(f['test'])})")
+    return forgetting_clause(result.get("forgetting", {}).get(chosen["system"]["model"]))
 
 
 def summary_sentence(result: dict) -> str:

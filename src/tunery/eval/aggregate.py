@@ -64,23 +64,59 @@ def disagreements(tuned: dict, base: dict, items: list, primary: str, limit: int
     return out[:limit]
 
 
+def probe_kind(item) -> str:
+    """The ability a probe item tests (its record's `kind`); "all" for items without one (a user's
+    own probe file), which are then not split."""
+    kind = item.record.get("kind") if isinstance(getattr(item, "record", None), dict) else None
+    return str(kind) if kind else "all"
+
+
+def _compare_before_after(before: list[float], after: list[float], lost: int, gained: int, seed: int) -> dict:
+    return {"n": len(before), "before": bootstrap_ci(before, seed=seed).to_json(),
+            "after": bootstrap_ci(after, seed=seed).to_json(), "test": compare_paired(after, before, seed=seed),
+            "lost": lost, "gained": gained}
+
+
+def forgetting_by_kind(items: list, before: list[float], after: list[float], seed: int = 0) -> dict[str, dict]:
+    """Per kind of probe item: before/after means with intervals, the paired test, items lost and
+    gained; empty when the items carry no kind (there is nothing to split)."""
+    kinds = [probe_kind(item) for item in items]
+    if set(kinds) == {"all"}:
+        return {}
+    out = {}
+    for kind in dict.fromkeys(kinds):
+        pairs = [(b, a) for k, b, a in zip(kinds, before, after) if k == kind]
+        b, a = [p[0] for p in pairs], [p[1] for p in pairs]
+        lost = sum(1 for x, y in pairs if y < x)
+        out[kind] = _compare_before_after(b, a, lost, sum(1 for x, y in pairs if y > x), seed)
+    return out
+
+
 def forgetting_summary(before: dict, after: dict, items: list, seed: int = 0) -> dict:
-    """Probe score before (base) and after (tuned), their paired test, and the items that changed."""
+    """Probe score before (base) and after (tuned), their paired test, and the items that changed;
+    the same per kind of item under `by_kind`."""
     b, a = column_scores(before["per_example"], OWN), column_scores(after["per_example"], OWN)
     changed = [
-        {"id": item.id, "prompt": item.prompt[-1]["content"], "before": x["answer"], "after": y["answer"],
-         "before_score": x["scores"][OWN], "after_score": y["scores"][OWN]}
+        {"id": item.id, "kind": probe_kind(item), "prompt": item.prompt[-1]["content"], "before": x["answer"],
+         "after": y["answer"], "before_score": x["scores"][OWN], "after_score": y["scores"][OWN]}
         for item, x, y in zip(items, before["per_example"], after["per_example"])
         if x["scores"][OWN] != y["scores"][OWN]
     ]
+    lost = sum(1 for c in changed if c["after_score"] < c["before_score"])
     return {
+        **_compare_before_after(b, a, lost, sum(1 for c in changed if c["after_score"] > c["before_score"]), seed),
         "n": len(items),
-        "before": bootstrap_ci(b, seed=seed).to_json(),
-        "after": bootstrap_ci(a, seed=seed).to_json(),
-        "test": compare_paired(a, b, seed=seed),
-        "lost": sum(1 for c in changed if c["after_score"] < c["before_score"]),
-        "gained": sum(1 for c in changed if c["after_score"] > c["before_score"]),
+        "by_kind": forgetting_by_kind(items, b, a, seed),
         "changed": changed,
         "before_loss": before.get("loss"),
         "after_loss": after.get("loss"),
     }
+
+
+def significant_drops(forgetting: dict) -> list[str]:
+    """Where a run's probe fell significantly: "all" for the whole probe, then each kind that did."""
+    def fell(entry: dict) -> bool:
+        return bool(entry["test"]["significant"] and entry["test"]["diff"] < 0)
+
+    found = ["all"] if fell(forgetting) else []
+    return found + [kind for kind, entry in (forgetting.get("by_kind") or {}).items() if fell(entry)]

@@ -128,19 +128,52 @@ def score_answers(items: list[EvalItem], answers: list[dict], graders: list[Grad
 
 def run_system(system: System, model, tokenizer, items: list[EvalItem], graders: list[Grader],
                pool: list[Example], retriever, opts: EvalOptions, max_new_tokens: int,
-               failures: Failures | None = None) -> dict:
-    """Answer every item with one system; score the answers and the references' loss."""
+               failures: Failures | None = None, probe: bool = False) -> dict:
+    """Answer every item with one system; score the answers and the references' loss. For the
+    forgetting probe (`probe`), a record's `max_new_tokens` replaces `max_new_tokens` for its answer,
+    and the references' loss is not computed: the probe's own graders are its figure, and the loss
+    pass would cost about half as much again as the answers (loss None)."""
     from tunery.eval.measure import answer_loss, generate_timed
 
     prompts, shots = prompts_for(system, items, pool, retriever, opts.seed)
-    answers = generate_timed(model, tokenizer, prompts, max_new_tokens, opts.temperature, opts.seed,
-                             opts.batch_size)
+    if probe:
+        answers = _answers_by_cap(model, tokenizer, items, prompts, max_new_tokens, opts)
+    else:
+        answers = generate_timed(model, tokenizer, prompts, max_new_tokens, opts.temperature, opts.seed,
+                                 opts.batch_size)
     score_answers(items, answers, graders, failures)
     for item, answer, used in zip(items, answers, shots):
         answer["id"] = item.id
         answer["shots"] = [pool[i].location for i in used]
-    loss = answer_loss(model, tokenizer, prompts, [i.reference for i in items], opts.max_length, opts.batch_size)
+    loss = None if probe else answer_loss(model, tokenizer, prompts, [i.reference for i in items], opts.max_length,
+                                          opts.batch_size)
     return {"system": system.to_json(), "loss": loss, "per_example": answers}
+
+
+def item_cap(item: EvalItem, default: int) -> int:
+    """The most tokens an item's answer may take: its record's `max_new_tokens`, else `default`."""
+    cap = item.record.get("max_new_tokens")
+    if cap is None:
+        return default
+    if not isinstance(cap, int) or isinstance(cap, bool) or cap < 1:
+        raise TuneryError(f"{item.id}: max_new_tokens must be a whole number of at least 1 (got {cap!r})")
+    return cap
+
+
+def _answers_by_cap(model, tokenizer, items: list[EvalItem], prompts: list, default: int, opts: EvalOptions) -> list[dict]:
+    """Answers in item order, generated in groups of equal token cap: a batch waits for its longest
+    answer, so one-word facts are not held up by a JSON object that may take 40 tokens."""
+    from tunery.eval import measure
+
+    caps = [item_cap(item, default) for item in items]
+    answers: list[dict | None] = [None] * len(items)
+    for cap in sorted(set(caps)):
+        where = [n for n, c in enumerate(caps) if c == cap]
+        got = measure.generate_timed(model, tokenizer, [prompts[n] for n in where], cap, opts.temperature,
+                                     opts.seed, opts.batch_size)
+        for n, answer in zip(where, got):
+            answers[n] = answer
+    return answers
 
 
 def load_target(key: str, runs: dict[str, RunTarget]):
@@ -222,7 +255,8 @@ def evaluate(targets: list[str], data: str, opts: EvalOptions | None = None,
         if probe_items:
             log(f"forgetting probe ({len(probe_items)} items) on {key}")
             probes[key] = run_system(System("probe", key, key in by_run, "zero-shot"), model, tokenizer,
-                                     probe_items, [], [], None, opts, opts.probe_max_new_tokens, failures)
+                                     probe_items, [], [], None, opts, opts.probe_max_new_tokens, failures,
+                                     probe=True)
         del model, tokenizer
         gc.collect()
     ordered = [aggregate.summarize(rows[s.name], labels, opts.seed) for s in systems]
@@ -281,6 +315,8 @@ def _probe_items(opts: EvalOptions) -> list[EvalItem]:
     if lacking:
         raise TuneryError(f"probe records need their own 'graders' list; {lacking[0]} has none",
                           fix='add e.g. "graders": ["contains:Paris"] to every record of the probe file')
+    for item in items:
+        item_cap(item, opts.probe_max_new_tokens)  # a bad cap is said before any model is loaded
     return items
 
 
@@ -297,6 +333,7 @@ def _retriever(systems: list[System], pool: list[Example], opts: EvalOptions, lo
 def _assemble(rows, labels, items, runs, pool, pool_files, probes, probe_items, data, opts) -> dict:
     """The eval.json dict: table rows, best and its tests, forgetting, leakage, overfitting, summary."""
     from tunery.eval.advise import summary_sentence
+    from tunery.eval.guards import guard_label, run_guard
 
     primary = labels[0]
     best, comparisons = aggregate.best_and_comparisons(rows, primary, opts.seed)
@@ -320,9 +357,14 @@ def _assemble(rows, labels, items, runs, pool, pool_files, probes, probe_items, 
         tuned = next(r for r in rows if r["system"]["model"] == run.path and r["system"]["prompting"] == "zero-shot")
         if base_zero is not None:
             result["disagreements"][run.path] = aggregate.disagreements(tuned, base_zero, items, primary)
+        guard = run_guard(run.path)
+        for row in rows:  # the run's rows say which guard against forgetting it trained with
+            if guard is not None and row["system"]["model"] == run.path:
+                row["system"]["guard"] = guard_label(guard)
         if run.path in probes and run.base_model in probes:
             summary = aggregate.forgetting_summary(probes[run.base_model], probes[run.path], probe_items, opts.seed)
-            result["forgetting"][run.path] = {"probe": opts.probe, **summary}
+            result["forgetting"][run.path] = {"probe": opts.probe, **summary, "guard": guard,
+                                              "guard_label": guard_label(guard)}
     result["warnings"] = _warnings(result)
     result["summary"] = summary_sentence(result)
     return result
@@ -332,8 +374,14 @@ def _warnings(result: dict) -> list[str]:
     found = [result["leakage"]["warning"]] + [o["warning"] for o in result["overfitting"].values()]
     for run, f in result["forgetting"].items():
         fell = f"{run}: the general-ability probe fell from {f['before']['mean']:.0%} to {f['after']['mean']:.0%}"
+        kinds = [k for k in aggregate.significant_drops(f) if k != "all"]
+        where = ", ".join(f"{k} {f['by_kind'][k]['before']['mean']:.0%} to {f['by_kind'][k]['after']['mean']:.0%}"
+                          for k in kinds)
         if f["test"]["significant"] and f["test"]["diff"] < 0:
-            found.append(f"{fell} ({f['lost']} items lost): the tuning cost general ability")
+            found.append(f"{fell} ({f['lost']} items lost{'; most in ' + where if where else ''}): the tuning cost "
+                         "general ability")
+        elif kinds:
+            found.append(f"{run}: the probe fell significantly in {where}: the tuning cost that ability")
         elif f["test"]["diff"] <= -0.1:  # a drop this size is worth a look even when not yet significant
             found.append(f"{fell} ({f['lost']} items lost, {f['gained']} gained; p={f['test']['p']:.2g}, not "
                          "significant): see the probe items that changed in the report")

@@ -24,7 +24,7 @@ tr.best td{background:#eef7ee;font-weight:600}
 .warn{background:#fff6e5;border-left:4px solid #e69900;padding:.4rem .8rem;margin:.3rem 0}
 pre{white-space:pre-wrap;word-break:break-word;margin:0;font-size:.82rem}
 .muted{color:#666;font-size:.85rem}img{max-width:100%;border:1px solid #eee}
-td.diff{background:#fff3c4}
+td.diff,tr.diff td{background:#fff3c4}
 """
 
 
@@ -56,7 +56,8 @@ def comparison_table(result: dict) -> str:
     for i, row in enumerate(result["systems"]):
         key = f"systems.{i}"
         best = ' class="best"' if row["system"]["name"] == result["best"] else ""
-        cells = [f"<td>{escape(row['system']['name'])}</td>"]
+        guard = f" (with guard: {row['system']['guard']})" if row["system"].get("guard") else ""
+        cells = [f"<td>{escape(row['system']['name'] + guard)}</td>"]
         for label in labels:
             s = row["scores"][label]
             cells.append(_pct(s["mean"], f"{key}.scores.{label}.mean"))
@@ -111,11 +112,13 @@ def forgetting_section(result: dict) -> str:
            "<th>after (tuned)</th><th>difference</th><th>p</th><th>lost</th><th>gained</th></tr>"]
     for run, f in forgetting.items():
         key = f"forgetting.{run}"
-        out.append(f"<tr><td>{escape(run)}</td><td>{escape(str(f['probe']))}</td><td class=\"num\">{f['n']}</td>"
+        guard = f" (with guard: {f['guard_label']})" if f.get("guard_label") else ""
+        out.append(f"<tr><td>{escape(run + guard)}</td><td>{escape(str(f['probe']))}</td><td class=\"num\">{f['n']}</td>"
                    f"{_pct(f['before']['mean'], key + '.before.mean')}{_pct(f['after']['mean'], key + '.after.mean')}"
                    f"{_num(f['test']['diff'], key + '.test.diff', '{:+.1%}')}{_num(f['test']['p'], key + '.test.p', '{:.3g}')}"
                    f"<td class=\"num\">{f['lost']}</td><td class=\"num\">{f['gained']}</td></tr>")
     out.append("</table>")
+    out += [kind_table(run, f) for run, f in forgetting.items() if f.get("by_kind")]
     out.append(_img(plots.probe_bars(forgetting), "forgetting probe before and after"))
     for run, f in forgetting.items():
         if f["changed"]:
@@ -127,6 +130,26 @@ def forgetting_section(result: dict) -> str:
                            f"<pre>{escape(c['after'])}</pre></td></tr>")
             out.append("</table>")
     return "\n".join(out)
+
+
+def kind_table(run: str, f: dict) -> str:
+    """The probe of one run per kind of item: base and after with intervals, the paired test, items
+    lost and gained; a significant drop is marked."""
+    guard = f" (with guard: {f['guard_label']})" if f.get("guard_label") else ""
+    out = [f"<h3>{escape(run)}: base / after{escape(guard)}, per kind of probe item</h3>",
+           f'<table class="probe-kinds" id="probe-kinds-{escape(run)}"><tr><th>kind</th><th>items</th>'
+           "<th>base</th><th>95% CI</th><th>after</th><th>95% CI</th><th>difference</th><th>p</th><th>lost</th>"
+           "<th>gained</th></tr>"]
+    for kind, k in f["by_kind"].items():
+        key = f"forgetting.{run}.by_kind.{kind}"
+        b, a, t = k["before"], k["after"], k["test"]
+        dropped = ' class="diff"' if t["significant"] and t["diff"] < 0 else ""
+        out.append(f"<tr{dropped}><td>{escape(kind)}</td><td class=\"num\">{k['n']}</td>"
+                   f"{_pct(b['mean'], key + '.before.mean')}<td class=\"num\">{_span(b['low'])} - {_span(b['high'])}</td>"
+                   f"{_pct(a['mean'], key + '.after.mean')}<td class=\"num\">{_span(a['low'])} - {_span(a['high'])}</td>"
+                   f"{_num(t['diff'], key + '.test.diff', '{:+.1%}')}{_num(t['p'], key + '.test.p', '{:.3g}')}"
+                   f"<td class=\"num\">{k['lost']}</td><td class=\"num\">{k['gained']}</td></tr>")
+    return "\n".join(out + ["</table>"])
 
 
 def signals_section(result: dict) -> str:

@@ -117,6 +117,7 @@ def evaluate_text(targets: list[str], data: str, opts, log: Callable[[str], None
     from tunery.eval import aggregate
     from tunery.eval.baselines import System
     from tunery.eval.evaluate import _probe_items, run_system
+    from tunery.eval.guards import guard_label, run_guard
     from tunery.graders import Failures
     from tunery.inference import load_for_inference
 
@@ -135,7 +136,7 @@ def evaluate_text(targets: list[str], data: str, opts, log: Callable[[str], None
         if probe_items:
             log(f"forgetting probe ({len(probe_items)} items) on {key}")
             probes[key] = run_system(System("probe", key, tuned, "zero-shot"), model, tokenizer, probe_items, [],
-                                     [], None, opts, opts.probe_max_new_tokens, failures)
+                                     [], None, opts, opts.probe_max_new_tokens, failures, probe=True)
         del model
         gc.collect()
     result = {"tunery_version": __version__, "kind": "text", "data": str(data), "n_examples": len(docs),
@@ -146,7 +147,9 @@ def evaluate_text(targets: list[str], data: str, opts, log: Callable[[str], None
             result["comparisons"].append(_comparison(rows[key], rows[base], opts.seed))
             if key in probes and base in probes:
                 summary = aggregate.forgetting_summary(probes[base], probes[key], probe_items, opts.seed)
-                result["forgetting"][key] = {"probe": opts.probe, **summary}
+                guard = run_guard(key)
+                result["forgetting"][key] = {"probe": opts.probe, **summary, "guard": guard,
+                                             "guard_label": guard_label(guard)}
     result["warnings"] = [f"only {len(docs)} documents: intervals are wide"] if len(docs) < 20 else []
     result["summary"] = summary_sentence(result)
     result["elapsed_s"] = round(time.monotonic() - started, 1)
