@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from html import escape
 
-from tunery.eval import plots
 from tunery.eval.pairs import COLUMN_TEXT, COLUMNS
 
 
@@ -50,25 +49,14 @@ def tests_table(result: dict) -> str:
 
 def render_pairs_report(result: dict, metrics_by_run: dict[str, list[dict]]) -> str:
     """The whole page for `kind: "pairs"` results."""
-    from tunery.eval.report_html import CSS, _img
+    from tunery.eval.report_html import plain_page
 
-    parts = [
-        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>tunery eval report (pairs)</title>",
-        f"<style>{CSS}</style></head><body>",
-        "<h1>tunery evaluation report: preference pairs</h1>",
-        f'<p class="muted">{result["n_examples"]} pairs from {escape(result["data"])}; tunery '
-        f'{escape(result["tunery_version"])}. Preference accuracy: the share of pairs whose chosen answer scores '
-        "higher (a policy: its DPO implicit reward against the base model; a reward model: its reward). A base "
-        "model is its own reference, so its preference accuracy is 50% by construction; its log-prob accuracy "
-        "says which answer its own likelihood prefers. Mean margin: the implicit-reward log-ratio margin for a "
-        "policy run, the reward margin for a reward run, log p(chosen) - log p(rejected) for a base.</p>",
-        f'<p class="summary" id="summary">{escape(result["summary"])}</p>',
-        "".join(f'<div class="warn">{escape(w)}</div>' for w in result["warnings"]),
-        "<h2>Preference accuracy on the same pairs</h2>", pairs_table(result),
-        "<h2>Each run against its base</h2>", tests_table(result),
-        "<h2>Loss curves</h2>",
-        "".join(_img(plots.loss_curves(m, run), f"loss curves of {run}") for run, m in metrics_by_run.items())
-        or '<p class="muted">No run metrics to plot.</p>',
-        "</body></html>",
-    ]
-    return "\n".join(parts)
+    intro = (f'{result["n_examples"]} pairs from {escape(result["data"])}; tunery '
+             f'{escape(result["tunery_version"])}. Preference accuracy: the share of pairs whose chosen answer scores '
+             "higher (a policy: its DPO implicit reward against the base model; a reward model: its reward). A base "
+             "model is its own reference, so its preference accuracy is 50% by construction; its log-prob accuracy "
+             "says which answer its own likelihood prefers. Mean margin: the implicit-reward log-ratio margin for a "
+             "policy run, the reward margin for a reward run, log p(chosen) - log p(rejected) for a base.")
+    sections = [("Preference accuracy on the same pairs", pairs_table(result)),
+                ("Each run against its base", tests_table(result))]
+    return plain_page("preference pairs", intro, result, sections, metrics_by_run)

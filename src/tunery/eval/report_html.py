@@ -181,6 +181,27 @@ def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
+def plain_page(kind: str, intro: str, result: dict, sections: list[tuple[str, str]],
+               metrics_by_run: dict[str, list[dict]]) -> str:
+    """A report page of another kind of evaluation (preference pairs, raw text): its heading, the
+    intro (HTML), the summary and warnings of `result`, its sections (title, HTML), then the runs'
+    loss curves."""
+    parts = [
+        f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>tunery eval report ({kind})</title>",
+        f"<style>{CSS}</style></head><body>",
+        f"<h1>tunery evaluation report: {escape(kind)}</h1>",
+        f'<p class="muted">{intro}</p>',
+        f'<p class="summary" id="summary">{escape(result["summary"])}</p>',
+        "".join(f'<div class="warn">{escape(w)}</div>' for w in result["warnings"]),
+        *[f"<h2>{escape(title)}</h2>\n{body}" for title, body in sections],
+        "<h2>Loss curves</h2>",
+        "".join(_img(plots.loss_curves(m, run), f"loss curves of {run}") for run, m in metrics_by_run.items())
+        or '<p class="muted">No run metrics to plot.</p>',
+        "</body></html>",
+    ]
+    return "\n".join(parts)
+
+
 def render_report(result: dict, metrics_by_run: dict[str, list[dict]]) -> str:
     """The whole page as a string."""
     if result.get("kind") == "pairs":

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from html import escape
 
-from tunery.eval import plots
-
 
 def systems_table(result: dict) -> str:
     from tunery.eval.report_html import _num
@@ -41,23 +39,12 @@ def tests_table(result: dict) -> str:
 
 def render_text_report(result: dict, metrics_by_run: dict[str, list[dict]]) -> str:
     """The whole page for `kind: "text"` results."""
-    from tunery.eval.report_html import CSS, _img, forgetting_section
+    from tunery.eval.report_html import forgetting_section, plain_page
 
-    parts = [
-        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>tunery eval report (text)</title>",
-        f"<style>{CSS}</style></head><body>",
-        "<h1>tunery evaluation report: held-out text</h1>",
-        f'<p class="muted">{result["n_examples"]} documents from {escape(result["data"])}, scored in windows of '
-        f'{result["max_length"]} tokens; tunery {escape(result["tunery_version"])}. Loss per token over every '
-        "token after each document's first; intervals resample whole documents.</p>",
-        f'<p class="summary" id="summary">{escape(result["summary"])}</p>',
-        "".join(f'<div class="warn">{escape(w)}</div>' for w in result["warnings"]),
-        "<h2>Perplexity on the same documents</h2>", systems_table(result),
-        "<h2>Each run against its base</h2>", tests_table(result),
-        "<h2>Forgetting probe</h2>", forgetting_section(result),
-        "<h2>Loss curves</h2>",
-        "".join(_img(plots.loss_curves(m, run), f"loss curves of {run}") for run, m in metrics_by_run.items())
-        or '<p class="muted">No run metrics to plot.</p>',
-        "</body></html>",
-    ]
-    return "\n".join(parts)
+    intro = (f'{result["n_examples"]} documents from {escape(result["data"])}, scored in windows of '
+             f'{result["max_length"]} tokens; tunery {escape(result["tunery_version"])}. Loss per token over every '
+             "token after each document's first; intervals resample whole documents.")
+    sections = [("Perplexity on the same documents", systems_table(result)),
+                ("Each run against its base", tests_table(result)),
+                ("Forgetting probe", forgetting_section(result))]
+    return plain_page("held-out text", intro, result, sections, metrics_by_run)
