@@ -119,7 +119,7 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     started, rows = time.monotonic(), []
     trained_file = args.work / "runs.json"
-    trained = json.loads(trained_file.read_text()) if args.stage == "eval" else {}
+    trained = json.loads(trained_file.read_text()) if trained_file.is_file() else {}  # runs of earlier calls
     for task in args.tasks.split(","):
         if args.stage != "eval":
             trained[task] = []

@@ -161,3 +161,14 @@ def test_guards_that_cannot_work_are_refused(tmp_path, tiny_model_dir):
         config(tiny_model_dir, tmp_path, adapter="full", data={"replay": "self"}, training={"kl_to_base": 0.1})
     with pytest.raises(Exception, match="not method dpo"):
         config(tiny_model_dir, tmp_path, method="dpo", data={"replay": "self"})
+
+
+def test_the_replay_pool_and_the_forgetting_probe_share_no_prompt():
+    from tunery.eval.evaluate import BUILTIN_PROBE
+
+    probe = {m["content"].strip().lower() for line in BUILTIN_PROBE.read_text().splitlines()
+             for m in json.loads(line)["messages"] if m["role"] == "user"}
+    pool = {p.strip().lower() for p in general_prompts()}
+    assert len(probe) >= 300 and not probe & pool
+    probe_words = {w for text in probe for w in text.split()}
+    assert len(probe_words) > 100  # the check above compared real text
