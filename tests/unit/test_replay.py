@@ -135,7 +135,7 @@ def test_the_loss_with_kl_is_the_task_loss_plus_beta_kl_on_replay_tokens(tmp_pat
         base = head_logits(s.model, batch, positions)
     q = torch.softmax(base[replay_mask], -1)
     kl = (q * (q.log() - torch.log_softmax(logits[replay_mask], -1))).sum()
-    assert out.figures["replay_tokens"] == float(replay_mask.sum()) > 0 and out.count == len(targets)
+    assert out.figures["replay_share"] == float(replay_mask.sum()) > 0 and out.count == len(targets)
     assert out.figures["kl_to_base"] == pytest.approx(float(kl), rel=1e-3, abs=1e-5) and float(kl) > 1e-3
     assert float(out.total) == pytest.approx(float(ce + 0.5 * kl), rel=1e-5)
 
@@ -149,6 +149,7 @@ def test_a_guarded_run_logs_its_kl_and_resumes_bitwise(tmp_path, tiny_model_dir,
     assert "- guard against forgetting: replay self 30%, KL to base 0.1" in (tmp_path / "run" / "summary.md").read_text()
     train = [m for m in RunFolder(tmp_path / "run").read_metrics() if m["kind"] == "train"]
     assert len(train) == 5 and all(math.isfinite(m["kl_to_base"]) for m in train)
+    assert all(0 <= m["replay_share"] < 1 for m in train) and max(m["replay_share"] for m in train) > 0
     assert train[0]["kl_to_base"] == pytest.approx(0.0, abs=1e-6) and max(m["kl_to_base"] for m in train) > 0
     whole, resumed, reason = straight_and_resumed(lambda: prepare(cfg, **QUIET), tmp_path / "resume", stop_after=2)
     assert reason == "finished" and same_trainable_weights(whole, resumed)

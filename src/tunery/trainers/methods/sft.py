@@ -30,8 +30,10 @@ class SFT(Method):
         super().__init__(cfg, tokenizer)
         self.kl_beta = cfg.training.kl_to_base
         if self.kl_beta is not None:
-            self.figures = ("kl_to_base", "replay_tokens")
-            self.figure_units = {"kl_to_base": "replay_tokens"}  # the KL per replay token
+            # Summed per step: the KL and the replay tokens; logged: the KL per replay token, and the
+            # share of the trained tokens that are replay.
+            self.figures = ("kl_to_base", "replay_share")
+            self.figure_units = {"kl_to_base": "replay_share"}
         self._base = None
 
     def load_base(self):
@@ -68,7 +70,7 @@ class SFT(Method):
         total, count = token_ce_sum(logits, targets.to(logits.device))
         replay = batch["replay_target"].to(logits.device)
         if "replay_batch" not in batch:
-            return LossOut(total, count, {"kl_to_base": 0.0, "replay_tokens": 0.0})
+            return LossOut(total, count, {"kl_to_base": 0.0, "replay_share": 0.0})
         from tunery.trainers.methods.preference import reference_mode
 
         with reference_mode(model):  # the base: the adapter switched off, no gradients
@@ -76,7 +78,7 @@ class SFT(Method):
             base_logits = logits_at(model, sub, next_token_targets(sub["labels"])[0])
         kl = kl_from_reference_sum(logits[replay], base_logits.to(logits.device))
         return LossOut(total + self.kl_beta * kl, count,
-                       {"kl_to_base": float(kl.detach()), "replay_tokens": float(replay.sum())})
+                       {"kl_to_base": float(kl.detach()), "replay_share": float(replay.sum())})
 
 
 class CPT(SFT):
