@@ -7,37 +7,14 @@ batch (so every row's next token sits in the last column) and stops each row at 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from tunery.errors import TuneryError
 from tunery.models.load import DTYPES, load_model, load_tokenizer
-from tunery.runfolder import RunFolder, is_run_folder, resolve_portable
-
-
-def read_run_info(run_dir: Path) -> dict:
-    """The run's run.json as a dict, with a clear error when it is unreadable."""
-    path = RunFolder(run_dir).info
-    try:
-        info = RunFolder(run_dir).read_info()
-    except (OSError, json.JSONDecodeError) as exc:
-        raise TuneryError(f"cannot read {path}", why=str(exc)) from exc
-    if not isinstance(info, dict) or "base_model" not in info:
-        raise TuneryError(f"{path} does not name a base_model", why="the run folder is damaged")
-    # A local base model is recorded relative to the run folder (portable_path): resolve it here.
-    return info | {"base_model": resolve_portable(str(info["base_model"]), run_dir)}
-
-
-def _unfinished(run_dir: Path, info: dict, missing: Path) -> TuneryError:
-    status = info.get("status", "unknown")
-    return TuneryError(
-        f"{run_dir} has no final weights yet ({missing.name}/ is missing; run status: {status})",
-        why="training did not finish, so only resumable checkpoints exist",
-        fix="resume it with `tunery train CONFIG --resume` (CONFIG: the config you trained with, "
-        f"or {run_dir / 'config.yaml'})",
-    )
+from tunery.runfolder import RunFolder, is_run_folder, read_run_info  # noqa: F401 (read_run_info re-exported)
+from tunery.runfolder import unfinished_error as _unfinished
 
 
 def load_run(run_dir: Path, dtype: str = "float32"):

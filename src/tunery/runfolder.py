@@ -192,6 +192,30 @@ def cut_torn_tail(path: Path) -> int:
         return size - keep
 
 
+def read_run_info(run_dir: Path) -> dict:
+    """The run's run.json as a dict, with a clear error when it is unreadable."""
+    path = RunFolder(run_dir).info
+    try:
+        info = RunFolder(run_dir).read_info()
+    except (OSError, json.JSONDecodeError) as exc:
+        raise TuneryError(f"cannot read {path}", why=str(exc)) from exc
+    if not isinstance(info, dict) or "base_model" not in info:
+        raise TuneryError(f"{path} does not name a base_model", why="the run folder is damaged")
+    # A local base model is recorded relative to the run folder (portable_path): resolve it here.
+    return info | {"base_model": resolve_portable(str(info["base_model"]), run_dir)}
+
+
+def unfinished_error(run_dir: Path, info: dict, missing: Path) -> TuneryError:
+    """The error for a run whose final weights (`missing`: its adapter/ or model/) are not there yet."""
+    status = info.get("status", "unknown")
+    return TuneryError(
+        f"{run_dir} has no final weights yet ({missing.name}/ is missing; run status: {status})",
+        why="training did not finish, so only resumable checkpoints exist",
+        fix="resume it with `tunery train CONFIG --resume` (CONFIG: the config you trained with, "
+        f"or {run_dir / 'config.yaml'})",
+    )
+
+
 def is_run_folder(path: str | Path) -> bool:
     return (Path(path) / "run.json").is_file()
 

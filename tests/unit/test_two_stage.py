@@ -96,7 +96,7 @@ def test_an_unfinished_run_is_refused_with_the_way_on(tmp_path, tiny_model_dir, 
     run.mkdir(parents=True)
     (run / "run.json").write_text(json.dumps({"base_model": str(tiny_model_dir), "adapter": "lora",
                                               "status": "interrupted"}))
-    with pytest.raises(TuneryError, match=r"has no final weights yet \(run status: interrupted\)") as info:
+    with pytest.raises(TuneryError, match=r"has no final weights yet \(adapter/ is missing; run status: interrupted\)") as info:
         resolve_model_source(str(run))
     assert "--resume" in info.value.fix
     (run / "run.json").write_text(json.dumps({"base_model": str(tiny_model_dir), "adapter": "qlora"}))

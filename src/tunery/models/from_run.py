@@ -13,43 +13,30 @@ takes care of that) and name the merged folder instead.
 from __future__ import annotations
 
 import hashlib
-import json
 import sys
 from pathlib import Path
 
 from tunery.atomic import atomic_dir, write_text_atomic
 from tunery.errors import TuneryError
 from tunery.models import embedded
+from tunery.runfolder import read_run_info, unfinished_error
 
 MERGED_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
-def run_info(run: Path) -> dict:
-    """run.json, with the base model resolved against the run folder (it is stored relative to it)."""
-    from tunery.runfolder import resolve_portable
-
-    try:
-        info = json.loads((run / "run.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise TuneryError(f"cannot read {run / 'run.json'}", why=str(exc)) from exc
-    if not isinstance(info, dict) or "base_model" not in info:
-        raise TuneryError(f"{run / 'run.json'} does not name a base_model", why="the run folder is damaged")
-    return info | {"base_model": resolve_portable(str(info["base_model"]), run)}
-
-
 def run_model_dir(run: Path) -> Path:
     """A model folder holding a finished run's weights: its `model/`, or its base with the adapter merged."""
-    info = run_info(run)
+    info = read_run_info(run)
     kind = info.get("adapter", "lora")
     if kind == "full":
         if not (run / "model" / "config.json").is_file():
-            raise _unfinished(run, info)
+            raise unfinished_error(run, info, run / "model")
         return run / "model"
     if kind == "qlora":
         raise TuneryError(f"{run} is a QLoRA run: its adapter was trained on 4-bit weights",
                           fix=f"merge it first (tunery merge {run} --out merged/) and use base_model: merged/")
     if not all((run / "adapter" / name).is_file() for name in MERGED_FILES):
-        raise _unfinished(run, info)
+        raise unfinished_error(run, info, run / "adapter")
     target = embedded.cache_root() / "models" / f"run-{run.resolve().name}-{_key(run, info)}"
     with embedded.conversion_lock(target):
         if not (target / embedded.READY_MARKER).is_file():
@@ -81,9 +68,3 @@ def _merge(run: Path, info: dict, target: Path) -> None:
         merged.save_pretrained(tmp, safe_serialization=True)
         AutoTokenizer.from_pretrained(run / "tokenizer").save_pretrained(tmp)
         write_text_atomic(tmp / embedded.READY_MARKER, f"merged from the run {run.resolve()}\n")
-
-
-def _unfinished(run: Path, info: dict) -> TuneryError:
-    return TuneryError(f"{run} has no final weights yet (run status: {info.get('status', 'unknown')})",
-                       why="a run serves as a base model only once it has finished",
-                       fix=f"finish it (tunery train {run / 'config.yaml'} --resume), or name another base_model")
