@@ -51,7 +51,8 @@ def signature(obj) -> str:
         text = str(inspect.signature(obj))
     except (TypeError, ValueError):
         return "(...)"
-    return ADDRESS.sub(">", text)  # the same bytes on every run
+    # the same bytes on every run and machine: no memory address, no path of the Python that runs it
+    return ADDRESS.sub(">", text).replace(repr(sys.executable), "sys.executable")
 
 
 def public(module, obj_type) -> list[tuple[str, object]]:

@@ -202,6 +202,7 @@ def test_cpt_documents_are_whole_modules_and_held_out_modules_are_never_trained(
     for records in rows.values():
         for r in records:
             assert r["text"].startswith(f"Module {r['module']}") and len(r["text"]) <= make_data.MAX_CHARS
+            assert sys.base_prefix not in r["text"] and sys.prefix not in r["text"]  # no path of the machine that wrote it
     trained_text = "\n".join(r["text"] for r in rows["train"])
     assert not any(f"Module {m}\n" in trained_text for m in modules["heldout"])
 
