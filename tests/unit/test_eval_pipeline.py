@@ -263,8 +263,8 @@ def test_a_guarded_run_is_labelled_and_a_probe_without_kinds_is_not_split(run_di
     out = evaluate([str(run_dir)], str(run_dir.parent.parent / "heldout.jsonl"),
                    EvalOptions(probe=str(probe), baselines=("zero",)), log=lambda _m: None)
     f = out["forgetting"][str(run_dir)]
-    assert (f["guard_label"], f["by_kind"], f["before"]["mean"], f["after"]["mean"]) == ("replay self 20%, KL 0.1", {}, 1.0, 0.0)
-    assert [r["system"].get("guard") for r in out["systems"]] == ["replay self 20%, KL 0.1", None]
-    assert format_table(out).splitlines()[2].startswith("tuned (with guard: replay self 20%, KL 0.1)  ")
-    assert (f"forgetting probe (4 items) {run_dir}: base 100.0% / after 0.0% (with guard: replay self 20%, KL 0.1) "
+    assert (f["guard_label"], f["by_kind"], f["before"]["mean"], f["after"]["mean"]) == ("replay self 20%, KL to base 0.1", {}, 1.0, 0.0)
+    assert [r["system"].get("guard") for r in out["systems"]] == ["replay self 20%, KL to base 0.1", None]
+    assert format_table(out).splitlines()[2].startswith("tuned (with guard: replay self 20%, KL to base 0.1)  ")
+    assert (f"forgetting probe (4 items) {run_dir}: base 100.0% / after 0.0% (with guard: replay self 20%, KL to base 0.1) "
             "(-100.0%, p=0.125; 4 lost, 0 gained)") in format_details(out).splitlines()

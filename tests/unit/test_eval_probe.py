@@ -164,11 +164,11 @@ def test_a_runs_guard_is_read_from_its_config_and_labelled(tmp_path):
     both = _run_folder(tmp_path / "a", "base_model: m\ndata:\n  train: [t.jsonl]\n  replay: self\n  replay_share: 0.2\n"
                        "training:\n  kl_to_base: 0.1\n  lr: 0.0001\n")
     assert run_guard(both) == {"replay": "self", "replay_share": 0.2, "kl_to_base": 0.1}
-    assert guard_label(run_guard(both)) == "replay self 20%, KL 0.1"
+    assert guard_label(run_guard(both)) == "replay self 20%, KL to base 0.1"
     replay_file = _run_folder(tmp_path / "b", "data: {train: [t.jsonl], replay: general.jsonl, replay_share: 0.05}\n")
     assert guard_label(run_guard(replay_file)) == "replay general.jsonl 5%"
     kl_only = _run_folder(tmp_path / "c", "data: {train: [t.jsonl], replay: null}\ntraining: {kl_to_base: 0.05}\n")
-    assert guard_label(run_guard(kl_only)) == "KL 0.05"
+    assert guard_label(run_guard(kl_only)) == "KL to base 0.05"
     none = _run_folder(tmp_path / "d", "data: {train: [t.jsonl]}\ntraining: {kl_to_base: 0.0}\n")
     assert run_guard(none) is None and guard_label(None) == ""
     assert run_guard(tmp_path / "nowhere") is None
@@ -181,15 +181,15 @@ def test_the_guard_and_the_kinds_are_printed_and_in_the_report():
     items = [_item(n, "fact") for n in range(10)] + [_item(n, "refusal") for n in range(10, 14)]
     f = aggregate.forgetting_summary(_row([1.0] * 9 + [0.0] * 5), _row([1.0] + [0.0] * 13), items)
     f |= {"probe": "builtin", "guard": {"replay": "self", "replay_share": 0.2, "kl_to_base": 0.1},
-          "guard_label": "replay self 20%, KL 0.1"}
+          "guard_label": "replay self 20%, KL to base 0.1"}
     lines = format_forgetting("runs/g", f)
     assert lines[0] == ("forgetting probe (14 items) runs/g: base 64.3% / after 7.1% (with guard: replay self 20%, "
-                        "KL 0.1) (-57.1%, p=0.00781; 8 lost, 0 gained)")
+                        "KL to base 0.1) (-57.1%, p=0.00781; 8 lost, 0 gained)")
     assert re.match(r"\s+fact\s+10\s+90\.0% \[.*\]\s+10\.0% \[.*\]\s+-80\.0%\s+0\.00781\s+8\s+0 \*$", lines[2])
     assert re.match(r"\s+refusal\s+4\s+0\.0% \[.*\]\s+0\.0% \[.*\]\s+\+0\.0%\s+1\s+0\s+0$", lines[3])
     assert lines[-1] == "  (* a significant drop: p < 0.05)"
-    assert row_label({"name": "tuned", "guard": "replay self 20%, KL 0.1"}) == "tuned (with guard: replay self 20%, KL 0.1)"
+    assert row_label({"name": "tuned", "guard": "replay self 20%, KL to base 0.1"}) == "tuned (with guard: replay self 20%, KL to base 0.1)"
     html = forgetting_section({"forgetting": {"runs/g": f}})
-    assert "runs/g: base / after (with guard: replay self 20%, KL 0.1), per kind of probe item" in html
+    assert "runs/g: base / after (with guard: replay self 20%, KL to base 0.1), per kind of probe item" in html
     assert 'data-key="forgetting.runs/g.by_kind.fact.after.mean" data-value="0.1"' in html
     assert '<tr class="diff"><td>fact</td>' in html and '<tr><td>refusal</td>' in html

@@ -141,11 +141,14 @@ def test_the_loss_with_kl_is_the_task_loss_plus_beta_kl_on_replay_tokens(tmp_pat
 
 
 def test_a_guarded_run_logs_its_kl_and_resumes_bitwise(tmp_path, tiny_model_dir, monkeypatch):
+    from tunery.eval.guards import guard_label, run_guard
+
     monkeypatch.setattr(replay, "_generate", fake_answers([]))
     cfg = config(tiny_model_dir, tmp_path, data={"replay": "self", "replay_share": 0.3},
                  training={"kl_to_base": 0.1, "max_steps": 5})
     run_training(cfg, tmp_path / "run", **QUIET)
     assert RunFolder(tmp_path / "run").read_info()["guard"] == "replay self 30%, KL to base 0.1"
+    assert guard_label(run_guard(tmp_path / "run")) == "replay self 30%, KL to base 0.1"  # eval's label is the same
     assert "- guard against forgetting: replay self 30%, KL to base 0.1" in (tmp_path / "run" / "summary.md").read_text()
     train = [m for m in RunFolder(tmp_path / "run").read_metrics() if m["kind"] == "train"]
     assert len(train) == 5 and all(math.isfinite(m["kl_to_base"]) for m in train)

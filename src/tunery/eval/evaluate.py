@@ -75,17 +75,10 @@ def read_run_target(path: Path) -> RunTarget:
 
 def resolve_targets(targets: list[str]) -> tuple[list[RunTarget], list[str]]:
     """(runs, base models): base models named directly plus each run's base, without repeats."""
-    from tunery.runfolder import is_run_folder
+    from tunery.eval.targets import split_targets
 
-    runs, bases = [], []
-    for target in targets:
-        if is_run_folder(Path(target).expanduser()):
-            run = read_run_target(Path(target).expanduser())
-            runs.append(run)
-            bases.append(run.base_model)
-        else:
-            bases.append(target)
-    return runs, list(dict.fromkeys(bases))
+    runs, bases = split_targets(targets, read_run_target)
+    return [run for _, run in runs], bases
 
 
 def auto_graders(items: list[EvalItem]) -> list[str]:

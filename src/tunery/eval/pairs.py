@@ -168,19 +168,10 @@ class PairTarget:
 
 def plan_targets(targets: list[str]) -> list[PairTarget]:
     """Bases first (each run's, and those named), then the runs, in the order given."""
-    from tunery.inference import read_run_info
-    from tunery.runfolder import is_run_folder
+    from tunery.eval.targets import split_targets
 
-    runs, bases = [], []
-    for target in targets:
-        path = Path(target).expanduser()
-        if is_run_folder(path):
-            info = read_run_info(path)
-            runs.append((str(path), info))
-            bases.append(info["base_model"])
-        else:
-            bases.append(target)
-    bases = list(dict.fromkeys(bases))
+    runs, bases = split_targets(targets)
+    runs = [(str(Path(target).expanduser()), info) for target, info in runs]
     planned = [PairTarget(b, "base" if len(bases) == 1 else f"base ({b})", "base", b) for b in bases]
     for path, info in runs:
         method = info.get("method", "sft")

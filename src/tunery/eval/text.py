@@ -78,20 +78,11 @@ def document_losses(model, tokenizer, texts: list[str], max_length: int, batch_s
 
 def _targets(targets: list[str]) -> list[tuple[str, str, bool, str]]:
     """(key, name, is a run, its base) for each base (first) and run, in the order given."""
-    from tunery.inference import read_run_info
-    from tunery.runfolder import is_run_folder
+    from tunery.eval.targets import split_targets
 
-    runs, bases = [], []
-    for target in targets:
-        if is_run_folder(Path(target).expanduser()):
-            base = read_run_info(Path(target).expanduser())["base_model"]
-            runs.append((target, base))
-            bases.append(base)
-        else:
-            bases.append(target)
-    bases = list(dict.fromkeys(bases))
+    runs, bases = split_targets(targets)
     planned = [(b, "base" if len(bases) == 1 else f"base ({b})", False, b) for b in bases]
-    return planned + [(r, "tuned" if len(runs) == 1 else f"tuned ({r})", True, b) for r, b in runs]
+    return planned + [(r, "tuned" if len(runs) == 1 else f"tuned ({r})", True, info["base_model"]) for r, info in runs]
 
 
 def _row(key: str, name: str, tuned: bool, losses: list[float], counts: list[int], seed: int) -> dict:

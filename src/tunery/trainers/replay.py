@@ -21,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
+from tunery.config.guards import guard_label, guard_of
 from tunery.data.messages import Example, Message
 from tunery.data.render import Datasets
 
@@ -30,13 +31,7 @@ BATCH = 16
 
 def guard_text(cfg) -> str | None:
     """The guards a run uses, in words ("replay self 25%, KL to base 0.1"), or None (run.json, summary, eval)."""
-    parts = []
-    if cfg.data.replay is not None:
-        source = "self" if cfg.data.replay == "self" else Path(cfg.data.replay).name
-        parts.append(f"replay {source} {cfg.data.replay_share:.0%}")
-    if cfg.training.kl_to_base is not None:
-        parts.append(f"KL to base {cfg.training.kl_to_base:g}")
-    return ", ".join(parts) or None
+    return guard_label(guard_of(cfg.model_dump(mode="json"))) or None
 
 
 def replay_count(n_task: int, share: float) -> int:

@@ -1,0 +1,48 @@
+"""The guard against forgetting a config asks for, and its one label in words.
+
+Guards: `data.replay` (None, "self" or a file of general examples mixed into training) with its share
+`data.replay_share`, and `training.kl_to_base` (None or the weight of a KL penalty towards the base
+model's predictions). Both work on a plain config dict, so that `tunery eval` can label a run folder
+written by another tunery version (its config.yaml may hold keys this one does not know) and training
+can label itself from its typed config: one label everywhere ("replay self 20%, KL to base 0.1").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _section(config: dict, name: str) -> dict:
+    value = config.get(name)
+    return value if isinstance(value, dict) else {}
+
+
+def _number(value) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def guard_of(config: dict) -> dict | None:
+    """{"replay", "replay_share", "kl_to_base"} of a raw config dict; None when no guard is on."""
+    data, training = _section(config, "data"), _section(config, "training")
+    replay = data.get("replay")
+    replay = str(replay) if replay not in (None, "", False) else None
+    kl = _number(training.get("kl_to_base"))
+    kl = kl if kl else None  # a weight of 0 is no guard
+    if replay is None and kl is None:
+        return None
+    share = _number(data.get("replay_share")) if replay is not None else None
+    return {"replay": replay, "replay_share": share, "kl_to_base": kl}
+
+
+def guard_label(guard: dict | None) -> str:
+    """"replay self 20%, KL to base 0.1" (the parts that are on; a replay file by its name); "" without a guard."""
+    if not guard:
+        return ""
+    parts = []
+    if guard.get("replay"):
+        share = guard.get("replay_share")
+        source = "self" if guard["replay"] == "self" else Path(guard["replay"]).name
+        parts.append(f"replay {source}" + (f" {share:.0%}" if share is not None else ""))
+    if guard.get("kl_to_base") is not None:
+        parts.append(f"KL to base {guard['kl_to_base']:g}")
+    return ", ".join(parts)

@@ -1,0 +1,28 @@
+"""What `tunery eval` is asked to compare: run folders and base models, split the one way every kind
+of evaluation (answers, raw text, preference pairs) plans its rows: the base models first (those named
+and each run's own, in the order met, without repeats), then the runs in the order given."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
+
+
+def split_targets(targets: list[str], read_run: Callable[[Path], T] | None = None
+                  ) -> tuple[list[tuple[str, T]], list[str]]:
+    """([(target as given, read_run(its folder)) for each run folder], base models without repeats).
+    `read_run` defaults to the run's run.json (`read_run_info`)."""
+    from tunery.inference import read_run_info
+    from tunery.runfolder import is_run_folder
+
+    runs, bases = [], []
+    for target in targets:
+        path = Path(target).expanduser()
+        if is_run_folder(path):
+            runs.append((target, (read_run or read_run_info)(path)))
+            bases.append(read_run_info(path)["base_model"])
+        else:
+            bases.append(target)
+    return runs, list(dict.fromkeys(bases))
