@@ -19,10 +19,16 @@ from typing import Callable
 import torch
 
 from tunery.data.batching import IGNORE, make_batch
+from tunery.losses.head_ce import head_ce_sum
 from tunery.losses.lm import token_ce_sum
 
 # Families whose logits are exactly `lm_head(last_hidden_state)`.
 PLAIN_HEAD_FAMILIES = {"llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "smollm3"}
+
+# Above this many logits in a micro-batch (128 MiB in fp32), the head's loss is made a slice of
+# positions at a time (`losses.head_ce`): 682 positions a slice for SmolLM2's 49,152-token
+# vocabulary, 261 for Llama 3's 128,256. Chat batches on a CPU stay far below it.
+HEAD_SLICE_ELEMENTS = 1 << 25
 
 # (model, batch, positions [B, T] bool) -> logits [positions.sum(), vocab]
 LogitsAt = Callable[[torch.nn.Module, dict, torch.Tensor], torch.Tensor]
@@ -92,8 +98,23 @@ def forward_loss(model, batch: dict[str, torch.Tensor], trained_only: bool = Tru
         device = device_of(model)
         logits = model(**model_inputs(batch, device)).logits
         return token_ce_sum(logits[positions.to(device)], targets.to(device))
+    head = _sliceable_head(model) if logits_at is head_logits else None
+    if head is not None and int(positions.sum()) * head.out_features > HEAD_SLICE_ELEMENTS:
+        device = device_of(model)
+        hidden = causal_lm_of(model).get_decoder()(**model_inputs(batch, device)).last_hidden_state
+        return head_ce_sum(hidden[positions.to(device)], head.weight, targets.to(device),
+                           HEAD_SLICE_ELEMENTS // head.out_features)
     logits = logits_at(model, batch, positions)
     return token_ce_sum(logits, targets.to(logits.device))
+
+
+def _sliceable_head(model) -> torch.nn.Linear | None:
+    """The output head when the loss may be made a slice at a time: a plain bias-free linear layer
+    (not a LoRA-wrapped one) of a family whose logits are exactly the head's output."""
+    if not has_plain_head(model):
+        return None
+    head = causal_lm_of(model).get_output_embeddings()
+    return head if type(head) is torch.nn.Linear and head.bias is None else None
 
 
 def listed_targets(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
