@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.4,<2.15" || echo "torch==2.13.0")
 PIP    := $(BIN)/python -m pip install -q --disable-pip-version-check
 
-.PHONY: demo test test-fast test-tools bench bench-dpo bench-grpo bench-forgetting faults install install-dev docs clean
+.PHONY: demo test test-fast test-tools bench bench-dpo bench-grpo bench-gpu bench-forgetting faults install install-dev docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,11 @@ bench-grpo: install-dev
 bench-dpo: install-dev
 	$(PIP) "trl==1.16.0"
 	$(BIN)/python bench/dpo_speed.py
+
+## make bench-gpu: tunery vs TRL on random-weight 1B and 8B Llama configs, LoRA and full (on a GPU machine, under 8 minutes)
+# (no venv there: the machine's own Python with tunery from src/ and the wheels carried in .whl/, see the script)
+bench-gpu:
+	PYTHONPATH=src:$$PYTHONPATH python3 bench/gpu_speed.py
 
 ## make bench-forgetting: task score and the 300-item probe per guard setting (docs/forgetting.md; over an hour on 2 cores for every task and setting)
 bench-forgetting: install-dev
