@@ -59,10 +59,15 @@ def table_rows(stdout: str) -> dict[str, list[str]]:
 
 
 def test_a_2x2_grid_gives_four_run_folders_and_a_table_of_their_own_figures(project):
+    """Two trials at a time (--parallel 2), each with the one thread its config asks for."""
     write_config(project, steps=4)
-    done = run_tunery("sweep", "run.yaml", "--grid", "training.lr=1e-3,1e-2", "lora.rank=4,8", cwd=project)
+    done = run_tunery("sweep", "run.yaml", "--grid", "training.lr=1e-3,1e-2", "lora.rank=4,8", "--parallel", "2",
+                      cwd=project)
     sweep = project / "runs" / "run-sweep"
     assert made_by(sweep) == "sweep"
+    lines = done.stdout.splitlines()
+    assert lines.index("trial-001 started: training.lr=0.001 lora.rank=8") < next(
+        i for i, line in enumerate(lines) if line.startswith("trial-000 finished"))  # two at once
     trials = sorted(p.name for p in sweep.iterdir() if p.is_dir() and p.name.startswith("trial-"))
     assert trials == ["trial-000", "trial-001", "trial-002", "trial-003"]
     rows = table_rows(done.stdout)
