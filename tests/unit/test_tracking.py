@@ -102,3 +102,33 @@ def test_a_tracker_that_breaks_mid_run_warns_once_and_the_run_finishes(tmp_path,
     out = capsys.readouterr().out
     assert out.count("tensorboard tracking failed (OSError: disk of the event files went away)") == 1
     assert "tensorboard: 5 tracking writes failed" in out  # 4 train + 2 eval lines, the first one written
+
+
+def test_eval_figures_of_a_tracked_run_reach_both_trackers(tmp_path, tiny_model_dir):
+    """What `tunery eval` sends (tracking.eval_report, called after eval.json is written)."""
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from tunery.tracking.eval_report import track_eval
+
+    cfg = tiny_cfg(tmp_path, tiny_model_dir, tracking=["tensorboard", "mlflow"])
+    root = tmp_path / "runs" / "tracked"
+    run_training(cfg, root, log=print)
+    (tmp_path / "eval.json").write_text('{"n_examples": 3}')
+    result = {"targets": [str(root)], "forgetting": {str(root): {"before": {"mean": 0.5}, "after": {"mean": 0.25}}},
+              "systems": [{"system": {"name": "tracked"}, "scores": {"exact": {"mean": 0.75}}, "loss": {"loss": 1.5}},
+                          {"system": {"name": "base zero-shot"}, "scores": {"exact": {"mean": 0.125}},
+                           "loss": {"loss": 2.5}}]}
+    said = []
+    track_eval(result, tmp_path / "eval.json", said.append)
+    assert said == [f"eval figures sent to tensorboard, mlflow of {root}"]
+
+    events = EventAccumulator(str(root / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("eval_report/tracked/exact")] == [(4, 0.75)]
+    assert [e.value for e in events.Scalars("eval_report/base_zero-shot/loss")] == [2.5]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("runs").experiment_id])
+    assert run.data.metrics["eval_report/tracked/exact"] == 0.75
+    assert run.data.metrics["eval_report/probe_after"] == 0.25
+    assert "eval.json" in [a.path for a in client.list_artifacts(run.info.run_id)]
