@@ -101,7 +101,7 @@ def test_a_tracker_that_breaks_mid_run_warns_once_and_the_run_finishes(tmp_path,
     assert info["status"] == "finished" and info["step"] == 4
     out = capsys.readouterr().out
     assert out.count("tensorboard tracking failed (OSError: disk of the event files went away)") == 1
-    assert "tensorboard: 5 tracking writes failed" in out  # 4 train + 2 eval lines, the first one written
+    assert out.count("tracking writes failed in this run") == 1  # and one count at the end
 
 
 def test_eval_figures_of_a_tracked_run_reach_both_trackers(tmp_path, tiny_model_dir):

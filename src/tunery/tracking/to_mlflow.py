@@ -84,7 +84,16 @@ class MlflowTracker:
         self.client.log_text(self.run_id, config_yaml, "config.yaml")
 
     def metrics(self, record: dict) -> None:
-        self._log(scalars_of(record), int(record.get("step", 0)))
+        self.metrics_batch([record])
+
+    def metrics_batch(self, records: list[dict]) -> None:
+        """Lines that queued up together, in requests of at most 1000 figures (MLflow's limit)."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(key, value, now, int(r.get("step", 0))) for r in records for key, value in scalars_of(r).items()]
+        for start in range(0, len(metrics), 1000):
+            self.client.log_batch(self.run_id, metrics=metrics[start:start + 1000])
 
     def finish(self, status: str, figures: dict) -> None:
         self._log({f"final/{k}": v for k, v in final_figures(figures).items()}, int(figures.get("step") or 0))

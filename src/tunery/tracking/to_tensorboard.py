@@ -34,6 +34,10 @@ class TensorBoardTracker:
         for tag, value in scalars_of(record).items():
             self.writer.add_scalar(tag, value, step)
 
+    def metrics_batch(self, records: list[dict]) -> None:
+        for record in records:
+            self.metrics(record)
+
     def finish(self, status: str, figures: dict) -> None:
         for name, value in final_figures(figures).items():
             self.writer.add_scalar(f"final/{name}", value, self.last_step)
