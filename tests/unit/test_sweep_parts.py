@@ -69,6 +69,10 @@ def test_the_sweep_folder_is_tunerys_and_resumes_only_the_same_plan(tmp_path):
     assert [t.state for t in resumed.trials] == ["finished", "pending"]  # the unfinished one runs again
     with pytest.raises(TuneryError, match="holds a different sweep"):
         open_sweep(tmp_path / "s", plan(space=[{"lora.rank": 4}]), overwrite=False)
+    (tmp_path / "s" / "my-notes.txt").write_text("keep me")
+    with pytest.raises(TuneryError, match="holds files the sweep did not write: my-notes.txt"):
+        open_sweep(tmp_path / "s", plan(space=[{"lora.rank": 4}]), overwrite=True)
+    (tmp_path / "s" / "my-notes.txt").unlink()
     assert open_sweep(tmp_path / "s", plan(space=[{"lora.rank": 4}]), overwrite=True).trials == []
 
 

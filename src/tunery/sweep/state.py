@@ -11,9 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from tunery.errors import TuneryError
-from tunery.runfolder import MARKER, RunFolder, made_by, write_marker, write_text_atomic
+from tunery.runfolder import MARKER, RUN_MAKERS, RunFolder, made_by, write_marker, write_text_atomic
 
 MAKER = "sweep"
+# What a sweep folder holds (trial-NNN/ run folders aside): what --overwrite may delete, and nothing else.
+OWN_FILES = {MARKER, "sweep.json", "results.md", "results.json", "sweep.png", "best.yaml", "logs", "mlflow.db",
+             "mlartifacts", ".mlflow.db.lock"}
 DONE = ("finished", "pruned")  # states a resumed sweep does not run again
 
 
@@ -76,7 +79,7 @@ def open_sweep(folder: Path, plan: Plan, overwrite: bool) -> SweepState:
             what = f"the output of `tunery {found}`" if found else f"files tunery did not write (no {MARKER} marker)"
             raise TuneryError(f"{folder} already exists and holds {what}", fix="choose another --out folder")
         if overwrite:
-            shutil.rmtree(folder)
+            _clear(folder)
         else:
             return _resume(folder, plan)
     (folder / "logs").mkdir(parents=True, exist_ok=True)
@@ -101,3 +104,15 @@ def _resume(folder: Path, plan: Plan) -> SweepState:
             trial.state, trial.error = "pending", None
     (folder / "logs").mkdir(exist_ok=True)
     return SweepState(folder, saved, trials)
+
+
+def _clear(folder: Path) -> None:
+    """Delete a sweep folder for --overwrite: only when everything in it is the sweep's own (its files and
+    trial run folders made by tunery train); anything else is named and kept."""
+    entries = list(folder.iterdir())
+    foreign = [e.name for e in entries if e.name not in OWN_FILES
+               and not (e.name.startswith("trial-") and made_by(e) in RUN_MAKERS)]
+    if foreign:
+        raise TuneryError(f"{folder} holds files the sweep did not write: {', '.join(sorted(foreign)[:5])}",
+                          why="--overwrite deletes only what tunery made", fix="move them away, or choose another --out")
+    shutil.rmtree(folder)
