@@ -132,3 +132,25 @@ def test_eval_figures_of_a_tracked_run_reach_both_trackers(tmp_path, tiny_model_
     assert run.data.metrics["eval_report/tracked/exact"] == 0.75
     assert run.data.metrics["eval_report/probe_after"] == 0.25
     assert "eval.json" in [a.path for a in client.list_artifacts(run.info.run_id)]
+
+
+def test_a_stopped_and_resumed_run_continues_the_same_mlflow_run_and_tensorboard_curve(tmp_path, tiny_model_dir):
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = tiny_cfg(tmp_path, tiny_model_dir, tracking=["tensorboard", "mlflow"])
+    root = tmp_path / "runs" / "tracked"
+    calls = []
+    stopped = run_training(cfg, root, should_stop=lambda: len(calls.append(1) or calls) >= 2, log=print)
+    assert (stopped["status"], stopped["step"]) == ("stopped", 2)
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("runs").experiment_id
+    assert [r.info.status for r in client.search_runs([experiment])] == ["KILLED"]
+
+    run_training(cfg, root, resume=True, log=print)
+    (run,) = client.search_runs([experiment])  # the same MLflow run, now finished
+    assert run.info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss")) == [1, 2, 3, 4]
+    events = EventAccumulator(str(root / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
