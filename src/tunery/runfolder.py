@@ -38,6 +38,7 @@ from tunery.config.schema import TrainConfig
 class RunFolder:
     root: Path
     writable: bool = True  # False on the non-zero ranks of a multi-process run
+    listeners: tuple = ()  # called with each metrics line once it is on disk (trackers: tunery.tracking)
 
     @property
     def config(self) -> Path:
@@ -111,6 +112,8 @@ class RunFolder:
             os.write(fd, line)
         finally:
             os.close(fd)
+        for listener in self.listeners:
+            listener(clean)
 
     def repair_metrics(self) -> int:
         """Cut an incomplete last line off metrics.jsonl (in place: needs no free space). Returns the

@@ -90,6 +90,9 @@ def write_and_print(result: dict, targets: list[str], out: Path | None, as_json:
 
     metrics = {run: RunFolder(Path(run)).read_metrics() for run in result["targets"]}
     json_path, html_path = write_outputs(result, output_dir(targets, out), metrics)
+    from tunery.tracking.eval_report import track_eval
+
+    track_eval(result, json_path, _log)  # runs trained with `tracking:` get the figures there too
     if as_json:
         print(json.dumps(finite(result), indent=2))
         return

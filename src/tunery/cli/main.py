@@ -397,6 +397,31 @@ def serve(
                                max_prompt_tokens, max_tokens, shutdown_timeout, dtype, threads, prefill_tokens))
 
 
+@app.command()
+def sweep(
+    config: Path = typer.Argument(..., help="YAML config file; its sweep: section holds the search space."),
+    args: Optional[List[str]] = typer.Argument(None, help="With --grid: axes KEY=V1,V2 (a key with one value is a "
+                                               "fixed setting). With --search: dotted overrides."),
+    grid: bool = typer.Option(False, "--grid", help="Run every combination of the KEY=V1,V2 axes."),
+    search: Optional[str] = typer.Option(None, "--search", help="optuna: sample sweep.params, prune poor trials."),
+    trials: Optional[int] = typer.Option(None, "--trials", min=1, help="Trials of --search (default sweep.trials)."),
+    parallel: Optional[int] = typer.Option(None, "--parallel", min=1,
+                                           help="Trials at once (default: one per 2 cores, 1 on a 2-core machine)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Sweep folder (default OUTPUT_DIR/NAME-sweep)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON (progress goes to stderr)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Delete an earlier sweep in the folder first."),
+) -> None:
+    """Train several trials of one config and rank them; run it again to resume (finished trials stay).
+
+    Examples:
+      tunery sweep examples/quickstart/config.yaml --grid training.lr=1e-4,2e-4 lora.rank=8,16
+      tunery sweep examples/quickstart/config.yaml --search optuna --trials 12
+    """
+    from tunery.cli.sweep import run_sweep
+
+    raise typer.Exit(run_sweep(config, args or [], grid, search, trials, parallel, out, as_json, overwrite))
+
+
 def main() -> None:
     """Entry point. Exit codes (documented in README.md and `tunery.cli.crash`): 0 ok, 1 problems
     found, 2 usage or config error (`TuneryError`s are printed as short messages), 3 internal error

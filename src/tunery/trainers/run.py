@@ -8,12 +8,13 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from tunery import __version__, faults
+from tunery import __version__, faults, tracking
 from tunery.config.load import describe, load_config, to_yaml
 from tunery.config.schema import TrainConfig
 from tunery.errors import TuneryError
@@ -47,6 +48,7 @@ def run_training(cfg: TrainConfig, root: Path, resume: bool = False,
     """
     run = RunFolder(root, writable=dist.is_main)
     log = log if dist.is_main else (lambda _text: None)
+    tracking.check_installed(cfg)  # a missing extra is said before any model is loaded
     if cfg.training.fsdp and not dist.active:
         log("training.fsdp is set but this run has one process: training unsharded")
     loop = prepare(cfg, dist, log, cache_dir=root / "cache")
@@ -65,6 +67,26 @@ def run_training(cfg: TrainConfig, root: Path, resume: bool = False,
                  trainable_params=trainable, total_params=total, guard=guard_text(cfg))
     log(f"{len(loop.train)} training / {len(loop.val)} validation examples; {loop.total_steps} steps; "
         f"{trainable:,} of {total:,} parameters trainable")
+    tracked = _open_tracking(cfg, run, st.step, log)
+    try:
+        return _train_and_save(loop, replace(run, listeners=(tracked,)) if tracked else run, st, should_stop,
+                               log, dist, tracked)
+    except BaseException:
+        tracked.finish("failed", {})
+        raise
+
+
+def _open_tracking(cfg: TrainConfig, run: RunFolder, resumed_step: int, log) -> tracking.Tracking:
+    """The run's trackers (`tracking:`), on the process that writes files; none elsewhere."""
+    if not run.writable or not cfg.tracking:
+        return tracking.Tracking([])
+    return tracking.open_tracking(cfg, run.root, to_yaml(cfg), resumed_step, log)
+
+
+def _train_and_save(loop: training_loop.Loop, run: RunFolder, st: training_loop.LoopState, should_stop, log,
+                    dist: ddp.Dist, tracked: tracking.Tracking) -> dict:
+    """The loop, then the final weights of the best step, run.json and the summary."""
+    cfg = loop.cfg
     st, reason = training_loop.train(loop, run, st, should_stop)
     figures = dict(step=st.step, best_step=st.best_step, best_val_loss=st.best_val, best_score=st.best_score,
                    watched=cfg.eval.early_stopping_on, tokens=st.tokens,
@@ -72,6 +94,7 @@ def run_training(cfg: TrainConfig, root: Path, resume: bool = False,
                    peak_memory_mb=round(peak_mb(torch.cuda.is_available()), 1))
     if reason == "interrupted":
         log(f"stopped at step {st.step}; checkpoint written. Continue with --resume.")
+        tracked.finish("stopped", figures)
         return _update_info(run, status="stopped", **figures)
     training_loop.restore_best(loop, run, st)
     full_state = loop.strategy.final_state(loop.model)  # gathered on rank 0 when sharded, else None
@@ -81,6 +104,7 @@ def run_training(cfg: TrainConfig, root: Path, resume: bool = False,
         write_summary(run, run.read_info() | finished)  # summary, plot and card first: a kill among them
         run.update_info(**finished)  # leaves a run that --resume completes; "finished" is the last write
         log(f"saved {target} ({loop.watch.describe_best(st)})")
+        tracked.finish("finished", finished)
     ddp.barrier(dist)
     return run.read_info()
 
