@@ -2,7 +2,8 @@
 layer or one below, and no two packages import each other (directly or round a loop).
 
     cli                                  the commands: thin wrappers over the library
-    trainers, eval, export, serve        what a command does: train, evaluate, merge, export and serve
+    trainers, eval, export, serve,       what a command does: train, evaluate, merge, export and serve,
+    tracking, sweep                      send figures to trackers, run sweeps of trials
     inference                            load a run (or a base model) and answer with it
     runfolder, runcard, data, models, losses   run folders, records to tokens, model loading and
                                          forward passes, loss functions
@@ -25,7 +26,7 @@ LAYERS = [
     {"config"},
     {"runfolder", "runcard", "data", "models", "losses"},
     {"inference"},
-    {"trainers", "eval", "export", "serve"},
+    {"trainers", "eval", "export", "serve", "tracking", "sweep"},
     {"cli"},
 ]
 
