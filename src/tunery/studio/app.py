@@ -1,0 +1,174 @@
+"""The studio's HTTP application: a JSON API over the run folders and the static page that uses it.
+
+Every route reads the run folders afresh (they are small files), so runs trained elsewhere, by `tunery
+train` in a terminal, show up and update just like the ones the studio starts.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from pathlib import Path
+
+from tunery.errors import TuneryError
+from tunery.runfolder import RunFolder
+from tunery.runlist import find_run, list_runs, summarize
+from tunery.studio.chat import ModelCache, answer_side_by_side, chat_targets
+from tunery.studio.jobs import Jobs
+
+STATIC = Path(__file__).resolve().parent / "static"
+COOKIE = "tunery_studio_token"
+
+
+def create_app(runs_dir: str | Path, token: str | None = None, jobs: Jobs | None = None,
+               cache: ModelCache | None = None):
+    """The FastAPI app over `runs_dir`. With `token`, every request must carry it (header `Authorization:
+    Bearer TOKEN`, the cookie set by opening `/?token=TOKEN`, or `?token=` itself)."""
+    from fastapi import Body, FastAPI, Query, Request
+    from fastapi.responses import FileResponse, JSONResponse
+    from fastapi.staticfiles import StaticFiles
+
+    runs_dir = Path(runs_dir)
+    app = FastAPI(title="tunery studio", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.jobs = jobs or Jobs(runs_dir)
+    app.state.cache = cache or ModelCache()
+    app.state.runs_dir = runs_dir
+
+    @app.middleware("http")
+    async def check_token(request: Request, call_next):
+        if token is None:
+            return await call_next(request)
+        given = _given_token(request)
+        if given is None or not hmac.compare_digest(given.encode(), token.encode()):
+            return JSONResponse({"error": "this studio needs its token: open /?token=TOKEN, or send "
+                                 "'Authorization: Bearer TOKEN'"}, status_code=401)
+        response = await call_next(request)
+        if request.query_params.get("token"):  # remember it, so the page's own requests carry it
+            response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
+        return response
+
+    @app.exception_handler(TuneryError)
+    async def tunery_error(_request, exc: TuneryError):
+        return JSONResponse({"error": exc.render()}, status_code=400)
+
+    @app.get("/")
+    def index():
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/api/runs")
+    def runs():
+        listed = [r.to_json() for r in list_runs(runs_dir)]
+        for row in listed:
+            row["studio_job"] = app.state.jobs.running(row["name"])
+        return {"runs_dir": str(runs_dir), "runs": listed}
+
+    @app.get("/api/runs/{name}")
+    def run(name: str):
+        root = _run_root(runs_dir, name)
+        job = app.state.jobs.get(root.name)
+        return {"summary": summarize(root).to_json(), "info": RunFolder(root).read_info(),
+                "config": _plain_config(root), "eval": eval_table(root),
+                "has_report": (root / "report.html").is_file(), "job": job.to_json() if job else None,
+                "log": app.state.jobs.log_tail(root.name)}
+
+    @app.get("/api/runs/{name}/metrics")
+    def metrics(name: str, since: int = Query(0, ge=0)):
+        records = RunFolder(_run_root(runs_dir, name)).read_metrics()
+        return {"total": len(records), "records": records[since:]}
+
+    @app.get("/runs/{name}/report")
+    def report(name: str):
+        path = _run_root(runs_dir, name) / "report.html"
+        if not path.is_file():
+            return JSONResponse({"error": f"{name} has no eval report yet: run `tunery eval {path.parent} "
+                                 "--data HELDOUT.jsonl` to make one"}, status_code=404)
+        return FileResponse(path, media_type="text/html")
+
+    @app.get("/api/compare")
+    def compare(runs: list[str] = Query(...)):
+        from tunery.eval.compare import compare_runs
+
+        roots = [_run_root(runs_dir, name) for name in runs]
+        if len(roots) < 2:
+            raise TuneryError("compare needs two or more runs")
+        table = compare_runs([str(r) for r in roots])
+        return {"names": [r.name for r in roots], "rows": table["rows"],
+                "metrics": {r.name: RunFolder(r).read_metrics() for r in roots},
+                "eval": {r.name: eval_table(r) for r in roots}}
+
+    @app.get("/api/schema")
+    def schema():
+        from tunery.config.schema import TrainConfig
+
+        return TrainConfig.model_json_schema()
+
+    @app.post("/api/check")
+    def check(values: dict = Body(...), extra: list[str] = Body([])):
+        from tunery.studio.jobs import check_config
+
+        config = check_config(values, extra, runs_dir)
+        return {"ok": True, "name": config.output.name, "config": config.model_dump(mode="json")}
+
+    @app.post("/api/train")
+    def train(values: dict = Body(...), extra: list[str] = Body([])):
+        return app.state.jobs.start(values, extra).to_json()
+
+    @app.post("/api/runs/{name}/stop")
+    def stop(name: str):
+        return {"name": name, "signalled": app.state.jobs.stop(_run_root(runs_dir, name).name)}
+
+    @app.post("/api/runs/{name}/resume")
+    def resume(name: str):
+        return app.state.jobs.resume(_run_root(runs_dir, name).name).to_json()
+
+    @app.get("/api/jobs")
+    def jobs_list():
+        return {"jobs": app.state.jobs.listed()}
+
+    @app.post("/api/chat")
+    def chat(prompt: str = Body(...), runs: list[str] = Body(...), base: bool = Body(True),
+             system: str | None = Body(None), max_new_tokens: int = Body(64, ge=1, le=1024)):
+        targets = chat_targets(runs_dir, [_run_root(runs_dir, n).name for n in runs], base)
+        return {"answers": answer_side_by_side(app.state.cache, targets, prompt, system, max_new_tokens)}
+
+    return app
+
+
+def _given_token(request) -> str | None:
+    header = request.headers.get("authorization", "")
+    if header.lower().startswith("bearer "):
+        return header[7:].strip()
+    return request.query_params.get("token") or request.cookies.get(COOKIE)
+
+
+def _run_root(runs_dir: Path, name: str) -> Path:
+    """A run directly under runs_dir: names with a path separator or a leading dot are not runs."""
+    if "/" in name or "\\" in name or name.startswith("."):
+        raise TuneryError(f"'{name}' is not a run name")
+    if not (runs_dir / name).exists():
+        raise TuneryError(f"no run named '{name}' in {runs_dir}")
+    return find_run(runs_dir, str(runs_dir / name))
+
+
+def _plain_config(root: Path) -> dict:
+    import yaml
+
+    try:
+        return yaml.safe_load(RunFolder(root).config.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+
+
+def eval_table(root: Path) -> dict | None:
+    """The run's eval.json in brief: each system's mean score per grader, answer loss and best."""
+    try:
+        result = json.loads((root / "eval.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    systems = [{"name": row["system"]["name"],
+                "scores": {g: row.get("scores", {}).get(g, {}).get("mean") for g in result.get("graders", [])},
+                "loss": (row.get("loss") or {}).get("loss")} for row in result.get("systems", [])]
+    return {"graders": result.get("graders", []), "primary": result.get("primary"), "best": result.get("best"),
+            "n_examples": result.get("n_examples"), "systems": systems}

@@ -1,0 +1,43 @@
+"""`tunery studio`: serve the studio app with uvicorn on 127.0.0.1 (another address needs a token)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from tunery._deps import require
+from tunery.errors import TuneryError
+
+
+def check_studio_bind(host: str, token: str | None) -> None:
+    """Refuse to listen beyond this machine without a token: the studio starts processes and reads files."""
+    from tunery.serve.server import is_loopback
+
+    if not is_loopback(host) and not token:
+        raise TuneryError(
+            f"refusing to open the studio on {host} without a token",
+            why="anyone who can reach that address could start training runs and read your run folders",
+            fix="add --token TOKEN (or set TUNERY_STUDIO_TOKEN), or keep the default --host 127.0.0.1")
+
+
+def run_studio(runs_dir: Path, host: str, port: int, token: str | None) -> int:
+    """Serve until Ctrl-C or SIGTERM; training runs the studio started get SIGTERM (they checkpoint)."""
+    check_studio_bind(host, token)
+    require("fastapi", extra="studio")
+    uvicorn = require("uvicorn", extra="studio")
+    from tunery.serve.server import bound_socket
+    from tunery.studio.app import create_app
+
+    app = create_app(runs_dir, token)
+    sock = bound_socket(host, port)
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{sock.getsockname()[1]}/"
+    print(f"tunery studio: {url}{'?token=TOKEN' if token else ''} over {runs_dir.resolve()}; Ctrl-C stops",
+          file=sys.stderr, flush=True)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
+    try:
+        server.run(sockets=[sock])
+    finally:
+        app.state.jobs.shutdown()
+    print("tunery studio: stopped", file=sys.stderr, flush=True)
+    return 0
