@@ -37,13 +37,13 @@ def make_studio_runs(folder: Path, model_dir: Path) -> Path:
     return folder / "runs"
 
 
-def tiny_form(folder: Path, model_dir: Path, name: str, steps: int, save_every: int = 1) -> dict:
+def tiny_form(folder: Path, model_dir: Path, name: str, steps: int, save_every: int = 1, eval_every: int = 2) -> dict:
     """The values of the studio's new-run form for a LoRA run of the tiny model on a small chat set."""
     train = write_chat_jsonl(folder / f"{name}-train.jsonl", 24)
     val = write_chat_jsonl(folder / f"{name}-val.jsonl", 6, offset=100)
     return {"base_model": str(model_dir), "data.train": str(train), "data.validation": str(val),
             "data.max_length": "64", "lora.rank": "4", "lora.alpha": "8", "training.max_steps": str(steps),
-            "training.batch_size": "2", "training.lr": "1e-3", "training.eval_every": "2",
+            "training.batch_size": "2", "training.lr": "1e-3", "training.eval_every": str(eval_every),
             "training.save_every": str(save_every), "training.threads": "1", "training.preflight": "false",
             "output.name": name}
 

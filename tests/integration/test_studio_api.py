@@ -129,6 +129,9 @@ def test_start_stop_with_sigterm_and_resume(client, runs_dir, tiny_model_dir, tm
     form = tiny_form(tmp_path, tiny_model_dir, "live", steps=400, save_every=1)
     job = client.post("/api/train", json={"values": form}).json()
     assert job["alive"] and job["command"][-2:] == ["train", str(runs_dir.resolve() / ".studio" / "live.yaml")]
+    # loading takes seconds before the run folder exists: the page says "starting" meanwhile
+    assert client.get("/api/runs/live").json()["summary"]["status"] == "starting"
+    assert client.get("/api/runs/live/metrics").json() == {"total": 0, "records": []}
     metrics = lambda: client.get("/api/runs/live/metrics").json()["total"] if (runs_dir / "live" / "run.json").exists() else 0
     wait_for(lambda: metrics() >= 3, what="three metrics lines")
     assert client.get("/api/runs/live").json()["summary"]["status"] == "running"

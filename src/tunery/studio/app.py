@@ -66,6 +66,11 @@ def create_app(runs_dir: str | Path, token: str | None = None, jobs: Jobs | None
 
     @app.get("/api/runs/{name}")
     def run(name: str):
+        if _starting(app.state.jobs, runs_dir, name):  # started here, no folder yet: loading the model
+            job = app.state.jobs.get(name)
+            return {"summary": {"name": name, "status": "starting", "step": None, "total_steps": None},
+                    "info": {}, "config": {}, "eval": None, "has_report": False, "job": job.to_json(),
+                    "log": app.state.jobs.log_tail(name)}
         root = _run_root(runs_dir, name)
         job = app.state.jobs.get(root.name)
         return {"summary": summarize(root).to_json(), "info": RunFolder(root).read_info(),
@@ -75,6 +80,8 @@ def create_app(runs_dir: str | Path, token: str | None = None, jobs: Jobs | None
 
     @app.get("/api/runs/{name}/metrics")
     def metrics(name: str, since: int = Query(0, ge=0)):
+        if _starting(app.state.jobs, runs_dir, name):
+            return {"total": 0, "records": []}
         records = RunFolder(_run_root(runs_dir, name)).read_metrics()
         return {"total": len(records), "records": records[since:]}
 
@@ -141,6 +148,10 @@ def _given_token(request) -> str | None:
     if header.lower().startswith("bearer "):
         return header[7:].strip()
     return request.query_params.get("token") or request.cookies.get(COOKIE)
+
+
+def _starting(jobs: Jobs, runs_dir: Path, name: str) -> bool:
+    return jobs.get(name) is not None and not (runs_dir / name).exists()
 
 
 def _run_root(runs_dir: Path, name: str) -> Path:

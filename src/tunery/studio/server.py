@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from tunery._deps import require
@@ -34,10 +37,31 @@ def run_studio(runs_dir: Path, host: str, port: int, token: str | None) -> int:
     url = f"http://{shown}:{sock.getsockname()[1]}/"
     print(f"tunery studio: {url}{'?token=TOKEN' if token else ''} over {runs_dir.resolve()}; Ctrl-C stops",
           file=sys.stderr, flush=True)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
+    server = _server_class(uvicorn)(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5,
+                                                   access_log=False))
     try:
         server.run(sockets=[sock])
     finally:
         app.state.jobs.shutdown()
     print("tunery studio: stopped", file=sys.stderr, flush=True)
     return 0
+
+
+def _server_class(uvicorn):
+    """uvicorn's server, except that SIGTERM/SIGINT end `run` normally instead of being raised again
+    after shutdown (which would kill the process before the studio's runs get their SIGTERM)."""
+
+    class StudioServer(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self):
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    return StudioServer
