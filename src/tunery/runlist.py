@@ -69,9 +69,12 @@ def process_alive(pid: int | None, host: str | None) -> bool:
         return True  # exists, owned by someone else
     try:
         cmdline = Path(f"/proc/{int(pid)}/cmdline").read_bytes()
-    except OSError:
+        state = Path(f"/proc/{int(pid)}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
         return True  # no /proc (macOS): trust the signal check
-    return b"tunery" in cmdline
+    if state == "Z":
+        return False  # exited, not yet reaped by its parent
+    return not cmdline or b"tunery" in cmdline  # empty: a process in the middle of exec'ing
 
 
 def run_status(info: dict) -> str:
@@ -124,6 +127,25 @@ def _data_files(folder: RunFolder) -> list[str]:
     return [Path(str(p)).name for p in (train if isinstance(train, list) else [train])]
 
 
+def last_logged_step(metrics: Path) -> int | None:
+    """The step of the newest line of metrics.jsonl (read from its end: the file grows with the run)."""
+    try:
+        with open(metrics, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 8192))
+            lines = fh.read().decode("utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            step = json.loads(line).get("step")
+        except (ValueError, AttributeError):
+            continue  # a torn last line, or the cut first one
+        if isinstance(step, int):
+            return step
+    return None
+
+
 def summarize(root: Path) -> RunSummary:
     """The summary of one run folder."""
     folder = RunFolder(root)
@@ -135,7 +157,7 @@ def summarize(root: Path) -> RunSummary:
     return RunSummary(
         name=root.name, path=str(root), status=run_status(info), base=info.get("base_model"),
         method=info.get("method"), adapter=info.get("adapter"), data=_data_files(folder),
-        step=info.get("step"), total_steps=info.get("total_steps"), best_val_loss=info.get("best_val_loss"),
+        step=info.get("step", last_logged_step(folder.metrics)), total_steps=info.get("total_steps"), best_val_loss=info.get("best_val_loss"),
         best_score=info.get("best_score"), watched=info.get("watched"), final_loss=info.get("final_loss"),
         eval_best=_eval_best(root), elapsed_s=info.get("elapsed_s"), started=_mtime(root / MARKER) or _mtime(root),
         updated=updated, error=info.get("error"), pid=info.get("pid"),

@@ -143,12 +143,13 @@ def test_live_curve_grows_while_training_then_stop(studio, page, shots, capsys, 
     job = httpx.post(url + "api/train", json={"values": form}, timeout=30).json()
     assert job["alive"], job
     page.goto(url + "#/run/live")
-    wait_for(lambda: series_points(page, "training loss").get("loss", 0) >= 1, what="the first point", every=0.5)
-    first = series_points(page, "training loss")["loss"]
+    # (the page is drawn again when the status changes from starting to running: read while it is there)
+    first = wait_for(lambda: series_points(page, "training loss").get("loss", 0), what="the first point", every=0.5)
     later = wait_for(lambda: (n := series_points(page, "training loss").get("loss", 0)) >= first + 5 and n,
                      what="the curve to grow", every=0.5, timeout=120)
     assert later >= first + 5 and page.locator("[data-status]").first.inner_text() == "running"
     assert series_points(page, "validation loss")["val_loss"] >= 1
+    assert re.fullmatch(r"\d+/3000", page.locator("#fig-step").inner_text())  # the step while it trains
     screenshot(page, shots, "live-curve", capsys)
     page.click("#stop-btn")
     page.wait_for_selector("[data-status='interrupted']", timeout=120_000)

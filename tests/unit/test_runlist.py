@@ -60,9 +60,20 @@ def test_statuses_from_run_json():
     try:
         assert run_status({"status": "running", "pid": alive.pid, "host": HOST}) == "running"
         assert run_status({"status": "running", "pid": alive.pid, "host": "another-machine"}) == "interrupted"
+        alive.kill()  # killed, not yet reaped: a zombie is no running trainer
+        wait_until_zombie(alive.pid)
+        assert run_status({"status": "running", "pid": alive.pid, "host": HOST}) == "interrupted"
     finally:
         alive.kill()
         alive.wait()
+
+
+def wait_until_zombie(pid: int) -> None:
+    for _ in range(200):
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"{pid} did not exit")
 
 
 def test_list_has_every_run_and_nothing_else(runs):
@@ -118,3 +129,13 @@ def test_cli_list_json_and_rm(runs):
     assert (runs / "notes").is_dir()
     gone = run_tunery("runs", "rm", "failed", "--runs", str(runs), cwd=runs.parent)
     assert f"removed {runs / 'failed'}" in gone.stdout and not (runs / "failed").exists()
+
+
+def test_a_training_run_shows_its_newest_logged_step(tmp_path):
+    """run.json gets `step` when the run ends; while it trains the step is the newest metrics line's."""
+    root = make_run(tmp_path / "runs", "training", status="running", base_model="b", total_steps=50)
+    lines = [{"kind": "train", "step": s, "loss": 1.0} for s in (1, 2, 3)] + [{"kind": "eval", "step": 3, "val_loss": 1}]
+    (root / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"kind": "train", "st')
+    (listed,) = list_runs(tmp_path / "runs")
+    assert (listed.step, listed.total_steps) == (3, 50)  # the torn last line (a write under way) is skipped
+    assert "3/50" in format_runs([listed])

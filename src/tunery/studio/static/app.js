@@ -59,12 +59,12 @@ function drawCurves(el, records) {
 }
 
 function evalTables(tables) {
-  return Object.entries(tables).filter(([, t]) => t).map(([name, t]) => `<div><h3>${esc(name)}</h3>
+  const none = (name) => `<div><h3>${esc(name)}</h3><p class="muted">not evaluated yet: <code>tunery eval RUN --data HELDOUT.jsonl</code></p></div>`;
+  return Object.entries(tables).map(([name, t]) => !t ? none(name) : `<div><h3>${esc(name)}</h3>
     <table class="eval" data-run="${esc(name)}"><tr><th>system</th>${t.graders.map(g => `<th>${esc(g)}</th>`).join("")}
     <th>answer loss</th></tr>${t.systems.map(s => `<tr${s.name === t.best ? ' class="differs"' : ""}><td>${esc(s.name)}</td>
     ${t.graders.map(g => `<td class="num">${fig(s.scores[g])}</td>`).join("")}<td class="num">${fig(s.loss)}</td></tr>`).join("")}
-    </table><p class="muted">${esc(t.n_examples)} examples; best: ${esc(t.best)}</p></div>`).join("") ||
-    '<p class="muted">not evaluated yet: <code>tunery eval RUN --data HELDOUT.jsonl</code></p>';
+    </table><p class="muted">${esc(t.n_examples)} examples; best: ${esc(t.best)}</p></div>`).join("");
 }
 
 async function pageRun(name) {
@@ -82,6 +82,7 @@ async function pageRun(name) {
     <div class="side">${evalTables({[s.name]: run.eval})}</div>
     <h2>Output</h2><pre class="log" id="log">${esc(run.log || "(started outside the studio)")}</pre>
     <h2>Config</h2><pre>${esc(JSON.stringify(run.config, null, 2))}</pre>`;
+  document.getElementById("log").scrollTop = document.getElementById("log").scrollHeight;
   const actions = document.getElementById("actions");
   const live = s.status === "running" || s.status === "starting" || (run.job && run.job.alive);
   if (live) actions.innerHTML = '<button id="stop-btn">Stop (checkpoint)</button>';
@@ -103,7 +104,9 @@ function pollRun(name, records, status) {
       records.push(...more.records);
       if (more.records.length) drawCurves(document.getElementById("curves"), records);
       const run = await api(`/api/runs/${encodeURIComponent(name)}`);
-      document.getElementById("log").textContent = run.log || "";
+      const log = document.getElementById("log");
+      log.textContent = run.log || "";
+      log.scrollTop = log.scrollHeight;  // the newest lines
       document.getElementById("fig-step").textContent = `${run.summary.step}/${run.summary.total_steps}`;
       const live = run.summary.status === "running" || run.summary.status === "starting" || (run.job && run.job.alive);
       if (run.summary.status !== status || !live) route(); else pollRun(name, records, status);

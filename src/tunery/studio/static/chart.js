@@ -40,10 +40,12 @@ function lineChart(title, series, opts) {
   const sy = y => h - m.b - (y - y0) / (y1 - y0) * (h - m.t - m.b);
   svg.appendChild(svgEl("line", {x1: m.l, y1: h - m.b, x2: w - m.r, y2: h - m.b, stroke: "#999"}));
   svg.appendChild(svgEl("line", {x1: m.l, y1: m.t, x2: m.l, y2: h - m.b, stroke: "#999"}));
-  for (const t of niceTicks(y0, y1, 5)) {
+  const yTicks = niceTicks(y0, y1, 5);
+  const decimals = Math.max(0, -Math.floor(Math.log10((yTicks[1] - yTicks[0]) || 1)));  // labels as fine as the step
+  for (const t of yTicks) {
     if (t < y0 || t > y1) continue;
     svg.appendChild(svgEl("line", {x1: m.l, y1: sy(t), x2: w - m.r, y2: sy(t), stroke: "#eee"}));
-    svg.appendChild(svgEl("text", {x: m.l - 6, y: sy(t) + 4, "text-anchor": "end"}, String(+t.toPrecision(4))));
+    svg.appendChild(svgEl("text", {x: m.l - 6, y: sy(t) + 4, "text-anchor": "end"}, t.toFixed(Math.min(decimals, 8))));
   }
   for (const t of niceTicks(x0, x1, 6)) {
     if (t < x0 || t > x1 || (x1 - x0 > 5 && t % 1)) continue;
