@@ -151,3 +151,14 @@ def test_start_stop_with_sigterm_and_resume(client, runs_dir, tiny_model_dir, tm
     assert "resumed from" in (runs_dir / ".studio" / "live.log").read_text()  # the page shows the tail
     steps = [r["step"] for r in client.get("/api/runs/live/metrics").json()["records"] if r["kind"] == "train"]
     assert steps == list(range(1, 401))  # the resumed run rewrote nothing twice
+
+
+def test_a_run_that_fails_while_loading_shows_why(client, runs_dir, tiny_model_dir, tmp_path):
+    form = tiny_form(tmp_path, tiny_model_dir, "broken", steps=2)
+    (tmp_path / "broken-train.jsonl").write_text("this is not JSON\n")
+    assert client.post("/api/train", json={"values": form}).json()["alive"]  # the data is read after the start
+    assert client.app.state.jobs.get("broken").process.wait(120) == 2
+    listed = {r["name"]: r for r in client.get("/api/runs").json()["runs"]}
+    assert listed["broken"]["status"] == "failed", listed["broken"]
+    assert listed["broken"]["error"].startswith("error:")
+    assert client.get("/api/runs/broken").json()["summary"]["status"] == "failed"

@@ -59,9 +59,7 @@ def create_app(runs_dir: str | Path, token: str | None = None, jobs: Jobs | None
 
     @app.get("/api/runs")
     def runs():
-        listed = [r.to_json() for r in list_runs(runs_dir)]
-        for row in listed:
-            row["studio_job"] = app.state.jobs.running(row["name"])
+        listed = [_with_job(r.to_json(), app.state.jobs) for r in list_runs(runs_dir)]
         return {"runs_dir": str(runs_dir), "runs": listed}
 
     @app.get("/api/runs/{name}")
@@ -73,7 +71,7 @@ def create_app(runs_dir: str | Path, token: str | None = None, jobs: Jobs | None
                     "log": app.state.jobs.log_tail(name)}
         root = _run_root(runs_dir, name)
         job = app.state.jobs.get(root.name)
-        return {"summary": summarize(root).to_json(), "info": RunFolder(root).read_info(),
+        return {"summary": _with_job(summarize(root).to_json(), app.state.jobs), "info": RunFolder(root).read_info(),
                 "config": _plain_config(root), "eval": eval_table(root),
                 "has_report": (root / "report.html").is_file(), "job": job.to_json() if job else None,
                 "log": app.state.jobs.log_tail(root.name)}
@@ -148,6 +146,19 @@ def _given_token(request) -> str | None:
     if header.lower().startswith("bearer "):
         return header[7:].strip()
     return request.query_params.get("token") or request.cookies.get(COOKIE)
+
+
+def _with_job(summary: dict, jobs: Jobs) -> dict:
+    """A run the studio started that ended before describing itself (a data error while loading, say)
+    has only its folder: it failed, and the last line of its output says why."""
+    job = jobs.get(summary["name"])
+    summary["studio_job"] = job is not None and job.returncode() is None
+    if summary["status"] == "starting" and job is not None and job.returncode() not in (None, 0):
+        lines = [line for line in jobs.log_tail(summary["name"]).splitlines() if line.strip()]
+        summary["status"] = "failed"
+        summary["error"] = next((line for line in reversed(lines) if line.startswith("error:")),
+                                lines[-1] if lines else f"exit code {job.returncode()}")
+    return summary
 
 
 def _starting(jobs: Jobs, runs_dir: Path, name: str) -> bool:
