@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tunery.errors import TuneryError
-from tunery.runfolder import MARKER, RUN_MAKERS, RunFolder, made_by
+from tunery.runfolder import MARKER, RUN_MAKERS, RunFolder, made_by, resolve_portable
 
 STATUSES = ("finished", "running", "interrupted", "failed", "starting")
 
@@ -146,6 +146,13 @@ def last_logged_step(metrics: Path) -> int | None:
     return None
 
 
+def _base(info: dict, root: Path) -> str | None:
+    """The base model: an alias or hub id as recorded, a local folder as an absolute path (run.json
+    records it relative to the run folder)."""
+    base = info.get("base_model")
+    return resolve_portable(str(base), root) if base else None
+
+
 def summarize(root: Path) -> RunSummary:
     """The summary of one run folder."""
     folder = RunFolder(root)
@@ -155,7 +162,7 @@ def summarize(root: Path) -> RunSummary:
         info = {"status": "failed", "error": "run.json is unreadable"}
     updated = max(filter(None, [_mtime(folder.info), _mtime(folder.metrics), _mtime(root / MARKER)]), default=None)
     return RunSummary(
-        name=root.name, path=str(root), status=run_status(info), base=info.get("base_model"),
+        name=root.name, path=str(root), status=run_status(info), base=_base(info, root),
         method=info.get("method"), adapter=info.get("adapter"), data=_data_files(folder),
         step=info.get("step", last_logged_step(folder.metrics)), total_steps=info.get("total_steps"), best_val_loss=info.get("best_val_loss"),
         best_score=info.get("best_score"), watched=info.get("watched"), final_loss=info.get("final_loss"),

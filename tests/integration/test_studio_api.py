@@ -84,6 +84,8 @@ def test_schema_and_form_checks_give_the_cli_errors(client, tiny_model_dir, tmp_
     assert "unknown key 'training.learning_rate' (command line): did you mean training.lr?" in typo.json()["error"]
     bad = client.post("/api/check", json={"values": {**form, "training.lr": "-1"}}).json()["error"]
     assert "training.lr: Input should be greater than 0 (got -1)" in bad
+    elsewhere = client.post("/api/check", json={"values": {**form, "output.dir": "/tmp/x"}}).json()["error"]
+    assert "output.dir cannot be set here" in elsewhere
     nameless = client.post("/api/check", json={"values": {**form, "output.name": ""}}).json()["error"]
     assert "needs a name" in nameless
     taken = client.post("/api/train", json={"values": {**form, "output.name": "alpha"}}).json()["error"]

@@ -19,14 +19,13 @@ import pytest
 from external_tools import chromium, require
 from studio_helpers import make_studio_runs, tiny_form, wait_for
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.skipif(
+    os.environ.get("TUNERY_SKIP_BROWSER") == "1", reason="TUNERY_SKIP_BROWSER=1 asks to skip the tests that need a browser")]
 SYSTEM_CHROMIUM = "/usr/bin/chromium"
 
 
 @pytest.fixture(scope="module")
 def browser():
-    if os.environ.get("TUNERY_SKIP_BROWSER") == "1":
-        pytest.skip("TUNERY_SKIP_BROWSER=1 asks to skip the tests that need a browser")
     executable = SYSTEM_CHROMIUM if Path(SYSTEM_CHROMIUM).exists() else require("chromium", chromium())
     try:
         from playwright.sync_api import sync_playwright

@@ -139,3 +139,10 @@ def test_a_training_run_shows_its_newest_logged_step(tmp_path):
     (listed,) = list_runs(tmp_path / "runs")
     assert (listed.step, listed.total_steps) == (3, 50)  # the torn last line (a write under way) is skipped
     assert "3/50" in format_runs([listed])
+
+
+def test_a_local_base_recorded_relative_to_the_run_is_shown_absolute(tmp_path):
+    (tmp_path / "models" / "tiny").mkdir(parents=True)
+    make_run(tmp_path / "runs", "local", status="finished", base_model="../../models/tiny")
+    (listed,) = list_runs(tmp_path / "runs")
+    assert listed.base == str((tmp_path / "models" / "tiny").resolve())

@@ -397,7 +397,8 @@ def serve(
                                max_prompt_tokens, max_tokens, shutdown_timeout, dtype, threads, prefill_tokens))
 
 
-runs_app = typer.Typer(help="List run folders (status, base, method, data, best figures, time), or remove some.")
+runs_app = typer.Typer(help="List run folders (status, base, method, data, best figures, time), or remove some.\n\n"
+                       "Examples: tunery runs; tunery runs --runs experiments/ --json; tunery runs rm old-try")
 app.add_typer(runs_app, name="runs")
 RUNS_DIR_HELP = "Folder holding the run folders."
 
@@ -449,7 +450,7 @@ def studio(
                                         help="Require this token on every request (open /?token=TOKEN once)."),
 ) -> None:
     """A web studio over your runs: list, live curves, compare, eval report, chat side by side, start,
-    stop and resume runs. Works offline (pip install 'tunery[studio]').
+    stop and resume runs. Works offline; needs the studio extra (FastAPI and uvicorn).
 
     Examples:
       tunery studio

@@ -63,6 +63,9 @@ def check_config(values: dict, extra: list[str], runs_dir: Path):
     from tunery.config.load import load_config
 
     overrides = form_overrides(values) + [line.strip() for line in extra if line.strip()]
+    if any(o.split("=", 1)[0].strip() == "output.dir" for o in overrides):
+        raise TuneryError("output.dir cannot be set here: the studio starts its runs in its own runs folder "
+                          f"({runs_dir})", fix="leave output.dir out, or start the studio with --runs DIR")
     overrides.append(f"output.dir={runs_dir.resolve()}")
     resolved = load_config(None, overrides)
     if not resolved.config.output.name:

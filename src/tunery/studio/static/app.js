@@ -184,7 +184,8 @@ async function pageNew() {
     if (!sub) { top.push(fieldHtml(name, prop)); continue; }
     const open = ["data", "training", "lora", "output"].includes(name) ? "open" : "";
     sections.push(`<details ${open}><summary><b>${name}</b> <span class="muted">${esc(prop.description || "")}</span></summary>
-      <fieldset>${Object.entries(sub.properties).map(([k, p]) => fieldHtml(`${name}.${k}`, p)).join("")}</fieldset></details>`);
+      <fieldset>${Object.entries(sub.properties).filter(([k]) => `${name}.${k}` !== "output.dir")  // runs go to --runs
+        .map(([k, p]) => fieldHtml(`${name}.${k}`, p)).join("")}</fieldset></details>`);
   }
   view.innerHTML = `<h1>New run</h1><p class="muted">Empty fields keep the default. Values are read like
     <code>tunery train</code>'s overrides (YAML: <code>[a.jsonl, b.jsonl]</code>, <code>1e-4</code>, <code>true</code>);
