@@ -164,3 +164,25 @@ def test_a_run_that_fails_while_loading_shows_why(client, runs_dir, tiny_model_d
     assert listed["broken"]["status"] == "failed", listed["broken"]
     assert listed["broken"]["error"].startswith("error:")
     assert client.get("/api/runs/broken").json()["summary"]["status"] == "failed"
+
+
+def test_a_running_servers_models_join_the_chat(runs_dir):
+    """`tunery studio --serve URL`: the server's models are listed and answer beside the runs, with the
+    same greedy answer the studio's own copy of the run gives."""
+    from serve_helpers import running_server
+    from tunery.studio.served import Server
+
+    with running_server([f"alpha={runs_dir / 'alpha'}"], max_tokens=16) as (url, _state):
+        with TestClient(create_app(runs_dir, server=Server(url))) as studio:
+            served = studio.get("/api/served").json()
+            assert served["url"] == url and "alpha" in served["models"]
+            prompt = "Ana Costa needs a room in Lima for 3 nights."
+            answers = studio.post("/api/chat", json={"prompt": prompt, "runs": ["alpha"], "base": False,
+                                                     "served": ["alpha"], "max_new_tokens": 8}).json()["answers"]
+            assert [a["label"] for a in answers] == ["alpha", "served: alpha"]
+            assert answers[0]["answer"] == answers[1]["answer"]
+            missing = studio.post("/api/chat", json={"prompt": "hi", "served": ["nope"]})
+            assert missing.status_code == 400 and "answered 404" in missing.json()["error"]
+    with TestClient(create_app(runs_dir)) as alone:
+        assert alone.get("/api/served").json() == {"url": None, "models": []}
+        assert "start the studio with --serve" in alone.post("/api/chat", json={"prompt": "hi", "served": ["a"]}).json()["error"]

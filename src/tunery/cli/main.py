@@ -448,6 +448,10 @@ def studio(
     port: int = typer.Option(7860, "--port", help="Port (0 picks a free one and prints it)."),
     token: Optional[str] = typer.Option(None, "--token", envvar="TUNERY_STUDIO_TOKEN",
                                         help="Require this token on every request (open /?token=TOKEN once)."),
+    serve_url: Optional[str] = typer.Option(None, "--serve", help="A running `tunery serve` (e.g. "
+                                            "http://127.0.0.1:8000): its models join the chat pane."),
+    serve_key: Optional[str] = typer.Option(None, "--serve-key", envvar="TUNERY_API_KEY",
+                                            help="The API key of that server, if it needs one."),
 ) -> None:
     """A web studio over your runs: list, live curves, compare, eval report, chat side by side, start,
     stop and resume runs. Works offline; needs the studio extra (FastAPI and uvicorn).
@@ -456,10 +460,11 @@ def studio(
       tunery studio
       tunery studio --runs experiments/ --port 8080
       tunery studio --host 0.0.0.0 --token "$TOKEN"
+      tunery studio --serve http://127.0.0.1:8000
     """
     from tunery.studio.server import run_studio
 
-    raise typer.Exit(run_studio(runs_dir, host, port, token))
+    raise typer.Exit(run_studio(runs_dir, host, port, token, serve_url, serve_key))
 
 
 def main() -> None:

@@ -15,15 +15,17 @@ from tunery.runfolder import RunFolder
 from tunery.runlist import find_run, list_runs, summarize
 from tunery.studio.chat import ModelCache, answer_side_by_side, chat_targets
 from tunery.studio.jobs import Jobs
+from tunery.studio.served import Server
 
 STATIC = Path(__file__).resolve().parent / "static"
 COOKIE = "tunery_studio_token"
 
 
 def create_app(runs_dir: str | Path, token: str | None = None, jobs: Jobs | None = None,
-               cache: ModelCache | None = None):
+               cache: ModelCache | None = None, server: Server | None = None):
     """The FastAPI app over `runs_dir`. With `token`, every request must carry it (header `Authorization:
-    Bearer TOKEN`, the cookie set by opening `/?token=TOKEN`, or `?token=` itself)."""
+    Bearer TOKEN`, the cookie set by opening `/?token=TOKEN`, or `?token=` itself). With `server`, the
+    chat pane can ask that server's models too."""
     from fastapi import Body, FastAPI, Query, Request
     from fastapi.responses import FileResponse, JSONResponse
     from fastapi.staticfiles import StaticFiles
@@ -132,11 +134,19 @@ def create_app(runs_dir: str | Path, token: str | None = None, jobs: Jobs | None
     def jobs_list():
         return {"jobs": app.state.jobs.listed()}
 
+    @app.get("/api/served")
+    def served_models():
+        return {"url": server.url if server else None, "models": server.models() if server else []}
+
     @app.post("/api/chat")
-    def chat(prompt: str = Body(...), runs: list[str] = Body(...), base: bool = Body(True),
-             system: str | None = Body(None), max_new_tokens: int = Body(64, ge=1, le=1024)):
+    def chat(prompt: str = Body(...), runs: list[str] = Body([]), base: bool = Body(True),
+             system: str | None = Body(None), max_new_tokens: int = Body(64, ge=1, le=1024),
+             served: list[str] = Body([])):
+        if not runs and not served:
+            raise TuneryError("choose at least one run (or served model) to chat with")
         targets = chat_targets(runs_dir, [_run_root(runs_dir, n).name for n in runs], base)
-        return {"answers": answer_side_by_side(app.state.cache, targets, prompt, system, max_new_tokens)}
+        return {"answers": answer_side_by_side(app.state.cache, targets, prompt, system, max_new_tokens,
+                                               server, served)}
 
     return app
 

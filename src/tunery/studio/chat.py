@@ -46,8 +46,6 @@ class ModelCache:
 
 def chat_targets(runs_dir: Path, names: list[str], with_base: bool) -> list[tuple[str, str]]:
     """(label, target) for each named run, then each distinct base model of those runs."""
-    if not names:
-        raise TuneryError("choose at least one run to chat with")
     targets, bases = [], []
     for name in names:
         root = find_run(runs_dir, name)
@@ -61,12 +59,16 @@ def chat_targets(runs_dir: Path, names: list[str], with_base: bool) -> list[tupl
 
 
 def answer_side_by_side(cache: ModelCache, targets: list[tuple[str, str]], prompt: str,
-                        system: str | None = None, max_new_tokens: int = 64) -> list[dict]:
-    """Each target's answer to the same conversation (greedy, so the columns are comparable)."""
+                        system: str | None = None, max_new_tokens: int = 64, server=None,
+                        served: list[str] = ()) -> list[dict]:
+    """Each target's answer to the same conversation (greedy, so the columns are comparable), then each
+    of the `served` models of `server` (a `tunery.studio.served.Server`)."""
     from tunery.inference import generate_batch
 
     conversation = ([{"role": "system", "content": system}] if system else []) + [
         {"role": "user", "content": prompt}]
+    if served and server is None:
+        raise TuneryError("no server to ask: start the studio with --serve URL")
     answers = []
     for label, target in targets:
         model, tokenizer = cache.get(target)
@@ -74,4 +76,5 @@ def answer_side_by_side(cache: ModelCache, targets: list[tuple[str, str]], promp
         text = generate_batch(model, tokenizer, [conversation], max_new_tokens=max_new_tokens)[0]
         answers.append({"label": label, "target": target, "answer": text,
                         "seconds": round(time.monotonic() - started, 3)})
+    answers += [server.answer(model, conversation, max_new_tokens) for model in served]
     return answers

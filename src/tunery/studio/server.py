@@ -23,7 +23,8 @@ def check_studio_bind(host: str, token: str | None) -> None:
             fix="add --token TOKEN (or set TUNERY_STUDIO_TOKEN), or keep the default --host 127.0.0.1")
 
 
-def run_studio(runs_dir: Path, host: str, port: int, token: str | None) -> int:
+def run_studio(runs_dir: Path, host: str, port: int, token: str | None, serve_url: str | None = None,
+               serve_key: str | None = None) -> int:
     """Serve until Ctrl-C or SIGTERM; training runs the studio started get SIGTERM (they checkpoint)."""
     check_studio_bind(host, token)
     require("fastapi", extra="studio")
@@ -31,7 +32,9 @@ def run_studio(runs_dir: Path, host: str, port: int, token: str | None) -> int:
     from tunery.serve.server import bound_socket
     from tunery.studio.app import create_app
 
-    app = create_app(runs_dir, token)
+    from tunery.studio.served import Server
+
+    app = create_app(runs_dir, token, server=Server(serve_url, serve_key) if serve_url else None)
     sock = bound_socket(host, port)
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{sock.getsockname()[1]}/"

@@ -137,12 +137,14 @@ async function pageCompare(names) {
 
 /* ---- chat side by side ---- */
 async function pageChat(preset) {
-  const data = await api("/api/runs");
+  const data = await api("/api/runs"), served = await api("/api/served");
   const done = data.runs.filter(r => r.status === "finished");
   view.innerHTML = `<h1>Chat side by side</h1>
     <div id="chat-runs">${done.map(r => `<label><input type="checkbox" class="chat-run" value="${esc(r.name)}"
       ${preset.includes(r.name) ? "checked" : ""}> ${esc(r.name)}</label> `).join("") || '<span class="muted">no finished runs</span>'}
     <label><input type="checkbox" id="with-base" checked> the base model too</label></div>
+    ${served.url ? `<div id="served">served by ${esc(served.url)}: ${served.models.map(m => `<label><input type="checkbox"
+      class="served-model" value="${esc(m)}"> ${esc(m)}</label> `).join("")}</div>` : ""}
     <p><textarea id="prompt" rows="3" placeholder="Ask all of them the same question"></textarea></p>
     <label>max new tokens <input type="text" id="max-tokens" value="64" size="5" style="width:5rem"></label>
     <button class="primary" id="send">Ask</button>
@@ -154,6 +156,7 @@ async function pageChat(preset) {
       const res = await api("/api/chat", {prompt: document.getElementById("prompt").value,
         runs: [...view.querySelectorAll(".chat-run:checked")].map(c => c.value),
         base: document.getElementById("with-base").checked,
+        served: [...view.querySelectorAll(".served-model:checked")].map(c => c.value),
         max_new_tokens: parseInt(document.getElementById("max-tokens").value, 10) || 64});
       out.innerHTML = res.answers.map(a => `<div class="answer" data-label="${esc(a.label)}"><h3>${esc(a.label)}</h3>
         <pre>${esc(a.answer)}</pre><p class="muted">${a.seconds} s</p></div>`).join("");
