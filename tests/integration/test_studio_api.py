@@ -4,8 +4,6 @@ generation, and a run started, stopped with SIGTERM (it checkpoints) and resumed
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from fastapi.testclient import TestClient
 

@@ -26,7 +26,7 @@ def create_app(runs_dir: str | Path, token: str | None = None, jobs: Jobs | None
     """The FastAPI app over `runs_dir`. With `token`, every request must carry it (header `Authorization:
     Bearer TOKEN`, the cookie set by opening `/?token=TOKEN`, or `?token=` itself). With `server`, the
     chat pane can ask that server's models too."""
-    from fastapi import Body, FastAPI, Query, Request
+    from fastapi import FastAPI, Request
     from fastapi.responses import FileResponse, JSONResponse
     from fastapi.staticfiles import StaticFiles
 
@@ -58,6 +58,15 @@ def create_app(runs_dir: str | Path, token: str | None = None, jobs: Jobs | None
         return FileResponse(STATIC / "index.html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    _add_run_routes(app, runs_dir)
+    _add_action_routes(app, runs_dir, server)
+    return app
+
+
+def _add_run_routes(app, runs_dir: Path) -> None:
+    """Read-only routes: the run list, a run, its metrics and eval report, and comparisons."""
+    from fastapi import Query
+    from fastapi.responses import FileResponse, JSONResponse
 
     @app.get("/api/runs")
     def runs():
@@ -105,6 +114,12 @@ def create_app(runs_dir: str | Path, token: str | None = None, jobs: Jobs | None
                 "metrics": {r.name: RunFolder(r).read_metrics() for r in roots},
                 "eval": {r.name: eval_table(r) for r in roots}}
 
+
+
+def _add_action_routes(app, runs_dir: Path, server: Server | None) -> None:
+    """Routes that do something: check and start a run from the form, stop, resume, chat."""
+    from fastapi import Body
+
     @app.get("/api/schema")
     def schema():
         from tunery.config.schema import TrainConfig
@@ -147,8 +162,6 @@ def create_app(runs_dir: str | Path, token: str | None = None, jobs: Jobs | None
         targets = chat_targets(runs_dir, [_run_root(runs_dir, n).name for n in runs], base)
         return {"answers": answer_side_by_side(app.state.cache, targets, prompt, system, max_new_tokens,
                                                server, served)}
-
-    return app
 
 
 def _given_token(request) -> str | None:
