@@ -26,6 +26,9 @@ def make_studio_runs(folder: Path, model_dir: Path) -> Path:
     beta = make_run_folder(folder, model_dir, name="beta", seed=1)
     for root in (alpha, beta):
         write_marker(root, "train")
+    with open(alpha / "metrics.jsonl", "a") as fh:  # a grader watched during training (eval.graders)
+        fh.write("".join(json.dumps({"kind": "grader", "step": step, "exact": score, "best": True}) + "\n"
+                         for step, score in ((4, 0.25), (8, 0.5))))
     (alpha / "eval.json").write_text(json.dumps(EVAL))
     (alpha / "report.html").write_text("<html><body><h1 id='report'>eval report of alpha</h1></body></html>")
     config = yaml.safe_load((beta / "config.yaml").read_text())

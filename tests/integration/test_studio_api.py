@@ -39,9 +39,10 @@ def test_run_list_and_run_page(client, runs_dir):
     assert page["summary"]["step"] == 8 and page["has_report"] and page["config"]["lora"]["rank"] == 4
     assert page["eval"]["systems"][0] == {"name": "tuned", "scores": {"exact": 0.75, "json": 1.0}, "loss": 0.42}
     metrics = client.get("/api/runs/alpha/metrics").json()
-    assert metrics["total"] == 12 and metrics["records"][0] == {"kind": "train", "step": 1, "loss": 1.8}
+    assert metrics["total"] == 14 and metrics["records"][0] == {"kind": "train", "step": 1, "loss": 1.8}
+    assert metrics["records"][-1] == {"kind": "grader", "step": 8, "exact": 0.5, "best": True}
     later = client.get("/api/runs/alpha/metrics?since=10").json()["records"]
-    assert later == metrics["records"][10:] and len(later) == 2
+    assert later == metrics["records"][10:] and len(later) == 4
     assert client.get("/").status_code == 200 and "tunery studio" in client.get("/").text
     assert "lineChart" in client.get("/static/chart.js").text
 

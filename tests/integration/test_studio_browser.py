@@ -97,6 +97,15 @@ def test_run_list(studio, page, shots, capsys):
     assert alpha.locator("[data-status]").inner_text() == "finished"
     assert "tuned: exact 0.750" in alpha.inner_text() and "train.jsonl" in alpha.inner_text()
     screenshot(page, shots, "run-list", capsys)
+    page.click("#runs tr[data-run='alpha'] a")
+    page.wait_for_selector("svg[data-title='grader scores']")
+    assert series_points(page, "training loss") == {"loss": 8}
+    assert series_points(page, "validation loss") == {"val_loss": 4}
+    assert series_points(page, "grader scores") == {"exact": 2}
+    assert page.locator("table.eval[data-run='alpha'] tr").count() == 3
+    screenshot(page, shots, "run-page", capsys)
+    page.goto(url.rstrip("/") + page.locator("#report-link").get_attribute("href"))
+    assert page.inner_text("#report") == "eval report of alpha"
 
 
 def test_compare_two_runs(studio, page, shots, capsys):
