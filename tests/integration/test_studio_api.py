@@ -14,6 +14,8 @@ from tunery.inference import generate_batch, load_for_inference
 from tunery.studio.app import create_app
 from tunery.studio.server import check_studio_bind
 
+LOCAL = "http://127.0.0.1:7860"  # the studio answers loopback names only, unless it has a token
+
 
 @pytest.fixture(scope="module")
 def runs_dir(tmp_path_factory, tiny_model_dir):
@@ -23,7 +25,7 @@ def runs_dir(tmp_path_factory, tiny_model_dir):
 @pytest.fixture(scope="module")
 def client(runs_dir):
     app = create_app(runs_dir)
-    with TestClient(app) as client:
+    with TestClient(app, base_url=LOCAL) as client:
         yield client
     app.state.jobs.shutdown()
 
@@ -91,8 +93,21 @@ def test_schema_and_form_checks_give_the_cli_errors(client, tiny_model_dir, tmp_
     assert "a run named 'alpha' already exists" in taken
 
 
+def test_other_host_names_are_refused_without_a_token(runs_dir):
+    """DNS rebinding: a page of another site whose name points at 127.0.0.1 sends that name."""
+    with TestClient(create_app(runs_dir), base_url="http://evil.example:7860") as other:
+        refused = other.get("/api/runs")
+        assert refused.status_code == 403 and "127.0.0.1 or localhost only" in refused.json()["error"]
+        assert other.post("/api/check", json={"values": {}}).status_code == 403
+    for name in ("http://localhost:7860", "http://127.0.0.1", "http://[::1]:7860"):
+        with TestClient(create_app(runs_dir), base_url=name) as local:
+            assert local.get("/api/runs").status_code == 200, name
+    with TestClient(create_app(runs_dir, token="s3cret"), base_url="http://studio.lan:7860") as named:
+        assert named.get("/api/runs", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+
+
 def test_token_is_checked_on_every_request(runs_dir):
-    with TestClient(create_app(runs_dir, token="s3cret")) as guarded:
+    with TestClient(create_app(runs_dir, token="s3cret"), base_url=LOCAL) as guarded:
         for path in ("/", "/api/runs", "/static/app.js", "/runs/alpha/report"):
             assert guarded.get(path).status_code == 401, path
         assert guarded.get("/api/runs", headers={"Authorization": "Bearer wrong"}).status_code == 401
@@ -172,7 +187,7 @@ def test_a_running_servers_models_join_the_chat(runs_dir):
     from tunery.studio.served import Server
 
     with running_server([f"alpha={runs_dir / 'alpha'}"], max_tokens=16) as (url, _state):
-        with TestClient(create_app(runs_dir, server=Server(url))) as studio:
+        with TestClient(create_app(runs_dir, server=Server(url)), base_url=LOCAL) as studio:
             served = studio.get("/api/served").json()
             assert served["url"] == url and "alpha" in served["models"]
             prompt = "Ana Costa needs a room in Lima for 3 nights."
@@ -182,6 +197,6 @@ def test_a_running_servers_models_join_the_chat(runs_dir):
             assert answers[0]["answer"] == answers[1]["answer"]
             missing = studio.post("/api/chat", json={"prompt": "hi", "served": ["nope"]})
             assert missing.status_code == 400 and "answered 404" in missing.json()["error"]
-    with TestClient(create_app(runs_dir)) as alone:
+    with TestClient(create_app(runs_dir), base_url=LOCAL) as alone:
         assert alone.get("/api/served").json() == {"url": None, "models": []}
         assert "start the studio with --serve" in alone.post("/api/chat", json={"prompt": "hi", "served": ["a"]}).json()["error"]

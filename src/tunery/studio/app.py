@@ -39,6 +39,11 @@ def create_app(runs_dir: str | Path, token: str | None = None, jobs: Jobs | None
     @app.middleware("http")
     async def check_token(request: Request, call_next):
         if token is None:
+            if not _loopback_host(request.headers.get("host", "")):
+                # Without a token the studio serves this machine only; a page of another site whose name
+                # was pointed at 127.0.0.1 (DNS rebinding) sends its own name here and is refused.
+                return JSONResponse({"error": "this studio answers requests to 127.0.0.1 or localhost only "
+                                     "(start it with --token to serve other names)"}, status_code=403)
             return await call_next(request)
         given = _given_token(request)
         if given is None or not hmac.compare_digest(given.encode(), token.encode()):
@@ -162,6 +167,11 @@ def _add_action_routes(app, runs_dir: Path, server: Server | None) -> None:
         targets = chat_targets(runs_dir, [_run_root(runs_dir, n).name for n in runs], base)
         return {"answers": answer_side_by_side(app.state.cache, targets, prompt, system, max_new_tokens,
                                                server, served)}
+
+
+def _loopback_host(host_header: str) -> bool:
+    name = host_header.rsplit(":", 1)[0] if not host_header.endswith("]") else host_header
+    return name.strip("[]").lower() in ("127.0.0.1", "localhost", "::1")
 
 
 def _given_token(request) -> str | None:
