@@ -3,10 +3,10 @@ layer or one below, and no two packages import each other (directly or round a l
 
     cli                                  the commands: thin wrappers over the library
     trainers, eval, export, serve,       what a command does: train, evaluate, merge, export and serve,
-    tracking, sweep                      send figures to trackers, run sweeps of trials
+    tracking, sweep, studio              send figures to trackers, run sweeps of trials, the web studio
     inference                            load a run (or a base model) and answer with it
-    runfolder, runcard, data, models, losses   run folders, records to tokens, model loading and
-                                         forward passes, loss functions
+    runfolder, runlist, runcard, data,   run folders and their list, records to tokens, model loading
+    models, losses                       and forward passes, loss functions
     config                               the typed schema: every setting and its default
     graders                              scoring answers (pure functions of strings)
     errors, _deps, atomic, faults, failures, (package root)   what everything may use: errors, atomic
@@ -24,9 +24,9 @@ LAYERS = [
     {"errors", "_deps", "atomic", "faults", "failures", "__init__"},
     {"graders"},
     {"config"},
-    {"runfolder", "runcard", "data", "models", "losses"},
+    {"runfolder", "runlist", "runcard", "data", "models", "losses"},
     {"inference"},
-    {"trainers", "eval", "export", "serve", "tracking", "sweep"},
+    {"trainers", "eval", "export", "serve", "tracking", "sweep", "studio"},
     {"cli"},
 ]
 

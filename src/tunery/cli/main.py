@@ -422,6 +422,76 @@ def sweep(
     raise typer.Exit(run_sweep(config, args or [], grid, search, trials, parallel, out, as_json, overwrite))
 
 
+runs_app = typer.Typer(help="List run folders (status, base, method, data, best figures, time), or remove some.\n\n"
+                       "Examples: tunery runs; tunery runs --runs experiments/ --json; tunery runs rm old-try")
+app.add_typer(runs_app, name="runs")
+RUNS_DIR_HELP = "Folder holding the run folders."
+
+
+@runs_app.callback(invoke_without_command=True)
+def runs_list(
+    ctx: typer.Context,
+    runs_dir: Path = typer.Option(Path("runs"), "--runs", help=RUNS_DIR_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the list as JSON."),
+) -> None:
+    """List the runs under --runs, newest first: status (finished, running, interrupted, failed,
+    starting), steps, method, base, data, best validation loss and grader score, time.
+
+    Examples:
+      tunery runs
+      tunery runs --runs experiments/ --json
+      tunery runs rm old-try other-try
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from tunery.cli.runs import run_list
+
+    raise typer.Exit(run_list(runs_dir, as_json))
+
+
+@runs_app.command("rm")
+def runs_rm(
+    names: List[str] = typer.Argument(..., help="Run names under --runs (or paths of run folders)."),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs", help=RUNS_DIR_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the removed paths as JSON."),
+) -> None:
+    """Delete run folders. Only folders tunery made (its .tunery marker) and that are not training;
+    every name is checked before anything is deleted.
+
+    Example:
+      tunery runs rm old-try
+    """
+    from tunery.cli.runs import run_remove
+
+    raise typer.Exit(run_remove(runs_dir, names, as_json))
+
+
+@app.command()
+def studio(
+    runs_dir: Path = typer.Option(Path("runs"), "--runs", help=RUNS_DIR_HELP),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; others than loopback need --token."),
+    port: int = typer.Option(7860, "--port", help="Port (0 picks a free one and prints it)."),
+    token: Optional[str] = typer.Option(None, "--token", envvar="TUNERY_STUDIO_TOKEN",
+                                        help="Require this token on every request (open /?token=TOKEN once)."),
+    serve_url: Optional[str] = typer.Option(None, "--serve", help="A running `tunery serve` (e.g. "
+                                            "http://127.0.0.1:8000): its models join the chat pane."),
+    serve_key: Optional[str] = typer.Option(None, "--serve-key", envvar="TUNERY_API_KEY",
+                                            help="The API key of that server, if it needs one."),
+) -> None:
+    """A web studio over your runs: list, live curves, compare, eval report, chat side by side, start,
+    stop and resume runs. Works offline; needs the studio extra (FastAPI and uvicorn).
+
+    Examples:
+      tunery studio
+      tunery studio --runs experiments/ --port 8080
+      tunery studio --host 0.0.0.0 --token "$TOKEN"
+      tunery studio --serve http://127.0.0.1:8000
+    """
+    from tunery.studio.server import run_studio
+
+    raise typer.Exit(run_studio(runs_dir, host, port, token, serve_url, serve_key))
+
+
 def main() -> None:
     """Entry point. Exit codes (documented in README.md and `tunery.cli.crash`): 0 ok, 1 problems
     found, 2 usage or config error (`TuneryError`s are printed as short messages), 3 internal error

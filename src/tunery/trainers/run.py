@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -64,7 +65,8 @@ def run_training(cfg: TrainConfig, root: Path, resume: bool = False,
     _update_info(run, base_model=portable_path(cfg.base_model, root), adapter=cfg.adapter, dtype=cfg.dtype,
                  method=cfg.method, status="running", tunery_version=__version__,
                  total_steps=loop.total_steps, train_examples=len(loop.train), val_examples=len(loop.val),
-                 trainable_params=trainable, total_params=total, guard=guard_text(cfg))
+                 trainable_params=trainable, total_params=total, guard=guard_text(cfg),
+                 pid=os.getpid(), host=socket.gethostname())  # `tunery runs` tells running from killed
     log(f"{len(loop.train)} training / {len(loop.val)} validation examples; {loop.total_steps} steps; "
         f"{trainable:,} of {total:,} parameters trainable")
     tracked = _open_tracking(cfg, run, st.step, log)

@@ -1,0 +1,1 @@
+"""`tunery studio`: a local web page over the run folders (FastAPI + a small static front end)."""
