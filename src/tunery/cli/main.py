@@ -216,7 +216,7 @@ def merge(
 @app.command()
 def export(
     run: str = typer.Argument(..., help="A finished run folder."),
-    fmt: str = typer.Option("gguf", "--format", "-f", help="hf | gguf | ollama"),
+    fmt: str = typer.Option("gguf", "--format", "-f", help="hf | gguf | ollama | gguf-lora"),
     out: Path = typer.Option(..., "--out", "-o", help="Folder to write the export to."),
     gguf_type: str = typer.Option("f16", "--type", help="GGUF tensor type: f32 | f16 | q8_0"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Write into a folder that holds other files."),
@@ -229,6 +229,7 @@ def export(
     Examples:
       tunery export runs/quickstart --format gguf --type q8_0 --out exports/quickstart
       tunery export runs/quickstart --format ollama --out exports/quickstart-ollama
+      tunery export runs/quickstart --format gguf-lora --out exports/quickstart-lora
     """
     from tunery.cli.export import run_export
 

@@ -20,7 +20,7 @@ from tunery.errors import TuneryError
 from tunery.export import merge as merging
 from tunery.runfolder import MARKER, RunFolder, check_output, made_by, portable_path, write_marker, write_text_atomic
 
-FORMATS = ("hf", "gguf", "ollama")
+FORMATS = ("hf", "gguf", "ollama", "gguf-lora")
 VERIFY = "verify.json"
 
 
@@ -110,6 +110,15 @@ def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path, gguf_type: st
     info = read_run_info(run.root)
     tokenizer = AutoTokenizer.from_pretrained(run.tokenizer)
     out = _prepare_out(out, fmt, overwrite)
+    if fmt == "gguf-lora":  # the adapter alone; its own loading, checks and summary
+        from tunery.export.lora_export import export_gguf_lora, print_lora_summary
+
+        record = {"source_run": portable_path(str(run.root), out), "base_model": portable_path(info["base_model"], out),
+                  "adapter": info.get("adapter", "lora"), "format": fmt}
+        record |= export_gguf_lora(run, info, tokenizer, out, gguf_type, log)
+        write_text_atomic(out / VERIFY, json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+        print_lora_summary(record, log)
+        return record
     log(f"loading {run.root} ({info.get('adapter', 'lora')} on {info['base_model']}) ...")
     model, merge_check = source_model(run, info, tokenizer)
     model.eval()

@@ -39,6 +39,14 @@ def interleave_rotary_rows(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
     return weight.reshape(n_heads, 2, half, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
 
 
+def gguf_arch_of(config):
+    """The `gguf.MODEL_ARCH` a supported Hugging Face config is written as."""
+    import gguf
+
+    _check_supported(config)
+    return gguf.MODEL_ARCH.LLAMA
+
+
 def _check_supported(config) -> None:
     if config.model_type not in LLAMA_FAMILY:
         raise TuneryError(

@@ -121,12 +121,12 @@ class LlamaCpp:
     """One GGUF file loaded by llama.cpp on the CPU, with one context of `n_ctx` tokens. Every handle
     the C API returns is checked: a null one is a `NotVerified` with the reason, never a crash later."""
 
-    def __init__(self, path: Path, n_ctx: int = 512, threads: int = 2):
+    def __init__(self, path: Path, n_ctx: int = 512, threads: int = 2, adapter: Path | None = None):
         api = load_api()
         if api is None:
             raise NotVerified("llama-cpp-cffi is not installed")
         self.ffi, self.lib = api
-        self.model = self.ctx = None
+        self.model = self.ctx = self.adapter = None
         self._silence_logs()
         self.lib.llama_backend_init()
         mparams = self.lib.llama_model_default_params()
@@ -141,6 +141,11 @@ class LlamaCpp:
         cparams.type_k, cparams.type_v = self.lib.GGML_TYPE_F32, self.lib.GGML_TYPE_F32
         self.ctx = self._checked(self.lib.llama_init_from_model(self.model, cparams),
                                  "llama.cpp could not create a context")
+        if adapter is not None:  # a LoRA GGUF applied at load time, as llama-server --lora does
+            self.adapter = self._checked(self.lib.llama_adapter_lora_init(self.model, str(adapter).encode()),
+                                         f"llama.cpp could not load the LoRA adapter {Path(adapter).name}")
+            if self.lib.llama_set_adapter_lora(self.ctx, self.adapter, 1.0) != 0:
+                raise NotVerified("llama.cpp could not apply the LoRA adapter")
         self.vocab = self._checked(self.lib.llama_model_get_vocab(self.model), "llama.cpp found no vocabulary")
         self.n_vocab = self.lib.llama_vocab_n_tokens(self.vocab)
         if self.n_vocab <= 0:
@@ -159,6 +164,8 @@ class LlamaCpp:
     def close(self) -> None:
         if self.ctx is not None:
             self.lib.llama_free(self.ctx)
+        if self.adapter is not None:
+            self.lib.llama_adapter_lora_free(self.adapter)
         if self.model is not None:
             self.lib.llama_model_free(self.model)
 
@@ -221,10 +228,10 @@ class LlamaCpp:
 
 
 def read_back(path: Path, texts: list[str], rows: list[list[int]], max_new_tokens: int,
-              stop: set[int]) -> ReadBack:
+              stop: set[int], adapter: Path | None = None) -> ReadBack:
     """Everything the verification compares, read through llama.cpp in this process (see the module
-    docstring; the export calls `read_back_isolated`)."""
-    llm = LlamaCpp(path)
+    docstring; the export calls `read_back_isolated`). `adapter`: a LoRA GGUF applied over `path`."""
+    llm = LlamaCpp(path, adapter=adapter)
     try:
         return ReadBack(
             prompt_ids=[llm.tokenize(t) for t in texts],
@@ -238,7 +245,7 @@ def read_back(path: Path, texts: list[str], rows: list[list[int]], max_new_token
 
 
 def read_back_isolated(path: Path, texts: list[str], rows: list[list[int]], max_new_tokens: int,
-                       stop: set[int], timeout: float = READ_TIMEOUT_S) -> ReadBack:
+                       stop: set[int], timeout: float = READ_TIMEOUT_S, adapter: Path | None = None) -> ReadBack:
     """`read_back` in a child process; raises `NotVerified` with the reason when it does not succeed."""
     from safetensors.numpy import load_file
 
@@ -247,7 +254,8 @@ def read_back_isolated(path: Path, texts: list[str], rows: list[list[int]], max_
     with tempfile.TemporaryDirectory(prefix="tunery-llama-") as folder:
         work = Path(folder)
         request = {"path": str(Path(path).resolve()), "texts": texts, "rows": rows,
-                   "max_new_tokens": max_new_tokens, "stop": sorted(stop)}
+                   "max_new_tokens": max_new_tokens, "stop": sorted(stop),
+                   "adapter": str(Path(adapter).resolve()) if adapter else None}
         (work / "request.json").write_text(json.dumps(request))
         package_root = str(Path(tunery.__file__).resolve().parents[1])
         env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
@@ -283,7 +291,7 @@ def _child(folder: Path) -> int:
     faults.reached("llama-reader")
     try:
         got = read_back(Path(request["path"]), request["texts"], request["rows"], request["max_new_tokens"],
-                        set(request["stop"]))
+                        set(request["stop"]), Path(request["adapter"]) if request.get("adapter") else None)
     except (NotVerified, ImportError, OSError) as exc:
         print(str(exc) or type(exc).__name__, file=sys.stderr)
         return 1

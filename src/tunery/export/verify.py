@@ -106,11 +106,12 @@ def verify_gguf(path: Path, reference_model, reference_tokenizer, file_type: str
 
 
 def verify_with_llama_cpp(path: Path, reference_logits: list, reference_greedy: list[list[int]], tokenizer,
-                          file_type: str, max_new_tokens: int) -> dict:
+                          file_type: str, max_new_tokens: int, adapter: Path | None = None) -> dict:
     """The same comparison through llama.cpp (see tunery.export.llamacpp), in a separate process.
 
     When llama.cpp is missing, cannot load the file or dies, the result is {"ran": False, "why":
-    "not verified by llama.cpp: <reason>"}: a status next to the transformers check, never a crash."""
+    "not verified by llama.cpp: <reason>"}: a status next to the transformers check, never a crash.
+    `adapter`: a LoRA GGUF that llama.cpp applies over `path` (`--format gguf-lora`)."""
     from tunery.data.render import chat_template_of
     from tunery.export import llamacpp
     from tunery.inference import stop_token_ids
@@ -122,7 +123,7 @@ def verify_with_llama_cpp(path: Path, reference_logits: list, reference_greedy: 
     rows = probe_ids(tokenizer)
     stops = stop_token_ids(tokenizer)
     try:
-        got = llamacpp.read_back_isolated(path, texts, rows, max_new_tokens, set(stops))
+        got = llamacpp.read_back_isolated(path, texts, rows, max_new_tokens, set(stops), adapter=adapter)
     except llamacpp.NotVerified as exc:
         return not_verified(str(exc))
     record = {
