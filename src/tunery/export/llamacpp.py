@@ -227,15 +227,25 @@ class LlamaCpp:
         return np.frombuffer(bytes(self.ffi.buffer(pointer, 4 * self.n_vocab)), dtype=np.float32).copy()
 
 
+def threads_wanted() -> int:
+    """llama.cpp's thread count: OMP_NUM_THREADS when set (so a shared machine can ask for 1), else 2."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else 2
+
+
 def read_back(path: Path, texts: list[str], rows: list[list[int]], max_new_tokens: int,
-              stop: set[int], adapter: Path | None = None) -> ReadBack:
+              stop: set[int], adapter: Path | None = None, with_logits: bool = True) -> ReadBack:
     """Everything the verification compares, read through llama.cpp in this process (see the module
     docstring; the export calls `read_back_isolated`). `adapter`: a LoRA GGUF applied over `path`."""
-    llm = LlamaCpp(path, adapter=adapter)
+    # The context holds the longest prompt and its answer; threads follow OMP_NUM_THREADS, as torch does.
+    n_ctx = max([512] + [len(r) + max_new_tokens + 1 for r in rows])
+    llm = LlamaCpp(path, n_ctx=n_ctx, threads=threads_wanted(), adapter=adapter)
     try:
         return ReadBack(
             prompt_ids=[llm.tokenize(t) for t in texts],
-            logits=[llm.logits(r) for r in rows],
+            # Logits of every position of every row: the probes want them, answers to a task do not
+            # (a 49k vocabulary makes them ~200 kB per token).
+            logits=[llm.logits(r) if with_logits else np.zeros((0,), np.float32) for r in rows],
             greedy=[llm.greedy(r, max_new_tokens, stop) for r in rows],
             chat_template=llm.chat_template(),
             end_ids=llm.end_ids(),
@@ -245,7 +255,8 @@ def read_back(path: Path, texts: list[str], rows: list[list[int]], max_new_token
 
 
 def read_back_isolated(path: Path, texts: list[str], rows: list[list[int]], max_new_tokens: int,
-                       stop: set[int], timeout: float = READ_TIMEOUT_S, adapter: Path | None = None) -> ReadBack:
+                       stop: set[int], timeout: float = READ_TIMEOUT_S, adapter: Path | None = None,
+                       with_logits: bool = True) -> ReadBack:
     """`read_back` in a child process; raises `NotVerified` with the reason when it does not succeed."""
     from safetensors.numpy import load_file
 
@@ -255,7 +266,7 @@ def read_back_isolated(path: Path, texts: list[str], rows: list[list[int]], max_
         work = Path(folder)
         request = {"path": str(Path(path).resolve()), "texts": texts, "rows": rows,
                    "max_new_tokens": max_new_tokens, "stop": sorted(stop),
-                   "adapter": str(Path(adapter).resolve()) if adapter else None}
+                   "adapter": str(Path(adapter).resolve()) if adapter else None, "with_logits": with_logits}
         (work / "request.json").write_text(json.dumps(request))
         package_root = str(Path(tunery.__file__).resolve().parents[1])
         env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
@@ -291,7 +302,8 @@ def _child(folder: Path) -> int:
     faults.reached("llama-reader")
     try:
         got = read_back(Path(request["path"]), request["texts"], request["rows"], request["max_new_tokens"],
-                        set(request["stop"]), Path(request["adapter"]) if request.get("adapter") else None)
+                        set(request["stop"]), Path(request["adapter"]) if request.get("adapter") else None,
+                        request.get("with_logits", True))
     except (NotVerified, ImportError, OSError) as exc:
         print(str(exc) or type(exc).__name__, file=sys.stderr)
         return 1

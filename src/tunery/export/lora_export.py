@@ -112,7 +112,10 @@ def export_gguf_lora(run: RunFolder, info: dict, tokenizer, out: Path, file_type
     failures = [f"weights: {f}" for f in weights["failures"]]
     if llama.get("ran"):
         failures += [f"llama.cpp: {f}" for f in llama["failures"]]
-    record |= {"passed": not failures, "failures": failures}
+    structural = [f"weights: {f}" for f in weights["failures"]]
+    if llama.get("ran"):
+        structural += [f"llama.cpp: {f}" for f in llama["structural_failures"]]
+    record |= {"passed": not failures, "failures": failures, "structural_failures": structural}
     if warning:
         record["warnings"] = [warning]
     record["ollama"] = write_adapter_modelfile(tokenizer, base_path, adapter_path, out)

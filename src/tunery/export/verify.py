@@ -66,11 +66,15 @@ def judge(record: dict, kind: str, tolerances: dict[str, float] = RELATIVE_TOLER
         failures.append("the template renders different tokens")
     if not record["tokenizer"]["stop_ids_identical"]:
         failures.append("stop tokens differ")
+    # How a user's request is rendered and where answers stop: these fail an export whatever the task
+    # check says; the logit and probe-continuation figures below become diagnostics when it runs.
+    structural = list(failures)
     if logits["max_abs_diff"] > tolerance:
         failures.append(f"max |logit diff| {logits['max_abs_diff']:.3g} > tolerance {tolerance:.3g}")
     if kind in GREEDY_MUST_MATCH and not record["greedy_identical"]:
         failures.append("greedy continuations differ")
-    return record | {"tolerance_abs": tolerance, "passed": not failures, "failures": failures}
+    return record | {"tolerance_abs": tolerance, "passed": not failures, "failures": failures,
+                     "structural_failures": structural}
 
 
 def verify_gguf(path: Path, reference_model, reference_tokenizer, file_type: str,
@@ -101,6 +105,7 @@ def verify_gguf(path: Path, reference_model, reference_tokenizer, file_type: str
     judged = judge(record, file_type)
     if record["llama_cpp"].get("ran") and not record["llama_cpp"]["passed"]:
         judged["failures"] += [f"llama.cpp: {f}" for f in record["llama_cpp"]["failures"]]
+        judged["structural_failures"] += [f"llama.cpp: {f}" for f in record["llama_cpp"]["structural_failures"]]
         judged["passed"] = False
     return judged
 
