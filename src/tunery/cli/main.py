@@ -218,7 +218,8 @@ def export(
     run: str = typer.Argument(..., help="A finished run folder."),
     fmt: str = typer.Option("gguf", "--format", "-f", help="hf | gguf | ollama | gguf-lora"),
     out: Path = typer.Option(..., "--out", "-o", help="Folder to write the export to."),
-    gguf_type: str = typer.Option("f16", "--type", help="GGUF tensor type: f32 | f16 | q8_0"),
+    gguf_type: str = typer.Option("f16", "--type", help="GGUF tensor type: f32 | f16 | q8_0 | q6_k | q5_k_m | "
+                                  "q4_k_m (the last three by llama.cpp's quantizer)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Write into a folder that holds other files."),
     as_json: bool = typer.Option(False, "--json", help="Print the verification record as JSON."),
     verify_data: str = typer.Option(None, "--verify-data", help="Conversations to verify the export on "

@@ -21,6 +21,7 @@ from tunery.export import merge as merging
 from tunery.runfolder import MARKER, RunFolder, check_output, made_by, portable_path, write_marker, write_text_atomic
 
 FORMATS = ("hf", "gguf", "ollama", "gguf-lora")
+GGUF_TYPES = ("f32", "f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m")
 VERIFY = "verify.json"
 
 
@@ -61,21 +62,50 @@ def export_gguf(model, tokenizer, run: RunFolder, out: Path, file_type: str, log
     """Write and verify a GGUF of `model`; returns (path, verification record)."""
     from tunery.data.render import chat_template_of
     from tunery.export.gguf_vocab import pre_tokenizer_name, read_vocab
-    from tunery.export.gguf_writer import write_gguf
     from tunery.export.verify import verify_gguf
 
     vocab = read_vocab(tokenizer, model.config.vocab_size, chat_template_of(tokenizer))
     pre, warning = pre_tokenizer_name(tokenizer)
     path = out / _gguf_name(run, file_type)
     log(f"writing {path} ({file_type}) ...")
-    write_gguf(model, vocab, path, file_type, name=run.root.resolve().name, pre=pre)
+    write_gguf_of_type(model, vocab, path, file_type, name=run.root.resolve().name, pre=pre)
     (out / VERIFY).unlink(missing_ok=True)  # an earlier record describes the file just replaced
     log("reading it back with transformers' GGUF loader and comparing on fixed prompts ...")
     record = verify_gguf(path, model, tokenizer, file_type) | {"file": path.name}  # relative to the export
     record["size_bytes"] = path.stat().st_size
+    record["tensor_types"] = tensor_types(path)
     if warning:
         record["warnings"] = [warning]
     return path, record
+
+
+def write_gguf_of_type(model, vocab, path: Path, file_type: str, name: str, pre: str) -> None:
+    """Our writer for f32/f16/q8_0; the k-quants are an f16 file passed through llama.cpp's quantizer."""
+    from tunery.export.gguf_writer import FILE_TYPES, write_gguf
+    from tunery.export.quantize import LLAMA_QUANT_TYPES, quantize_isolated
+
+    if file_type in LLAMA_QUANT_TYPES:
+        f16 = path.with_name(f".{path.stem}.f16-for-quantize.gguf")
+        try:
+            write_gguf(model, vocab, f16, "f16", name=name, pre=pre)
+            quantize_isolated(f16, path, file_type)
+        finally:
+            f16.unlink(missing_ok=True)
+        return
+    if file_type not in FILE_TYPES:
+        raise TuneryError(f"unknown GGUF type '{file_type}'", fix=f"use one of {', '.join(GGUF_TYPES)}")
+    write_gguf(model, vocab, path, file_type, name=name, pre=pre)
+
+
+def tensor_types(path: Path) -> dict[str, int]:
+    """How many tensors of each GGML type the file holds: a k-quant keeps rows that are not a multiple
+    of 256 in llama.cpp's fallback type, so this says what `--type` really gave."""
+    from gguf import GGUFReader
+
+    counts: dict[str, int] = {}
+    for tensor in GGUFReader(str(path)).tensors:
+        counts[tensor.tensor_type.name] = counts.get(tensor.tensor_type.name, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def export_hf(model, tokenizer, out: Path, base_record: dict) -> dict:
@@ -111,6 +141,8 @@ def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path, gguf_type: st
 
     if fmt not in FORMATS:
         raise TuneryError(f"unknown export format '{fmt}'", fix=f"use one of {', '.join(FORMATS)}")
+    if fmt != "hf" and gguf_type not in GGUF_TYPES:  # said before anything is loaded
+        raise TuneryError(f"unknown GGUF type '{gguf_type}'", fix=f"use one of {', '.join(GGUF_TYPES)}")
     run, out = RunFolder(Path(run_dir)), Path(out_dir).expanduser()
     info = read_run_info(run.root)
     tokenizer = AutoTokenizer.from_pretrained(run.tokenizer)

@@ -82,7 +82,7 @@ def export_gguf_lora(run: RunFolder, info: dict, tokenizer, out: Path, file_type
     from tunery.data.render import chat_template_of
     from tunery.export.gguf_lora import write_lora_gguf
     from tunery.export.gguf_vocab import pre_tokenizer_name, read_vocab
-    from tunery.export.gguf_writer import write_gguf
+    from tunery.export.exporter import write_gguf_of_type
     from tunery.export.merge import read_adapter
     from tunery.export.verify import verify_with_llama_cpp
 
@@ -100,7 +100,7 @@ def export_gguf_lora(run: RunFolder, info: dict, tokenizer, out: Path, file_type
     log(f"writing the base model as {base_path} ...")
     vocab = read_vocab(tokenizer, base.config.vocab_size, chat_template_of(tokenizer))
     pre, warning = pre_tokenizer_name(tokenizer)
-    write_gguf(base, vocab, base_path, file_type, name=Path(info["base_model"]).name, pre=pre)
+    write_gguf_of_type(base, vocab, base_path, file_type, name=Path(info["base_model"]).name, pre=pre)
     (out / "verify.json").unlink(missing_ok=True)
     weights = check_weights(adapter_path, base, adapter, config, adapter_type)
     log("applying the adapter over the base in llama.cpp and comparing with the unmerged run ...")
