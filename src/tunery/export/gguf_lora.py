@@ -41,6 +41,7 @@ def adapter_tensors(adapter: dict[str, torch.Tensor], config: dict, model_config
     """(GGUF name, float32 array) of every lora_a / lora_b tensor, scales folded to `lora_alpha / rank`."""
     import gguf
 
+    from tunery.export.gguf_families import family_of
     from tunery.export.gguf_writer import interleave_rotary_rows
 
     factors, whole = lora_math.split_adapter(adapter)
@@ -50,6 +51,7 @@ def adapter_tensors(adapter: dict[str, torch.Tensor], config: dict, model_config
         raise _unsupported("fan_in_fan_out layers (Conv1D-style weights)")
     names = gguf.get_tensor_name_map(gguf_arch, model_config.num_hidden_layers)
     alpha = float(config["lora_alpha"])
+    interleave = family_of(model_config).rotary_interleave
     out = []
     for module, parts in sorted(factors.items()):
         if "magnitude" in parts:
@@ -61,9 +63,9 @@ def adapter_tensors(adapter: dict[str, torch.Tensor], config: dict, model_config
         rank = a.shape[0]
         # llama.cpp multiplies by alpha / rank; PEFT by lora_scale: fold the ratio into B.
         b = b * (lora_math.lora_scale(module, rank, config) * rank / alpha)
-        if name.endswith("attn_q.weight"):
+        if interleave and name.endswith("attn_q.weight"):
             b = interleave_rotary_rows(b, model_config.num_attention_heads)
-        elif name.endswith("attn_k.weight"):
+        elif interleave and name.endswith("attn_k.weight"):
             b = interleave_rotary_rows(b, model_config.num_key_value_heads)
         out.append((f"{name}.lora_a", a.contiguous().numpy()))
         out.append((f"{name}.lora_b", b.contiguous().numpy()))
@@ -111,6 +113,7 @@ def merged_from_file(path: Path, base_state: dict[str, torch.Tensor], model_conf
     Returns {hf weight name: merged tensor}."""
     import gguf
 
+    from tunery.export.gguf_families import family_of
     from tunery.export.gguf_writer import gguf_arch_of
 
     reader = gguf.GGUFReader(str(path))
@@ -128,7 +131,7 @@ def merged_from_file(path: Path, base_state: dict[str, torch.Tensor], model_conf
         delta = (alpha / b.shape[1]) * (b @ torch.from_numpy(a))
         heads = {"attn_q.weight": model_config.num_attention_heads, "attn_k.weight": model_config.num_key_value_heads}
         for suffix, n_heads in heads.items():
-            if base_name.endswith(suffix):
+            if family_of(model_config).rotary_interleave and base_name.endswith(suffix):
                 delta = deinterleave_rotary_rows(delta, n_heads)
         hf_name = gguf_of[base_name]
         merged[hf_name] = base_state[hf_name].float() + delta

@@ -132,7 +132,7 @@ class LlamaCpp:
         mparams = self.lib.llama_model_default_params()
         mparams.n_gpu_layers = 0
         self.model = self._checked(self.lib.llama_model_load_from_file(str(path).encode(), mparams),
-                                   f"llama.cpp could not load {path.name}")
+                                   f"llama.cpp could not load {path.name}" + self._last_error())
         cparams = self.lib.llama_context_default_params()
         cparams.n_ctx, cparams.n_batch, cparams.n_ubatch = n_ctx, n_ctx, n_ctx
         cparams.n_threads, cparams.n_threads_batch = threads, threads
@@ -157,9 +157,20 @@ class LlamaCpp:
         return handle
 
     def _silence_logs(self) -> None:
-        # llama.cpp prints the whole model description to stderr; keep the callback alive on self.
-        self._log = self.ffi.callback("void(enum ggml_log_level, const char *, void *)", lambda *_: None)
+        # llama.cpp prints the whole model description to stderr; keep only its error lines (the reason
+        # a load fails, e.g. "unknown model architecture"), and the callback alive on self.
+        self.errors: list[str] = []
+
+        def keep_errors(level, text, _user) -> None:
+            line = self.ffi.string(text).decode(errors="replace").strip()
+            if level == self.lib.GGML_LOG_LEVEL_ERROR and line:
+                self.errors.append(line)
+
+        self._log = self.ffi.callback("void(enum ggml_log_level, const char *, void *)", keep_errors)
         self.lib.llama_log_set(self._log, self.ffi.NULL)
+
+    def _last_error(self) -> str:
+        return f" ({self.errors[0]})" if self.errors else ""  # the first says why; the rest, that it failed
 
     def close(self) -> None:
         if self.ctx is not None:

@@ -103,8 +103,12 @@ def verify_gguf(path: Path, reference_model, reference_tokenizer, file_type: str
     record["greedy_identical"] = ref_greedy == got_greedy
     record["greedy_tokens"] = sum(len(g) for g in ref_greedy)
     record["greedy_example"] = reference_tokenizer.decode(ref_greedy[0])
+    from tunery.export.gguf_families import family_of
+
+    floor = family_of(reference_model.config).llama_cpp_f32_tolerance
+    tolerances = LLAMA_CPP_TOLERANCE | {"f32": max(LLAMA_CPP_TOLERANCE["f32"], floor)}
     record["llama_cpp"] = verify_with_llama_cpp(path, reference_logits, ref_greedy, reference_tokenizer,
-                                                file_type, max_new_tokens)
+                                                file_type, max_new_tokens, tolerances=tolerances)
     judged = judge(record, file_type)
     if record["llama_cpp"].get("ran") and not record["llama_cpp"]["passed"]:
         judged["failures"] += [f"llama.cpp: {f}" for f in record["llama_cpp"]["failures"]]
@@ -114,7 +118,8 @@ def verify_gguf(path: Path, reference_model, reference_tokenizer, file_type: str
 
 
 def verify_with_llama_cpp(path: Path, reference_logits: list, reference_greedy: list[list[int]], tokenizer,
-                          file_type: str, max_new_tokens: int, adapter: Path | None = None) -> dict:
+                          file_type: str, max_new_tokens: int, adapter: Path | None = None,
+                          tolerances: dict[str, float] = LLAMA_CPP_TOLERANCE) -> dict:
     """The same comparison through llama.cpp (see tunery.export.llamacpp), in a separate process.
 
     When llama.cpp is missing, cannot load the file or dies, the result is {"ran": False, "why":
@@ -144,7 +149,7 @@ def verify_with_llama_cpp(path: Path, reference_logits: list, reference_greedy: 
         "logits": compare_logits(reference_logits, got.logits),
         "greedy_identical": got.greedy == reference_greedy,
     }
-    return judge(record, file_type, LLAMA_CPP_TOLERANCE) | {"ran": True}
+    return judge(record, file_type, tolerances) | {"ran": True}
 
 
 def not_verified(reason: str) -> dict:
