@@ -57,6 +57,7 @@ def test_a_correct_export_passes_on_the_task(task_run, tmp_path):
     assert check["scores"]["exact"] == {"run": 100.0, "export": 100.0, "drop_points": 0.0}
     assert check["identical_answers"] == len(PROMPTS) and check["identical_share"] == 1.0
     assert record["verdict_on"] == "task" and record["passed"] is True, record["failures"]
+    assert check["export_answer_tokens_per_s"] > 0 and check["threads"] >= 1
     saved = json.loads((tmp_path / "out" / "verify.json").read_text())
     assert saved["task"]["scores"]["exact"]["export"] == 100.0
 

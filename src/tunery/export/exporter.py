@@ -168,11 +168,12 @@ def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path, gguf_type: st
             if fmt == "ollama":
                 record["ollama"] = write_modelfile(tokenizer, path, out)
         del model
+    timing: dict = {}
     task = task_verify.verify_on_task(
         sample, lambda: unmerged_answers(run, info, tokenizer, sample),
-        lambda: exported_answers(fmt, files, tokenizer, sample),
+        lambda: exported_answers(fmt, files, tokenizer, sample, timing),
         tokenizer, "transformers (the reloaded folder)" if fmt == "hf" else "llama.cpp",
-        task_verify.DEFAULT_MARGIN_POINTS if verify_margin is None else verify_margin, log)
+        task_verify.DEFAULT_MARGIN_POINTS if verify_margin is None else verify_margin, log, timing)
     record = task_verify.with_task_verdict(record, task)
     write_text_atomic(out / VERIFY, json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
     if fmt == "gguf-lora":
@@ -202,7 +203,7 @@ def unmerged_answers(run: RunFolder, info: dict, tokenizer, sample) -> list[list
     return answer_ids_with_model(model, tokenizer, sample)
 
 
-def exported_answers(fmt: str, files: tuple, tokenizer, sample) -> list[list[int]]:
+def exported_answers(fmt: str, files: tuple, tokenizer, sample, timing: dict) -> list[list[int]]:
     """Greedy answers of the export: an hf folder reloaded by transformers, a GGUF through llama.cpp
     (with the LoRA GGUF applied for gguf-lora)."""
     from tunery.export.task_verify import answer_ids_with_llama_cpp, answer_ids_with_model
@@ -212,7 +213,7 @@ def exported_answers(fmt: str, files: tuple, tokenizer, sample) -> list[list[int
 
         loaded = AutoModelForCausalLM.from_pretrained(files[0], dtype=torch.float32).eval()
         return answer_ids_with_model(loaded, AutoTokenizer.from_pretrained(files[0]), sample)
-    return answer_ids_with_llama_cpp(files[0], tokenizer, sample, adapter=files[1])
+    return answer_ids_with_llama_cpp(files[0], tokenizer, sample, adapter=files[1], timing=timing)
 
 
 def write_modelfile(tokenizer, gguf_path: Path, out: Path) -> dict:

@@ -30,6 +30,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,6 +116,7 @@ class ReadBack:
     greedy: list[list[int]]
     chat_template: str | None
     end_ids: list[int]  # EOS and EOT as llama.cpp reads them from the file
+    greedy_seconds: float = 0.0  # wall time of the greedy answers (prompt processing included)
 
 
 class LlamaCpp:
@@ -252,15 +254,14 @@ def read_back(path: Path, texts: list[str], rows: list[list[int]], max_new_token
     n_ctx = max([512] + [len(r) + max_new_tokens + 1 for r in rows])
     llm = LlamaCpp(path, n_ctx=n_ctx, threads=threads_wanted(), adapter=adapter)
     try:
-        return ReadBack(
-            prompt_ids=[llm.tokenize(t) for t in texts],
-            # Logits of every position of every row: the probes want them, answers to a task do not
-            # (a 49k vocabulary makes them ~200 kB per token).
-            logits=[llm.logits(r) if with_logits else np.zeros((0,), np.float32) for r in rows],
-            greedy=[llm.greedy(r, max_new_tokens, stop) for r in rows],
-            chat_template=llm.chat_template(),
-            end_ids=llm.end_ids(),
-        )
+        # Logits of every position of every row: the probes want them, answers to a task do not
+        # (a 49k vocabulary makes them ~200 kB per token).
+        logits = [llm.logits(r) if with_logits else np.zeros((0,), np.float32) for r in rows]
+        start = time.perf_counter()
+        greedy = [llm.greedy(r, max_new_tokens, stop) for r in rows]
+        seconds = time.perf_counter() - start
+        return ReadBack(prompt_ids=[llm.tokenize(t) for t in texts], logits=logits, greedy=greedy,
+                        chat_template=llm.chat_template(), end_ids=llm.end_ids(), greedy_seconds=seconds)
     finally:
         llm.close()
 
@@ -293,7 +294,7 @@ def read_back_isolated(path: Path, texts: list[str], rows: list[list[int]], max_
     import torch
 
     return ReadBack(result["prompt_ids"], [torch.from_numpy(logits[f"row{i}"]) for i in range(len(rows))],
-                    result["greedy"], result["chat_template"], result["end_ids"])
+                    result["greedy"], result["chat_template"], result["end_ids"], result.get("greedy_seconds", 0.0))
 
 
 def _failure(proc: subprocess.CompletedProcess) -> str:
@@ -320,7 +321,8 @@ def _child(folder: Path) -> int:
         return 1
     save_file({f"row{i}": np.ascontiguousarray(x) for i, x in enumerate(got.logits)}, str(folder / "logits.safetensors"))
     (folder / "result.json").write_text(json.dumps({"prompt_ids": got.prompt_ids, "greedy": got.greedy,
-                                                     "chat_template": got.chat_template, "end_ids": got.end_ids}))
+                                                     "chat_template": got.chat_template, "end_ids": got.end_ids,
+                                                     "greedy_seconds": got.greedy_seconds}))
     return 0
 
 

@@ -103,9 +103,11 @@ def answer_ids_with_model(model, tokenizer, sample: TaskSample) -> list[list[int
             for item in sample.items]
 
 
-def answer_ids_with_llama_cpp(path: Path, tokenizer, sample: TaskSample, adapter: Path | None = None) -> list[list[int]]:
+def answer_ids_with_llama_cpp(path: Path, tokenizer, sample: TaskSample, adapter: Path | None = None,
+                              timing: dict | None = None) -> list[list[int]]:
     """Greedy answer ids of the exported GGUF (with `adapter` applied) through llama.cpp, in a child
-    process; raises `llamacpp.NotVerified` with the reason when llama.cpp cannot answer."""
+    process; raises `llamacpp.NotVerified` with the reason when llama.cpp cannot answer. `timing`
+    receives the answers' wall time and token count (prompt processing included)."""
     from tunery.export import llamacpp
     from tunery.inference import prompt_ids, stop_token_ids
 
@@ -114,6 +116,9 @@ def answer_ids_with_llama_cpp(path: Path, tokenizer, sample: TaskSample, adapter
     rows = [prompt_ids(tokenizer, item.prompt) for item in sample.items]
     got = llamacpp.read_back_isolated(path, [], rows, sample.max_new_tokens, set(stop_token_ids(tokenizer)),
                                       adapter=adapter, with_logits=False)
+    if timing is not None:
+        timing["seconds"] = got.greedy_seconds
+        timing["tokens"] = sum(len(ids) for ids in got.greedy)
     return got.greedy
 
 
@@ -159,7 +164,7 @@ def not_run(reason: str) -> dict:
 
 def verify_on_task(sample: TaskSample | str, reference_answers: Callable[[], list[list[int]]],
                    export_answers: Callable[[], list[list[int]]], tokenizer, reader: str,
-                   margin_points: float, log) -> dict:
+                   margin_points: float, log, timing: dict | None = None) -> dict:
     """Answer the sample both ways and compare; a status when there is no sample or no reader."""
     from tunery.export import llamacpp
 
@@ -170,7 +175,12 @@ def verify_on_task(sample: TaskSample | str, reference_answers: Callable[[], lis
         exported = export_answers()
     except llamacpp.NotVerified as exc:
         return not_run(str(exc))
-    return compare_on_task(sample, tokenizer, reference_answers(), exported, reader, margin_points)
+    record = compare_on_task(sample, tokenizer, reference_answers(), exported, reader, margin_points)
+    if timing and timing.get("seconds"):
+        # One sitting, the threads of OMP_NUM_THREADS: a figure of this machine at this moment.
+        record["export_answer_tokens_per_s"] = timing["tokens"] / timing["seconds"]
+        record["threads"] = llamacpp.threads_wanted()
+    return record
 
 
 def task_table(task: dict) -> list[str]:
@@ -184,6 +194,9 @@ def task_table(task: dict) -> list[str]:
         lines.append(f"    {label:<16} {row['run']:>7.1f} {row['export']:>7.1f} {row['drop_points']:>7.1f}")
     lines.append(f"    identical answers: {task['identical_answers']}/{task['examples']} "
                  f"({100 * task['identical_share']:.0f}%); margin {task['margin_points']:g} points")
+    if "export_answer_tokens_per_s" in task:
+        lines.append(f"    llama.cpp answered at {task['export_answer_tokens_per_s']:.1f} tokens/s "
+                     f"({task['threads']} thread(s), prompts included; this machine, now)")
     return lines
 
 
