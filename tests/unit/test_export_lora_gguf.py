@@ -121,3 +121,23 @@ def test_adapter_file_type_q8_0_is_refused_for_the_adapter_but_used_for_the_base
     assert record["adapter_type"] == "f16" and record["base_file"].endswith("-q8_0.gguf")
     assert record["weights"]["passed"] is True
     assert torch.tensor(record["weights"]["max_abs_diff"]) > 0  # f16 factors: rounding, not exact
+
+
+@pytest.mark.parametrize("family", ["qwen2", "phi3"])
+def test_lora_gguf_of_other_families_applies_like_the_unmerged_run(family, tiny_tok, tmp_path):
+    """No rotary reordering for these (llama.cpp rotates halves, as Hugging Face does); Phi-3's LoRA
+    sits on the fused qkv and gate_up projections."""
+    require("llama.cpp", llama_cpp())
+    from test_export_families import family_configs, random_model
+
+    model = random_model(family_configs(len(tiny_tok))[family])
+    model.save_pretrained(tmp_path / "base")
+    tiny_tok.save_pretrained(tmp_path / "base")
+    run, _ = make_adapter_run(tmp_path, tiny_tok, tmp_path / "base", target="all-linear", name="fam",
+                              adapter_scale=0.1)
+    record = export_run(run, "gguf-lora", tmp_path / "out", gguf_type="f32", **QUIET)
+    assert record["weights"]["passed"] is True, record["weights"]["failures"]
+    llama = record["llama_cpp"]
+    assert llama["ran"] is True, llama.get("why")
+    assert llama["logits"]["max_abs_diff"] < 1e-4 * llama["logits"]["max_abs_logit"]
+    assert llama["greedy_identical"] is True and record["passed"] is True, record["failures"]
