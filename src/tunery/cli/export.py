@@ -29,13 +29,14 @@ def run_merge(run_dir: str, out: str, dtype: str, overwrite: bool, as_json: bool
     return 0
 
 
-def run_export(run_dir: str, fmt: str, out: str, gguf_type: str, overwrite: bool, as_json: bool) -> int:
+def run_export(run_dir: str, fmt: str, out: str, gguf_type: str, overwrite: bool, as_json: bool,
+               verify: dict | None = None) -> int:
     """Export and verify; exit code 0 when the verification passed, 1 when it failed."""
     from tunery.export.exporter import export_run
     from tunery.failures import disk_full_is_an_error
 
     with disk_full_is_an_error(out, "the export"):
-        record = export_run(run_dir, fmt, out, gguf_type=gguf_type, overwrite=overwrite, log=_log)
+        record = export_run(run_dir, fmt, out, gguf_type=gguf_type, overwrite=overwrite, log=_log, **(verify or {}))
     _emit(record, as_json)
     return 0 if record["passed"] else 1
 

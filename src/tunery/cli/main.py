@@ -216,23 +216,35 @@ def merge(
 @app.command()
 def export(
     run: str = typer.Argument(..., help="A finished run folder."),
-    fmt: str = typer.Option("gguf", "--format", "-f", help="hf | gguf | ollama"),
+    fmt: str = typer.Option("gguf", "--format", "-f", help="hf | gguf | ollama | gguf-lora"),
     out: Path = typer.Option(..., "--out", "-o", help="Folder to write the export to."),
-    gguf_type: str = typer.Option("f16", "--type", help="GGUF tensor type: f32 | f16 | q8_0"),
+    gguf_type: str = typer.Option("f16", "--type", help="GGUF tensor type: f32 | f16 | q8_0 | q6_k | q5_k_m | "
+                                  "q4_k_m (the last three by llama.cpp's quantizer)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Write into a folder that holds other files."),
     as_json: bool = typer.Option(False, "--json", help="Print the verification record as JSON."),
+    verify_data: str = typer.Option(None, "--verify-data", help="Conversations to verify the export on "
+                                    "(default: the run's validation examples, else its training examples)."),
+    verify_samples: int = typer.Option(32, "--verify-samples", min=1, help="Examples in the seeded task sample."),
+    verify_margin: float = typer.Option(2.0, "--verify-margin", min=0.0,
+                                        help="Fail when a grader scores more than this many points lower "
+                                        "through the export than on the run."),
 ) -> None:
     """Export a run (adapter merged into its base) as a HF folder, a GGUF file, or GGUF + Ollama
-    Modelfile, with the run's chat template and end tokens. Each export is read back by an
-    independent reader and compared on fixed prompts; exit code 1 when that check fails.
+    Modelfile, with the run's chat template and end tokens. Each export answers a seeded sample of
+    the run's validation examples through llama.cpp (an hf folder: reloaded by transformers), next to
+    the run's own answers; exit code 1 when a grader drops more than --verify-margin points (or the
+    template or stop tokens differ). The logit check on fixed prompts is printed as a diagnostic.
 
     Examples:
       tunery export runs/quickstart --format gguf --type q8_0 --out exports/quickstart
       tunery export runs/quickstart --format ollama --out exports/quickstart-ollama
+      tunery export runs/quickstart --format gguf-lora --out exports/quickstart-lora
     """
     from tunery.cli.export import run_export
 
-    raise typer.Exit(run_export(run, fmt, str(out), gguf_type, overwrite, as_json))
+    raise typer.Exit(run_export(run, fmt, str(out), gguf_type, overwrite, as_json,
+                                verify=dict(verify_data=verify_data, verify_samples=verify_samples,
+                                            verify_margin=verify_margin)))
 
 
 GRADERS_HELP = ("Grader spec (repeat, or comma-separate): exact, numeric[:TOL], regex:PAT, json, json_match, "

@@ -20,7 +20,8 @@ from tunery.errors import TuneryError
 from tunery.export import merge as merging
 from tunery.runfolder import MARKER, RunFolder, check_output, made_by, portable_path, write_marker, write_text_atomic
 
-FORMATS = ("hf", "gguf", "ollama")
+FORMATS = ("hf", "gguf", "ollama", "gguf-lora")
+GGUF_TYPES = ("f32", "f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m")
 VERIFY = "verify.json"
 
 
@@ -61,21 +62,50 @@ def export_gguf(model, tokenizer, run: RunFolder, out: Path, file_type: str, log
     """Write and verify a GGUF of `model`; returns (path, verification record)."""
     from tunery.data.render import chat_template_of
     from tunery.export.gguf_vocab import pre_tokenizer_name, read_vocab
-    from tunery.export.gguf_writer import write_gguf
     from tunery.export.verify import verify_gguf
 
     vocab = read_vocab(tokenizer, model.config.vocab_size, chat_template_of(tokenizer))
     pre, warning = pre_tokenizer_name(tokenizer)
     path = out / _gguf_name(run, file_type)
     log(f"writing {path} ({file_type}) ...")
-    write_gguf(model, vocab, path, file_type, name=run.root.resolve().name, pre=pre)
+    write_gguf_of_type(model, vocab, path, file_type, name=run.root.resolve().name, pre=pre)
     (out / VERIFY).unlink(missing_ok=True)  # an earlier record describes the file just replaced
     log("reading it back with transformers' GGUF loader and comparing on fixed prompts ...")
     record = verify_gguf(path, model, tokenizer, file_type) | {"file": path.name}  # relative to the export
     record["size_bytes"] = path.stat().st_size
+    record["tensor_types"] = tensor_types(path)
     if warning:
         record["warnings"] = [warning]
     return path, record
+
+
+def write_gguf_of_type(model, vocab, path: Path, file_type: str, name: str, pre: str) -> None:
+    """Our writer for f32/f16/q8_0; the k-quants are an f16 file passed through llama.cpp's quantizer."""
+    from tunery.export.gguf_writer import FILE_TYPES, write_gguf
+    from tunery.export.quantize import LLAMA_QUANT_TYPES, quantize_isolated
+
+    if file_type in LLAMA_QUANT_TYPES:
+        f16 = path.with_name(f".{path.stem}.f16-for-quantize.gguf")
+        try:
+            write_gguf(model, vocab, f16, "f16", name=name, pre=pre)
+            quantize_isolated(f16, path, file_type)
+        finally:
+            f16.unlink(missing_ok=True)
+        return
+    if file_type not in FILE_TYPES:
+        raise TuneryError(f"unknown GGUF type '{file_type}'", fix=f"use one of {', '.join(GGUF_TYPES)}")
+    write_gguf(model, vocab, path, file_type, name=name, pre=pre)
+
+
+def tensor_types(path: Path) -> dict[str, int]:
+    """How many tensors of each GGML type the file holds: a k-quant keeps rows that are not a multiple
+    of 256 in llama.cpp's fallback type, so this says what `--type` really gave."""
+    from gguf import GGUFReader
+
+    counts: dict[str, int] = {}
+    for tensor in GGUFReader(str(path)).tensors:
+        counts[tensor.tensor_type.name] = counts.get(tensor.tensor_type.name, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def export_hf(model, tokenizer, out: Path, base_record: dict) -> dict:
@@ -98,33 +128,92 @@ def export_hf(model, tokenizer, out: Path, base_record: dict) -> dict:
 
 
 def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path, gguf_type: str = "f16",
-               overwrite: bool = False, log: Callable[[str], None] = print) -> dict:
-    """Export a finished run (see the module docstring). Returns the verification record."""
+               overwrite: bool = False, log: Callable[[str], None] = print, verify_data: str | None = None,
+               verify_samples: int | None = None, verify_margin: float | None = None) -> dict:
+    """Export a finished run (see the module docstring). Returns the verification record.
+
+    `verify_data`, `verify_samples`, `verify_margin`: the task check (`task_verify.py`): which examples
+    (default: the run's validation data), how many (seeded sample), and the allowed drop in points."""
     from transformers import AutoTokenizer
 
+    from tunery.export import task_verify
     from tunery.inference import read_run_info
 
     if fmt not in FORMATS:
         raise TuneryError(f"unknown export format '{fmt}'", fix=f"use one of {', '.join(FORMATS)}")
+    if fmt != "hf" and gguf_type not in GGUF_TYPES:  # said before anything is loaded
+        raise TuneryError(f"unknown GGUF type '{gguf_type}'", fix=f"use one of {', '.join(GGUF_TYPES)}")
     run, out = RunFolder(Path(run_dir)), Path(out_dir).expanduser()
     info = read_run_info(run.root)
     tokenizer = AutoTokenizer.from_pretrained(run.tokenizer)
+    sample = task_verify.task_sample(run, verify_data, verify_samples or task_verify.DEFAULT_SAMPLES)
     out = _prepare_out(out, fmt, overwrite)
-    log(f"loading {run.root} ({info.get('adapter', 'lora')} on {info['base_model']}) ...")
-    model, merge_check = source_model(run, info, tokenizer)
-    model.eval()
-    base = {"source_run": portable_path(str(run.root), out), "base_model": portable_path(info["base_model"], out),
-            "adapter": info.get("adapter", "lora"), "format": fmt, "merge_vs_unmerged": merge_check}
-    if fmt == "hf":
-        record = base | export_hf(model, tokenizer, out, base)
+    head = {"source_run": portable_path(str(run.root), out), "base_model": portable_path(info["base_model"], out),
+            "adapter": info.get("adapter", "lora"), "format": fmt}
+    if fmt == "gguf-lora":  # the adapter alone; its own loading and checks
+        from tunery.export.lora_export import export_gguf_lora
+
+        record = head | export_gguf_lora(run, info, tokenizer, out, gguf_type, log)
+        files = (out / record["base_file"], out / record["file"])
     else:
-        path, check = export_gguf(model, tokenizer, run, out, gguf_type, log)
-        record = base | check
-        if fmt == "ollama":
-            record["ollama"] = write_modelfile(tokenizer, path, out)
+        log(f"loading {run.root} ({info.get('adapter', 'lora')} on {info['base_model']}) ...")
+        model, merge_check = source_model(run, info, tokenizer)
+        model.eval()
+        head["merge_vs_unmerged"] = merge_check
+        if fmt == "hf":
+            record, files = head | export_hf(model, tokenizer, out, head), (out, None)
+        else:
+            path, check = export_gguf(model, tokenizer, run, out, gguf_type, log)
+            record, files = head | check, (path, None)
+            if fmt == "ollama":
+                record["ollama"] = write_modelfile(tokenizer, path, out)
+        del model
+    timing: dict = {}
+    task = task_verify.verify_on_task(
+        sample, lambda: unmerged_answers(run, info, tokenizer, sample),
+        lambda: exported_answers(fmt, files, tokenizer, sample, timing),
+        tokenizer, "transformers (the reloaded folder)" if fmt == "hf" else "llama.cpp",
+        task_verify.DEFAULT_MARGIN_POINTS if verify_margin is None else verify_margin, log, timing)
+    record = task_verify.with_task_verdict(record, task)
     write_text_atomic(out / VERIFY, json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
-    _print_summary(record, log)
+    if fmt == "gguf-lora":
+        from tunery.export.lora_export import print_lora_summary
+
+        print_lora_summary(record, log)
+    else:
+        _print_summary(record, log)
+    for line in task_verify.task_table(task):
+        log(line)
     return record
+
+
+def unmerged_answers(run: RunFolder, info: dict, tokenizer, sample) -> list[list[int]]:
+    """The run's own greedy answers to the task sample: its base plus the PEFT adapter, as trained
+    (a full fine-tuning run: its model)."""
+    from tunery.export.task_verify import answer_ids_with_model
+
+    if info.get("adapter", "lora") in merging.ADAPTER_KINDS:
+        from peft import PeftModel
+
+        from tunery.models.quant import load_base_for_run
+
+        model = PeftModel.from_pretrained(load_base_for_run(info, run.root), str(run.adapter)).eval()
+    else:
+        model = merging._full_model(run)
+    return answer_ids_with_model(model, tokenizer, sample)
+
+
+def exported_answers(fmt: str, files: tuple, tokenizer, sample, timing: dict) -> list[list[int]]:
+    """Greedy answers of the export: an hf folder reloaded by transformers, a GGUF through llama.cpp
+    (with the LoRA GGUF applied for gguf-lora)."""
+    from tunery.export.task_verify import answer_ids_with_llama_cpp, answer_ids_with_model
+
+    if fmt == "hf":
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        loaded = AutoModelForCausalLM.from_pretrained(files[0], dtype=torch.float32).eval()
+        return answer_ids_with_model(loaded, AutoTokenizer.from_pretrained(files[0]), sample)
+    return answer_ids_with_llama_cpp(files[0], tokenizer, sample, adapter=files[1], timing=timing)
 
 
 def write_modelfile(tokenizer, gguf_path: Path, out: Path) -> dict:
@@ -144,6 +233,9 @@ def _print_summary(record: dict, log) -> None:
     logits = record["logits"]
     verdict = "PASSED" if record["passed"] else "FAILED: " + "; ".join(record["failures"])
     log(f"verification ({record['reader']}, {record['type']}): {verdict}")
+    if record.get("verdict_on") == "task":
+        log("  (verdict on the task, below; the probe figures are diagnostics"
+            + (f": {'; '.join(record['probe_failures'])})" if record["probe_failures"] else ")"))
     log(f"  max |logit diff| {logits['max_abs_diff']:.3g} (tolerance {record['tolerance_abs']:.3g}, "
         f"largest |logit| {logits['max_abs_logit']:.3g}); argmax agrees at all {logits['positions']} "
         f"positions: {logits['argmax_agrees']}; greedy continuations identical: {record['greedy_identical']}")

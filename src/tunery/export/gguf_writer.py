@@ -1,6 +1,8 @@
-"""Write a Llama-family Hugging Face model as a GGUF file, with the `gguf` package (no llama.cpp).
+"""Write a Hugging Face causal LM as a GGUF file, with the `gguf` package (no llama.cpp).
 
-What a GGUF of a Llama model must get right, and why each step is here:
+Families: Llama, Mistral, Qwen2/2.5, Qwen3, Gemma 2, Gemma 3 (text) and Phi-3; what differs between
+them is in `gguf_families.py`. What a GGUF must get right, and why each step is here (the q/k row
+order applies to Llama and Mistral only):
 
 - tensor names follow llama.cpp's scheme (`blk.N.attn_q.weight` ...), taken from the `gguf`
   package's own name map, so every reader finds them;
@@ -22,10 +24,10 @@ import torch
 
 from tunery.atomic import atomic_file
 from tunery.errors import TuneryError
+from tunery.export.gguf_families import family_of, partial_rotary_factor
 from tunery.export.gguf_vocab import Vocab, write_vocab
 
 FILE_TYPES = ("f32", "f16", "q8_0")
-LLAMA_FAMILY = ("llama", "mistral")
 Q8_BLOCK = 32
 
 
@@ -39,12 +41,16 @@ def interleave_rotary_rows(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
     return weight.reshape(n_heads, 2, half, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
 
 
+def gguf_arch_of(config):
+    """The `gguf.MODEL_ARCH` a supported Hugging Face config is written as."""
+    import gguf
+
+    _check_supported(config)
+    return gguf.MODEL_ARCH[family_of(config).arch]
+
+
 def _check_supported(config) -> None:
-    if config.model_type not in LLAMA_FAMILY:
-        raise TuneryError(
-            f"tunery's GGUF writer handles Llama-family models, not '{config.model_type}'",
-            fix="export with --format hf and convert that folder with llama.cpp's convert_hf_to_gguf.py",
-        )
+    family_of(config)  # an unsupported family is an error that lists the supported ones
     scaling = getattr(config, "rope_scaling", None) or {}
     kind = scaling.get("rope_type", scaling.get("type", "default")) if isinstance(scaling, dict) else "default"
     if kind not in ("default", None):
@@ -57,8 +63,9 @@ def _check_supported(config) -> None:
 
 def _rope_theta(config) -> float:
     theta = getattr(config, "rope_theta", None)
-    if theta is None:  # transformers 5 keeps it in rope_parameters
+    if theta is None:  # transformers 5 keeps it in rope_parameters (per layer kind for Gemma 3)
         params = getattr(config, "rope_parameters", None) or {}
+        params = params.get("full_attention", params) if isinstance(params.get("full_attention"), dict) else params
         theta = params.get("rope_theta", 10000.0)
     return float(theta)
 
@@ -75,8 +82,8 @@ def write_hparams(writer, config, name: str, file_type: str) -> None:
     writer.add_feed_forward_length(config.intermediate_size)
     writer.add_head_count(config.num_attention_heads)
     writer.add_head_count_kv(config.num_key_value_heads)
-    writer.add_rope_dimension_count(head_dim)
-    if head_dim != config.hidden_size // config.num_attention_heads:
+    writer.add_rope_dimension_count(int(partial_rotary_factor(config) * head_dim))
+    if head_dim != config.hidden_size // config.num_attention_heads or getattr(config, "head_dim", None):
         writer.add_key_length(head_dim)
         writer.add_value_length(head_dim)
     writer.add_rope_freq_base(_rope_theta(config))
@@ -87,6 +94,9 @@ def write_hparams(writer, config, name: str, file_type: str) -> None:
     writer.add_file_type(kind)
     if file_type == "q8_0":
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    family = family_of(config)
+    if family.hparams is not None:
+        family.hparams(writer, config)
 
 
 def encode_tensor(array: np.ndarray, file_type: str):
@@ -109,7 +119,8 @@ def gguf_tensors(model) -> list[tuple[str, np.ndarray]]:
     import gguf
 
     config = model.config
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
+    family = family_of(config)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[family.arch], config.num_hidden_layers)
     tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
     out = []
     for hf_name, tensor in model.state_dict().items():
@@ -121,17 +132,19 @@ def gguf_tensors(model) -> list[tuple[str, np.ndarray]]:
                 continue  # recomputed from rope_theta by every reader
             raise TuneryError(f"no GGUF name for tensor '{hf_name}'", fix="export with --format hf")
         weight = tensor.detach().float().cpu()
-        if name.endswith("attn_q.weight"):
+        if family.rotary_interleave and name.endswith("attn_q.weight"):
             weight = interleave_rotary_rows(weight, config.num_attention_heads)
-        elif name.endswith("attn_k.weight"):
+        elif family.rotary_interleave and name.endswith("attn_k.weight"):
             weight = interleave_rotary_rows(weight, config.num_key_value_heads)
+        elif family.norm_plus_one and name.endswith("norm.weight"):
+            weight = weight + 1.0  # Gemma scales by (1 + w); llama.cpp by the stored weight
         out.append((name, weight.numpy()))
     return out
 
 
 def write_gguf(model, vocab: Vocab, path: Path, file_type: str = "f16", name: str = "model",
                pre: str = "gpt-2") -> Path:
-    """Write `model` (a Llama-family causal LM in memory) and its vocabulary to `path`, atomically."""
+    """Write `model` (a causal LM of a supported family, in memory) and its vocabulary to `path`, atomically."""
     import gguf
 
     if file_type not in FILE_TYPES:
@@ -139,7 +152,7 @@ def write_gguf(model, vocab: Vocab, path: Path, file_type: str = "f16", name: st
     _check_supported(model.config)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as tmp:  # temp, fsync, rename: a reader never finds half a file
-        writer = gguf.GGUFWriter(str(tmp), gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
+        writer = gguf.GGUFWriter(str(tmp), gguf.MODEL_ARCH_NAMES[gguf_arch_of(model.config)])
         try:
             write_hparams(writer, model.config, name, file_type)
             write_vocab(writer, vocab, pre)

@@ -30,6 +30,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,24 +116,25 @@ class ReadBack:
     greedy: list[list[int]]
     chat_template: str | None
     end_ids: list[int]  # EOS and EOT as llama.cpp reads them from the file
+    greedy_seconds: float = 0.0  # wall time of the greedy answers (prompt processing included)
 
 
 class LlamaCpp:
     """One GGUF file loaded by llama.cpp on the CPU, with one context of `n_ctx` tokens. Every handle
     the C API returns is checked: a null one is a `NotVerified` with the reason, never a crash later."""
 
-    def __init__(self, path: Path, n_ctx: int = 512, threads: int = 2):
+    def __init__(self, path: Path, n_ctx: int = 512, threads: int = 2, adapter: Path | None = None):
         api = load_api()
         if api is None:
             raise NotVerified("llama-cpp-cffi is not installed")
         self.ffi, self.lib = api
-        self.model = self.ctx = None
+        self.model = self.ctx = self.adapter = None
         self._silence_logs()
         self.lib.llama_backend_init()
         mparams = self.lib.llama_model_default_params()
         mparams.n_gpu_layers = 0
         self.model = self._checked(self.lib.llama_model_load_from_file(str(path).encode(), mparams),
-                                   f"llama.cpp could not load {path.name}")
+                                   f"llama.cpp could not load {path.name}" + self._last_error())
         cparams = self.lib.llama_context_default_params()
         cparams.n_ctx, cparams.n_batch, cparams.n_ubatch = n_ctx, n_ctx, n_ctx
         cparams.n_threads, cparams.n_threads_batch = threads, threads
@@ -141,6 +143,11 @@ class LlamaCpp:
         cparams.type_k, cparams.type_v = self.lib.GGML_TYPE_F32, self.lib.GGML_TYPE_F32
         self.ctx = self._checked(self.lib.llama_init_from_model(self.model, cparams),
                                  "llama.cpp could not create a context")
+        if adapter is not None:  # a LoRA GGUF applied at load time, as llama-server --lora does
+            self.adapter = self._checked(self.lib.llama_adapter_lora_init(self.model, str(adapter).encode()),
+                                         f"llama.cpp could not load the LoRA adapter {Path(adapter).name}")
+            if self.lib.llama_set_adapter_lora(self.ctx, self.adapter, 1.0) != 0:
+                raise NotVerified("llama.cpp could not apply the LoRA adapter")
         self.vocab = self._checked(self.lib.llama_model_get_vocab(self.model), "llama.cpp found no vocabulary")
         self.n_vocab = self.lib.llama_vocab_n_tokens(self.vocab)
         if self.n_vocab <= 0:
@@ -152,13 +159,26 @@ class LlamaCpp:
         return handle
 
     def _silence_logs(self) -> None:
-        # llama.cpp prints the whole model description to stderr; keep the callback alive on self.
-        self._log = self.ffi.callback("void(enum ggml_log_level, const char *, void *)", lambda *_: None)
+        # llama.cpp prints the whole model description to stderr; keep only its error lines (the reason
+        # a load fails, e.g. "unknown model architecture"), and the callback alive on self.
+        self.errors: list[str] = []
+
+        def keep_errors(level, text, _user) -> None:
+            line = self.ffi.string(text).decode(errors="replace").strip()
+            if level == self.lib.GGML_LOG_LEVEL_ERROR and line:
+                self.errors.append(line)
+
+        self._log = self.ffi.callback("void(enum ggml_log_level, const char *, void *)", keep_errors)
         self.lib.llama_log_set(self._log, self.ffi.NULL)
+
+    def _last_error(self) -> str:
+        return f" ({self.errors[0]})" if self.errors else ""  # the first says why; the rest, that it failed
 
     def close(self) -> None:
         if self.ctx is not None:
             self.lib.llama_free(self.ctx)
+        if self.adapter is not None:
+            self.lib.llama_adapter_lora_free(self.adapter)
         if self.model is not None:
             self.lib.llama_model_free(self.model)
 
@@ -220,25 +240,35 @@ class LlamaCpp:
         return np.frombuffer(bytes(self.ffi.buffer(pointer, 4 * self.n_vocab)), dtype=np.float32).copy()
 
 
+def threads_wanted() -> int:
+    """llama.cpp's thread count: OMP_NUM_THREADS when set (so a shared machine can ask for 1), else 2."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else 2
+
+
 def read_back(path: Path, texts: list[str], rows: list[list[int]], max_new_tokens: int,
-              stop: set[int]) -> ReadBack:
+              stop: set[int], adapter: Path | None = None, with_logits: bool = True) -> ReadBack:
     """Everything the verification compares, read through llama.cpp in this process (see the module
-    docstring; the export calls `read_back_isolated`)."""
-    llm = LlamaCpp(path)
+    docstring; the export calls `read_back_isolated`). `adapter`: a LoRA GGUF applied over `path`."""
+    # The context holds the longest prompt and its answer; threads follow OMP_NUM_THREADS, as torch does.
+    n_ctx = max([512] + [len(r) + max_new_tokens + 1 for r in rows])
+    llm = LlamaCpp(path, n_ctx=n_ctx, threads=threads_wanted(), adapter=adapter)
     try:
-        return ReadBack(
-            prompt_ids=[llm.tokenize(t) for t in texts],
-            logits=[llm.logits(r) for r in rows],
-            greedy=[llm.greedy(r, max_new_tokens, stop) for r in rows],
-            chat_template=llm.chat_template(),
-            end_ids=llm.end_ids(),
-        )
+        # Logits of every position of every row: the probes want them, answers to a task do not
+        # (a 49k vocabulary makes them ~200 kB per token).
+        logits = [llm.logits(r) if with_logits else np.zeros((0,), np.float32) for r in rows]
+        start = time.perf_counter()
+        greedy = [llm.greedy(r, max_new_tokens, stop) for r in rows]
+        seconds = time.perf_counter() - start
+        return ReadBack(prompt_ids=[llm.tokenize(t) for t in texts], logits=logits, greedy=greedy,
+                        chat_template=llm.chat_template(), end_ids=llm.end_ids(), greedy_seconds=seconds)
     finally:
         llm.close()
 
 
 def read_back_isolated(path: Path, texts: list[str], rows: list[list[int]], max_new_tokens: int,
-                       stop: set[int], timeout: float = READ_TIMEOUT_S) -> ReadBack:
+                       stop: set[int], timeout: float = READ_TIMEOUT_S, adapter: Path | None = None,
+                       with_logits: bool = True) -> ReadBack:
     """`read_back` in a child process; raises `NotVerified` with the reason when it does not succeed."""
     from safetensors.numpy import load_file
 
@@ -247,7 +277,8 @@ def read_back_isolated(path: Path, texts: list[str], rows: list[list[int]], max_
     with tempfile.TemporaryDirectory(prefix="tunery-llama-") as folder:
         work = Path(folder)
         request = {"path": str(Path(path).resolve()), "texts": texts, "rows": rows,
-                   "max_new_tokens": max_new_tokens, "stop": sorted(stop)}
+                   "max_new_tokens": max_new_tokens, "stop": sorted(stop),
+                   "adapter": str(Path(adapter).resolve()) if adapter else None, "with_logits": with_logits}
         (work / "request.json").write_text(json.dumps(request))
         package_root = str(Path(tunery.__file__).resolve().parents[1])
         env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
@@ -263,7 +294,7 @@ def read_back_isolated(path: Path, texts: list[str], rows: list[list[int]], max_
     import torch
 
     return ReadBack(result["prompt_ids"], [torch.from_numpy(logits[f"row{i}"]) for i in range(len(rows))],
-                    result["greedy"], result["chat_template"], result["end_ids"])
+                    result["greedy"], result["chat_template"], result["end_ids"], result.get("greedy_seconds", 0.0))
 
 
 def _failure(proc: subprocess.CompletedProcess) -> str:
@@ -283,13 +314,15 @@ def _child(folder: Path) -> int:
     faults.reached("llama-reader")
     try:
         got = read_back(Path(request["path"]), request["texts"], request["rows"], request["max_new_tokens"],
-                        set(request["stop"]))
+                        set(request["stop"]), Path(request["adapter"]) if request.get("adapter") else None,
+                        request.get("with_logits", True))
     except (NotVerified, ImportError, OSError) as exc:
         print(str(exc) or type(exc).__name__, file=sys.stderr)
         return 1
     save_file({f"row{i}": np.ascontiguousarray(x) for i, x in enumerate(got.logits)}, str(folder / "logits.safetensors"))
     (folder / "result.json").write_text(json.dumps({"prompt_ids": got.prompt_ids, "greedy": got.greedy,
-                                                     "chat_template": got.chat_template, "end_ids": got.end_ids}))
+                                                     "chat_template": got.chat_template, "end_ids": got.end_ids,
+                                                     "greedy_seconds": got.greedy_seconds}))
     return 0
 
 
