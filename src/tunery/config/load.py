@@ -5,6 +5,8 @@ Errors name the key, say why the value is wrong, and suggest the closest known k
 
 from __future__ import annotations
 
+import typing
+
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +19,7 @@ from tunery.config.schema import TrainConfig
 from tunery.errors import TuneryError
 
 PATH_KEYS = ("data.train", "data.validation", "eval.data")
-ONE_PATH_KEYS = {"data.replay": ("self",)}  # a single path, unless it is one of these words
+ONE_PATH_KEYS = {"data.replay": ("self",), "eval.json_schema": ()}  # a single path, unless it is one of these words
 
 
 @dataclass
@@ -39,6 +41,9 @@ def known_keys(model: type[BaseModel] = TrainConfig, prefix: str = "") -> list[s
         dotted = f"{prefix}{name}"
         keys.append(dotted)
         sub = info.annotation
+        optional = [a for a in typing.get_args(sub) if a is not type(None)]
+        if len(optional) == 1:  # an optional section (`data.retrieval`): its keys are known too
+            sub = optional[0]
         if isinstance(sub, type) and issubclass(sub, BaseModel):
             keys.extend(known_keys(sub, prefix=f"{dotted}."))
     return keys
