@@ -6,9 +6,10 @@
   listed choice whatever the model's weights, and never longer than the longest choice.
 - json_schema: xgrammar compiles the schema into a grammar over the tokenizer's vocabulary; a grammar
   matcher per answer masks every token that cannot continue valid JSON, and allows the end-of-turn token
-  only once the JSON is complete. (An answer cut by `max_new_tokens` is still a prefix of valid JSON: give
-  structured answers room.) Whitespace between JSON tokens is not free (`any_whitespace=False`), so a
-  model cannot spend its budget on spaces.
+  only once the JSON is complete: the server's grammar (`tunery.serve.grammar`, which also keeps raw
+  control characters out of strings), compact: no free whitespace, only json.dumps' separators, so a
+  model cannot spend its budget on blanks. An answer cut by `max_new_tokens` is only a prefix of valid
+  JSON: give structured answers room.
 Each is a transformers `LogitsProcessor` made per `generate()` call (`Constraint.processor`).
 The run folder keeps the resolved constraint in `answers.json`, so every command applies the same one.
 """
@@ -66,9 +67,22 @@ class Constraint:
             if key not in self._compiled:
                 self._compiled[key] = ChoiceTrie([answer_ids(tokenizer, c, stop_ids) for c in self.choices])
             return TrieProcessor(self._compiled[key], stop_ids, prompt_width)
+        return GrammarProcessor(self, tokenizer, stop_ids, prompt_width)
+
+    def grammar(self, tokenizer, vocab_size: int, stop_ids: list[int]):
+        """(grammar book, compiled schema) for this tokenizer, compiled once (a second or so)."""
+        from tunery.serve.grammar import GrammarBook, GrammarError
+
+        key = (id(tokenizer), vocab_size, tuple(stop_ids))
         if key not in self._compiled:
-            self._compiled[key] = compile_json_schema(tokenizer, self.json_schema, stop_ids)
-        return GrammarProcessor(self._compiled[key], stop_ids, prompt_width)
+            book = GrammarBook(tokenizer, vocab_size, list(stop_ids))
+            try:
+                compiled = book.compile({"type": "json_schema", "schema": self.json_schema}, compact=True)
+            except GrammarError as exc:
+                raise TuneryError("xgrammar cannot compile the JSON schema", why=str(exc),
+                                  fix="simplify the schema (xgrammar supports most of JSON Schema)") from exc
+            self._compiled[key] = (book, compiled)
+        return self._compiled[key]
 
     def to_json(self) -> dict:
         return {"choices": self.choices} if self.choices is not None else {"json_schema": self.json_schema}
@@ -143,65 +157,34 @@ class TrieProcessor:
         return scores
 
 
-def compile_json_schema(tokenizer, schema: dict, stop_ids: list[int]):
-    """The xgrammar grammar of `schema` over this tokenizer's vocabulary."""
-    try:
-        import xgrammar as xgr
-    except ImportError as exc:
-        raise TuneryError("answers constrained by a JSON schema need xgrammar", why=str(exc),
-                          fix="pip install 'tunery[constrained]'  (xgrammar)") from exc
-    info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=len(tokenizer), stop_token_ids=list(stop_ids))
-    try:
-        return xgr.GrammarCompiler(info).compile_json_schema(json.dumps(schema), any_whitespace=False)
-    except Exception as exc:  # xgrammar raises RuntimeError/ValueError for schemas it cannot compile
-        raise TuneryError("xgrammar cannot compile the JSON schema", why=f"{type(exc).__name__}: {exc}",
-                          fix="simplify the schema (xgrammar supports most of JSON Schema draft 2020-12)") from exc
-
-
 class GrammarProcessor:
-    """One xgrammar matcher per row: masks every token that cannot continue JSON valid for the schema."""
+    """One xgrammar matcher per row (the server's `tunery.serve.grammar`, with its guard against raw
+    control characters in strings): masks every token that cannot continue JSON valid for the schema."""
 
-    def __init__(self, compiled, stop_ids: list[int], prompt_width: int):
-        self.compiled, self.stop_ids, self.width = compiled, list(stop_ids), prompt_width
-        self.matchers: list = []
+    def __init__(self, constraint: "Constraint", tokenizer, stop_ids: list[int], prompt_width: int):
+        self.constraint, self.tokenizer = constraint, tokenizer
+        self.stop_ids, self.width = list(stop_ids), prompt_width
+        self.rows: list = []
         self.accepted: list[int] = []
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        import xgrammar as xgr
+        from tunery.serve.grammar import apply_grammars
 
-        rows = input_ids.shape[0]
-        if not self.matchers:
-            self.matchers = [xgr.GrammarMatcher(self.compiled, override_stop_tokens=self.stop_ids)
-                             for _ in range(rows)]
-            self.accepted = [0] * rows
-        vocab = self.compiled.tokenizer_info.vocab_size
-        bitmask = xgr.allocate_token_bitmask(rows, vocab)
-        for row in range(rows):
-            matcher = self.matchers[row]
+        if not self.rows:
+            book, compiled = self.constraint.grammar(self.tokenizer, scores.shape[-1], self.stop_ids)
+            self.rows = [book.matcher(compiled) for _ in range(input_ids.shape[0])]
+            self.accepted = [0] * input_ids.shape[0]
+        active = []
+        for row, grammar in enumerate(self.rows):
             generated = input_ids[row, self.width:].tolist()
             for token in generated[self.accepted[row]:]:
-                if not matcher.is_terminated():
-                    matcher.accept_token(token)
+                if not grammar.is_terminated():
+                    grammar.accept_token(token)
             self.accepted[row] = len(generated)
-            if matcher.is_terminated():
-                _allow_only(bitmask, row, self.stop_ids, vocab)
-            else:
-                matcher.fill_next_token_bitmask(bitmask, row)
-        head = scores[:, :vocab].to("cpu")
-        xgr.apply_token_bitmask_inplace(head, bitmask)
-        scores[:, :vocab] = head.to(scores.device)
-        scores[:, vocab:] = float("-inf")  # padding rows of the embedding matrix are no tokens
+            # A finished row is padded by generate(); its scores no longer matter.
+            active.append(None if grammar.is_terminated() else grammar)
+        apply_grammars(scores, active)
         return scores
-
-
-def _allow_only(bitmask: torch.Tensor, row: int, tokens: list[int], vocab: int) -> None:
-    """Set row `row` of an xgrammar bitmask (32 tokens per int32) to allow `tokens` only."""
-    bitmask[row] = 0
-    for token in tokens:
-        if 0 <= token < vocab:
-            word, bit = divmod(token, 32)
-            value = int(bitmask[row, word]) | (1 << bit)
-            bitmask[row, word] = value - (1 << 32) if value >= 1 << 31 else value
 
 
 def resolve(choices, json_schema, labels: list[str] | None) -> Constraint | None:

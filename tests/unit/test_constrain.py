@@ -23,6 +23,7 @@ SCHEMA = {"type": "object",
           "required": ["label", "urgent"], "additionalProperties": False}
 PROMPTS = [[{"role": "user", "content": text}] for text in
            ["My card was charged twice.", "hello", "Where is my refund?", "{\"label\":", "Answer: negative"]]
+JSON_CONSTRAINT = Constraint(json_schema=SCHEMA)  # compiled once for the tokenizer, as eval does for all rows
 SLOW = settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
@@ -51,7 +52,7 @@ def test_a_random_model_constrained_by_a_schema_answers_only_valid_json(tokenize
 
     model = make_tiny_model(len(tokenizer), seed=seed)
     answers = generate_batch(model, tokenizer, PROMPTS, max_new_tokens=48, temperature=temperature, seed=seed,
-                             batch_size=3, constraint=Constraint(json_schema=SCHEMA))
+                             batch_size=3, constraint=JSON_CONSTRAINT)
     for answer in answers:
         jsonschema.validate(json.loads(answer), SCHEMA)  # raises when invalid
 
