@@ -41,9 +41,14 @@ def near_duplicate(a: str, b: str, threshold: float = NEAR_DUPLICATE_JACCARD) ->
     `threshold` of their distinct words (Jaccard |A & B| / |A | B| of the lower-cased word sets)."""
     from tunery.eval.retrieval import words
 
-    if normalised(a) == normalised(b):
+    return _same_question((normalised(a), set(words(a))), (normalised(b), set(words(b))), threshold)
+
+
+def _same_question(a: tuple[str, set], b: tuple[str, set], threshold: float = NEAR_DUPLICATE_JACCARD) -> bool:
+    """`near_duplicate` on (normalised text, word set) pairs, computed once per document."""
+    if a[0] == b[0]:
         return True
-    left, right = set(words(a)), set(words(b))
+    left, right = a[1], b[1]
     if not left or not right:
         return False
     return len(left & right) / len(left | right) >= threshold
@@ -80,7 +85,10 @@ class RetrievalIndex:
     def __post_init__(self):
         from tunery.eval.retrieval import make_retriever
 
+        from tunery.eval.retrieval import words
+
         self._retriever = make_retriever(self.method, [d["query"] for d in self.documents])
+        self._keys = [(normalised(d["query"]), set(words(d["query"]))) for d in self.documents]
 
     @classmethod
     def build(cls, examples: list[Example], method: str, k: int) -> "RetrievalIndex":
@@ -91,15 +99,16 @@ class RetrievalIndex:
 
     def neighbours(self, query: str) -> list[int]:
         """The k best documents for `query`, best first, skipping near-duplicates of it."""
-        from tunery.eval.retrieval import rank
+        from tunery.eval.retrieval import rank, words
 
-        chosen = []
-        for index in rank(self._retriever.scores(query), len(self.documents)):
-            if len(chosen) == self.k:
-                break
-            if not near_duplicate(query, self.documents[index]["query"]):
-                chosen.append(index)
-        return chosen
+        scores = self._retriever.scores(query)
+        key = (normalised(query), set(words(query)))
+        # The best few first; all of them only when near-duplicates fill that many (a set of copies).
+        for width in (4 * self.k + 8, len(scores)):
+            chosen = [i for i in rank(scores, width) if not _same_question(key, self._keys[i])]
+            if len(chosen) >= self.k or width >= len(scores):
+                return chosen[: self.k]
+        return []
 
     def augment(self, conversation: list[dict]) -> list[dict]:
         """`conversation` (chat dicts, ending before the answer) with its shots inserted."""
