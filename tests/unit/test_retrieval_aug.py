@@ -119,3 +119,17 @@ def test_embedding_retrieval_also_skips_near_duplicates_and_reloads_the_same(poo
         chosen = index.neighbours(prompt_of(ex.messages))
         assert len(chosen) == 2 and not any(near_duplicate(REVIEWS[n][0], REVIEWS[i][0]) for i in chosen)
         assert loaded.neighbours(prompt_of(ex.messages)) == chosen
+
+
+def test_the_retrieval_section_from_the_command_line_is_checked_and_reported():
+    from tunery.config.load import describe, load_config
+
+    resolved = load_config(None, ["data.train=x.jsonl", "data.retrieval={k: 2}"])
+    shown = {key: (value, source) for key, value, source in describe(resolved)}
+    assert shown["data.retrieval.k"] == (2, "command line")
+    assert shown["data.retrieval.method"] == ("bm25", "default")
+    assert load_config(None, ["data.train=x.jsonl", "data.retrieval.k=4"]).config.data.retrieval.k == 4
+    with pytest.raises(TuneryError, match="train_on: all would train on them too"):
+        load_config(None, ["data.train=x.jsonl", "data.retrieval.k=4", "data.train_on=all"])
+    with pytest.raises(TuneryError, match="did you mean data.retrieval.k"):
+        load_config(None, ["data.train=x.jsonl", "data.retrieval.kk=4"])

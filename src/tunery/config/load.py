@@ -178,6 +178,8 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> ResolvedC
             value = _resolve_paths(value, Path.cwd())[0]
         _set_dotted(data, key, value)
         sources[key] = "command line"
+        if isinstance(value, dict):  # a whole section ("data.retrieval={k: 3}"): the keys it names
+            sources.update({f"{key}.{sub}": "command line" for sub in _flatten(value)})
     if cfg_path is not None and "output.name" not in sources:
         _set_dotted(data, "output.name", cfg_path.stem)
         sources["output.name"] = "config file name"
