@@ -92,7 +92,9 @@ def test_chat_keeps_the_real_history_and_retrieves_for_each_answer(trained):
 
 
 def test_eval_rows_for_retrieval_trained_runs_and_the_unconstrained_invalid_count(trained):
+    from tunery.cli.evaluation import format_details
     from tunery.eval.evaluate import EvalOptions, evaluate
+    from tunery.eval.report_html import signals_section
 
     folder, run, _ = trained
     opts = EvalOptions(baselines=("rag", "tuned+rag"), probe=None, max_new_tokens=8, batch_size=4)
@@ -112,3 +114,7 @@ def test_eval_rows_for_retrieval_trained_runs_and_the_unconstrained_invalid_coun
         assert c["n"] == 4 and c["label"] == "one of 3 choices"
         invalid = sum(a["unconstrained"] not in LABELS for a in row["per_example"])
         assert c["invalid_unconstrained"] == invalid and c["invalid_share"] == invalid / 4
+        line = (f"constrained to one of 3 choices: {row['system']['name']} unconstrained would have given "
+                f"{invalid} invalid answer(s) of 4 ({invalid / 4:.0%})")
+        assert line in format_details(result)
+        assert f"unconstrained would have given <b>{invalid}</b> invalid answer(s) of 4" in signals_section(result)

@@ -18,10 +18,10 @@ from typing import Callable
 from tunery.config import defaults
 from tunery import __version__
 from tunery.data.messages import Example
+from tunery.data.retrieval_aug import query_of
 from tunery.errors import TuneryError
 from tunery.eval import aggregate, signals
 from tunery.eval.baselines import DEFAULT_BASELINES, RUN_RETRIEVAL, System, plan_systems, prompts_for
-from tunery.data.retrieval_aug import query_of
 from tunery.eval.items import EvalItem, load_conversations, missing_fields, read_eval_items
 from tunery.graders import Failures, Grader, gate, parse_gate, parse_graders, score_all, score_batch
 from tunery.trainers import reward_grader  # noqa: F401  installs the reward_model grader's scorer
