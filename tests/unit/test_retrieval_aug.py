@@ -51,18 +51,30 @@ def test_near_duplicate_is_normalised_equality_or_word_jaccard_over_the_threshol
 def test_no_training_prompt_carries_itself_or_a_near_duplicate_of_itself(pool):
     index = RetrievalIndex.build(pool, "bm25", k=3)
     for n, ex in enumerate(pool):
-        chosen = index.neighbours(prompt_of(ex.messages))
+        chosen = index.neighbours(prompt_of(ex.messages), training=True)
         assert n not in chosen and len(chosen) == 3
         assert not any(near_duplicate(REVIEWS[n][0], REVIEWS[i][0]) for i in chosen), (n, chosen)
-    # The three soup twins never see one another; the first gets other soup reviews instead.
-    assert not {1, 2} & set(index.neighbours(prompt_of(pool[0].messages)))
-    assert 7 in index.neighbours(prompt_of(pool[0].messages))
+        shots = [m.content for m in index.augment_example(ex).messages[1:-2] if m.role == "user"]
+        assert not any(near_duplicate(REVIEWS[n][0], text) for text in shots)
+    # The three soup twins never see one another in training; the first gets other soup reviews instead.
+    assert not {1, 2} & set(index.neighbours(prompt_of(pool[0].messages), training=True))
+    assert 7 in index.neighbours(prompt_of(pool[0].messages), training=True)
+
+
+def test_at_answer_time_only_the_same_question_is_skipped(pool):
+    """A new question gets its nearest training examples, near-duplicates included (the best help it can
+    get); asked verbatim (up to case and spacing), a training question does not receive its own answer."""
+    index = RetrievalIndex.build(pool, "bm25", k=3)
+    asked = "THE SOUP WAS WONDERFUL and the staff kind."  # review 0, normalised equal to 0 and 1
+    chosen = index.neighbours(asked)
+    assert 0 not in chosen and 1 not in chosen and 2 in chosen
+    assert index.neighbours("The soup was wonderful, the staff kind!")[:1] == [0]
 
 
 def test_shots_go_between_system_and_question_most_similar_last_and_only_the_answer_is_trained(pool, smol_tokenizer):
     index = RetrievalIndex.build(pool, "bm25", k=2)
     augmented = index.augment_example(pool[3])
-    best, second = index.neighbours(prompt_of(pool[3].messages))
+    best, second = index.neighbours(prompt_of(pool[3].messages), training=True)
     expected = [("system", SYSTEM, None),
                 ("user", REVIEWS[second][0], None), ("assistant", REVIEWS[second][1], 0),
                 ("user", REVIEWS[best][0], None), ("assistant", REVIEWS[best][1], 0),
@@ -80,13 +92,17 @@ def test_the_saved_index_gives_the_same_neighbours_at_answer_time(pool, tmp_path
     path = index.save(tmp_path)
     assert path == tmp_path / INDEX_FILE and json.loads(path.read_text())["method"] == "bm25"
     loaded = load_index(tmp_path)
-    for ex in pool:
+    for n, ex in enumerate(pool):
         trained_with = index.augment_example(ex)
         # At answer time the user's conversation is the prompt without the answer, as chat dicts.
         conversation = [{"role": m.role, "content": m.content} for m in ex.messages[:-1]]
-        answered_with = loaded.augment(conversation)
-        assert answered_with == [{"role": m.role, "content": m.content} for m in trained_with.messages[:-1]]
-        assert loaded.neighbours(query_of(conversation)) == index.neighbours(prompt_of(ex.messages))
+        assert loaded.neighbours(query_of(conversation), training=True) == index.neighbours(prompt_of(ex.messages),
+                                                                                            training=True)
+        assert loaded.augment(conversation) == index.augment(conversation)
+        if not any(near_duplicate(REVIEWS[n][0], REVIEWS[i][0]) for i in range(len(REVIEWS)) if i != n):
+            # No twin in the index: answering this question shows exactly the shots training showed.
+            assert loaded.augment(conversation) == [{"role": m.role, "content": m.content}
+                                                    for m in trained_with.messages[:-1]]
 
 
 def test_a_prompt_without_system_message_gets_its_shots_first(pool):
@@ -116,9 +132,10 @@ def test_embedding_retrieval_also_skips_near_duplicates_and_reloads_the_same(poo
     index.save(tmp_path)
     loaded = load_index(tmp_path)
     for n, ex in enumerate(pool):
-        chosen = index.neighbours(prompt_of(ex.messages))
+        chosen = index.neighbours(prompt_of(ex.messages), training=True)
         assert len(chosen) == 2 and not any(near_duplicate(REVIEWS[n][0], REVIEWS[i][0]) for i in chosen)
-        assert loaded.neighbours(prompt_of(ex.messages)) == chosen
+        assert loaded.neighbours(prompt_of(ex.messages), training=True) == chosen
+        assert loaded.neighbours(prompt_of(ex.messages)) == index.neighbours(prompt_of(ex.messages))
 
 
 def test_the_retrieval_section_from_the_command_line_is_checked_and_reported():

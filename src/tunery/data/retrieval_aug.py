@@ -4,9 +4,12 @@ The same index serves training and answering, so a run answers the way it was tr
 - documents: the training examples (after the validation split), each as in-context turns (its user and
   assistant turns, system message dropped), searched by their prompt text (`prompt_text`);
 - ranking: the BM25 or the MiniLM embeddings of `tunery.eval.retrieval` (the retrieval baseline's own);
-- exclusion: a document is never a shot for a prompt that is a near-duplicate of its own prompt, at
-  training (so an example never sees itself or a copy of itself, which would teach copying instead of
-  using examples) and at answer time (so a question never receives the answer of its own twin);
+- exclusion at training: a document is never a shot for a prompt that is a near-duplicate of its own
+  prompt (an example never sees itself or a copy of itself, which would teach copying its answer
+  instead of using examples); at answer time only the same question (equal once normalised) is skipped,
+  as the retrieval baseline of `tunery eval` skips the evaluated example: a near-duplicate training
+  example is the best help a new question can get (measured on examples/routing: excluding them at
+  answer time cost 11 points, docs/retrieval.md);
 - rendering: the k shots as (user, assistant) turns after the prompt's system messages and before its
   question, the most similar one last, nearest the question (`tunery.eval.baselines.with_shots`, the
   base-retrieval baseline's layout); the shots' answers carry weight 0, so only the example's own answer
@@ -97,15 +100,20 @@ class RetrievalIndex:
                 for e in examples if e.messages is not None]
         return cls(method, k, docs)
 
-    def neighbours(self, query: str) -> list[int]:
-        """The k best documents for `query`, best first, skipping near-duplicates of it."""
+    def neighbours(self, query: str, training: bool = False) -> list[int]:
+        """The k best documents for `query`, best first. Training (`training`) skips near-duplicates of
+        the prompt; answering skips only the same question (equal once normalised)."""
         from tunery.eval.retrieval import rank, words
 
         scores = self._retriever.scores(query)
         key = (normalised(query), set(words(query)))
-        # The best few first; all of them only when near-duplicates fill that many (a set of copies).
+        if training:
+            skip = lambda i: _same_question(key, self._keys[i])  # noqa: E731
+        else:
+            skip = lambda i: key[0] == self._keys[i][0]  # noqa: E731
+        # The best few first; all of them only when skipped ones fill that many (a set of copies).
         for width in (4 * self.k + 8, len(scores)):
-            chosen = [i for i in rank(scores, width) if not _same_question(key, self._keys[i])]
+            chosen = [i for i in rank(scores, width) if not skip(i)]
             if len(chosen) >= self.k or width >= len(scores):
                 return chosen[: self.k]
         return []
@@ -120,7 +128,7 @@ class RetrievalIndex:
     def augment_example(self, example: Example) -> Example:
         """A training example with its shots before its question; the shots' answers have weight 0."""
         messages = example.messages or []
-        picked = self.neighbours(prompt_of(messages))[::-1]
+        picked = self.neighbours(prompt_of(messages), training=True)[::-1]
         shots = [Message(t["role"], t["content"], 0 if t["role"] == "assistant" else None)
                  for i in picked for t in self.documents[i]["turns"]]
         head = 0
