@@ -1,5 +1,6 @@
 """Retrieval-augmented fine-tuning (`data.retrieval`): what a prompt carries, what is trained, and that the
-saved index retrieves at answer time exactly what training retrieved."""
+saved index retrieves at answer time what training retrieved (exactly, for a question with no
+near-duplicate in the index)."""
 
 from __future__ import annotations
 
