@@ -63,6 +63,18 @@ def load_for_inference(target: str | Path, dtype: str = "float32"):
     return load_model(str(target), dtype), load_tokenizer(str(target))
 
 
+def answer_setup(target: str | Path):
+    """(retrieval index, constraint) a run folder answers with (`data.retrieval`, `eval.choices` /
+    `eval.json_schema` of its training), each None when unset; (None, None) for a base model."""
+    if not is_run_folder(Path(target).expanduser()):
+        return None, None
+    from tunery.constrain import load_constraint
+    from tunery.data.retrieval_aug import load_index
+
+    folder = Path(target).expanduser()
+    return load_index(folder), load_constraint(folder)
+
+
 def prompt_ids(tokenizer, conversation: list[dict]) -> list[int]:
     """Token ids of a conversation rendered by the chat template, ending with the assistant header."""
     if not tokenizer.chat_template:
@@ -155,11 +167,13 @@ def generate_ids(
     seed: int = 0,
     batch_size: int = 8,
     streamer=None,
+    constraint=None,
 ) -> list[list[int]]:
     """The answer token ids of each conversation, cut before the first stop token, in input order.
 
     Greedy when temperature is 0, else sampling seeded by `seed` (the same seed gives the same answers).
     `streamer` (e.g. transformers' TextStreamer) prints tokens as they come and needs one conversation.
+    `constraint` (`tunery.constrain.Constraint`) limits answers to its choices or JSON schema.
     """
     if streamer is not None and len(conversations) != 1:
         raise ValueError("a streamer can follow one conversation at a time")
@@ -175,11 +189,18 @@ def generate_ids(
         torch.manual_seed(seed)
         for start in range(0, len(rows), batch_size):
             ids, mask = left_pad(rows[start : start + batch_size], tokenizer.pad_token_id)
+            extra = {}
+            if constraint is not None:
+                from transformers import LogitsProcessorList
+
+                extra["logits_processor"] = LogitsProcessorList(
+                    [constraint.processor(tokenizer, stop_ids, ids.shape[1])])
             out = model.generate(
                 input_ids=ids.to(device),
                 attention_mask=mask.to(device),
                 generation_config=config,
                 streamer=streamer,
+                **extra,
             )
             answers.extend(cut_at_stop(row, stop_ids) for row in out[:, ids.shape[1] :].tolist())
     return answers

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 
-from tunery.inference import generate_batch, load_for_inference
+from tunery.inference import answer_setup, generate_batch, load_for_inference
 
 CHAT_HELP = "Type a message. /reset clears the history, /exit (or Ctrl-D) quits."
 
@@ -39,10 +39,13 @@ def run_generate(
 ) -> int:
     """Answer each prompt in one batched call; print the answers, or a JSON list with `--json`."""
     model, tokenizer = _load(target)
+    index, constraint = answer_setup(target)
     conversations = [conversation(p, system) for p in prompts]
+    if index is not None:  # the run was trained with retrieved examples: it answers with them too
+        conversations = [index.augment(c) for c in conversations]
     answers = generate_batch(
         model, tokenizer, conversations, max_new_tokens=max_new_tokens,
-        temperature=temperature, seed=seed,
+        temperature=temperature, seed=seed, **constrained(constraint),
     )
     if as_json:
         rows = [{"prompt": p, "answer": a} for p, a in zip(prompts, answers)]
@@ -55,6 +58,11 @@ def run_generate(
     return 0
 
 
+def constrained(constraint) -> dict:
+    """generate_batch's constraint option when the run has one (a run without passes nothing new)."""
+    return {"constraint": constraint} if constraint is not None else {}
+
+
 def _streamer(tokenizer):
     from transformers import TextStreamer
 
@@ -64,8 +72,10 @@ def _streamer(tokenizer):
 class ChatSession:
     """A multi-turn history with one model; `reply` appends the user turn and the answer."""
 
-    def __init__(self, model, tokenizer, system: str | None, max_new_tokens: int, temperature: float):
+    def __init__(self, model, tokenizer, system: str | None, max_new_tokens: int, temperature: float,
+                 index=None, constraint=None):
         self.model, self.tokenizer = model, tokenizer
+        self.index, self.constraint = index, constraint  # the run's retrieval and answer constraint
         self.max_new_tokens, self.temperature = max_new_tokens, temperature
         self.start = conversation("", system)[:-1]  # the system message alone, or nothing
         self.history: list[dict] = list(self.start)
@@ -78,10 +88,12 @@ class ChatSession:
     def reply(self, text: str, stream: bool = True) -> str:
         """The answer to `text` given the history so far (streamed to stdout when `stream`)."""
         messages = self.history + [{"role": "user", "content": text}]
+        # Retrieved examples go into the prompt of this answer only; the history keeps the real turns.
+        prompt = self.index.augment(messages) if self.index is not None else messages
         answer = generate_batch(
-            self.model, self.tokenizer, [messages], max_new_tokens=self.max_new_tokens,
+            self.model, self.tokenizer, [prompt], max_new_tokens=self.max_new_tokens,
             temperature=self.temperature, seed=self.turns,
-            streamer=_streamer(self.tokenizer) if stream else None,
+            streamer=_streamer(self.tokenizer) if stream else None, **constrained(self.constraint),
         )[0]
         self.history = messages + [{"role": "assistant", "content": answer}]
         self.turns += 1
@@ -91,7 +103,7 @@ class ChatSession:
 def run_chat(target: str, system: str | None, max_new_tokens: int, temperature: float) -> int:
     """Read messages from stdin until /exit or end of input; stream each answer to stdout."""
     model, tokenizer = _load(target)
-    session = ChatSession(model, tokenizer, system, max_new_tokens, temperature)
+    session = ChatSession(model, tokenizer, system, max_new_tokens, temperature, *answer_setup(target))
     _log(CHAT_HELP)
     while True:
         try:

@@ -66,12 +66,24 @@ def format_details(result: dict) -> str:
         verdict = "significant" if c["significant"] else "not significant"
         lines.append(f"{c['a']} vs {c['b']}: {c['diff']:+.1%} [{c['diff_low']:+.1%}, {c['diff_high']:+.1%}], "
                      f"{c['test']} p={c['p']:.3g} ({verdict})")
+    lines += format_constraint(result)
     for run, f in result["forgetting"].items():
         lines += format_forgetting(run, f)
     lines += [f"warning: {w}" for w in result["warnings"]]
     lines.append("")
     lines.append(result["summary"])
     return "\n".join(lines)
+
+
+def format_constraint(result: dict) -> list[str]:
+    """One line per row answered under a constraint: how often its answer, decoded without it, broke it."""
+    lines = []
+    for row in result["systems"]:
+        c = row.get("constraint")
+        if c:
+            lines.append(f"constrained to {c['label']}: {row_label(row['system'])} unconstrained would have "
+                         f"given {c['invalid_unconstrained']} invalid answer(s) of {c['n']} ({c['invalid_share']:.0%})")
+    return lines
 
 
 def output_dir(targets: list[str], out: Path | None) -> Path:

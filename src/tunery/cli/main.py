@@ -280,6 +280,10 @@ def eval_(
     as_json: bool = typer.Option(False, "--json", help="Print eval.json to stdout instead of the table."),
     gates: Optional[List[str]] = typer.Option(None, "--gate", help="Release gate LABEL>=NUMBER (repeat): the "
                                               "first run's mean score on that grader; exit code 1 when any fails."),
+    choices: Optional[str] = typer.Option(None, "--choices", help="Constrain every answer to one of these: a comma "
+                                          "list, or auto (the training answers). Default: the run's eval.choices."),
+    json_schema: Optional[Path] = typer.Option(None, "--json-schema", help="Constrain every answer to JSON valid "
+                                               "against this schema file. Default: the run's eval.json_schema."),
 ) -> None:
     """Evaluate runs against base zero-shot, few-shot and retrieval prompting on the same examples.
 
@@ -298,7 +302,10 @@ def eval_(
     opts = EvalOptions(graders=grader_specs(graders), baselines=parse_baselines(baselines), k=k, retrieval=retrieval,
                        train=[str(p) for p in train or []], max_new_tokens=max_new_tokens, temperature=temperature,
                        seed=seed, batch_size=batch_size, limit=limit, probe=None if probe == "none" else probe,
-                       gates=list(gates or []), max_length=max_length)
+                       gates=list(gates or []), max_length=max_length,
+                       choices=None if choices is None else ("auto" if choices.strip() == "auto" else
+                                                             [c.strip() for c in choices.split(",") if c.strip()]),
+                       json_schema=None if json_schema is None else str(json_schema))
     raise typer.Exit(run_eval(targets, str(data), opts, out, as_json))
 
 

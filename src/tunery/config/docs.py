@@ -61,6 +61,9 @@ def section_rows(model: type[BaseModel], prefix: str) -> list[str]:
             continue
         help_text = (info.description or "").replace("|", "\\|")
         rows.append(f"| `{prefix}{name}` | {type_name(info.annotation)} | {default_text(info)} | {help_text} |")
+        inner = [a for a in typing.get_args(info.annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if inner:  # an optional section (`data.retrieval`): its keys follow it
+            rows += section_rows(inner[0], f"{prefix}{name}.")
     return rows
 
 

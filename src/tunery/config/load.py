@@ -5,6 +5,8 @@ Errors name the key, say why the value is wrong, and suggest the closest known k
 
 from __future__ import annotations
 
+import typing
+
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +19,7 @@ from tunery.config.schema import TrainConfig
 from tunery.errors import TuneryError
 
 PATH_KEYS = ("data.train", "data.validation", "eval.data")
-ONE_PATH_KEYS = {"data.replay": ("self",)}  # a single path, unless it is one of these words
+ONE_PATH_KEYS = {"data.replay": ("self",), "eval.json_schema": ()}  # a single path, unless it is one of these words
 
 
 @dataclass
@@ -39,6 +41,9 @@ def known_keys(model: type[BaseModel] = TrainConfig, prefix: str = "") -> list[s
         dotted = f"{prefix}{name}"
         keys.append(dotted)
         sub = info.annotation
+        optional = [a for a in typing.get_args(sub) if a is not type(None)]
+        if len(optional) == 1:  # an optional section (`data.retrieval`): its keys are known too
+            sub = optional[0]
         if isinstance(sub, type) and issubclass(sub, BaseModel):
             keys.extend(known_keys(sub, prefix=f"{dotted}."))
     return keys
@@ -173,6 +178,8 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> ResolvedC
             value = _resolve_paths(value, Path.cwd())[0]
         _set_dotted(data, key, value)
         sources[key] = "command line"
+        if isinstance(value, dict):  # a whole section ("data.retrieval={k: 3}"): the keys it names
+            sources.update({f"{key}.{sub}": "command line" for sub in _flatten(value)})
     if cfg_path is not None and "output.name" not in sources:
         _set_dotted(data, "output.name", cfg_path.stem)
         sources["output.name"] = "config file name"

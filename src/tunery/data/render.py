@@ -66,6 +66,8 @@ class Datasets:
     val: list[Rendered]
     warnings: list[str] = field(default_factory=list)
     val_examples: list[Example] = field(default_factory=list)
+    retrieval: dict | None = None  # data.retrieval's index (RetrievalIndex.to_json), saved in the run folder
+    labels: list[str] | None = None  # the training examples' final answers, for eval.choices: auto
 
 
 def chat_template_of(tokenizer) -> str:

@@ -65,6 +65,8 @@ def cache_key(cfg, tokenizer) -> str:
         "allow_special_tokens": data.allow_special_tokens,
         "long_texts": data.long_texts, "window_overlap": data.window_overlap,
         "tokenizer": _tokenizer_digest(tokenizer),
+        "retrieval": data.retrieval.model_dump() if data.retrieval is not None else None,
+        "choices": cfg.eval.choices,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -104,7 +106,8 @@ def save(folder: Path, key: str, data: Datasets) -> None:
     """Write a `Datasets` under `folder` (tunery.atomic: temporary names, fsync, rename)."""
     folder.mkdir(parents=True, exist_ok=True)
     tensors = _pack_rows(data.train, "train") | _pack_rows(data.val, "val")
-    meta = {"warnings": data.warnings, "val_examples": [_example_json(e) for e in data.val_examples]}
+    meta = {"warnings": data.warnings, "val_examples": [_example_json(e) for e in data.val_examples],
+            "retrieval": data.retrieval, "labels": data.labels}
     write_text_atomic(folder / f"{key}.json", json.dumps(meta))
     with atomic_file(folder / f"{key}.safetensors") as tmp:  # last: its presence means both are complete
         save_file(tensors, str(tmp))
@@ -119,7 +122,8 @@ def load(folder: Path, key: str) -> Datasets | None:
         tensors = load_file(str(weights))
         meta = json.loads(meta_path.read_text())
         examples = [_example_from_json(e) for e in meta["val_examples"]]
-        return Datasets(_unpack_rows(tensors, "train"), _unpack_rows(tensors, "val"), meta["warnings"], examples)
+        return Datasets(_unpack_rows(tensors, "train"), _unpack_rows(tensors, "val"), meta["warnings"], examples,
+                        meta.get("retrieval"), meta.get("labels"))
     except Exception as exc:  # noqa: BLE001 (a damaged cache, whatever the reader raises)
         print(f"warning: the rendered-data cache {weights} is damaged ({type(exc).__name__}); rendering again",
               file=sys.stderr)

@@ -8,7 +8,7 @@ from tunery.eval.stats import bootstrap_ci, compare_paired
 OWN = "own"  # the column of records' own graders (all of a record's graders must pass)
 
 # Cheapest first: when two systems are statistically tied, the cheaper one is the one to recommend.
-COST_ORDER = {"zero-shot": 0, "few-shot": 1, "retrieval": 2}
+COST_ORDER = {"zero-shot": 0, "few-shot": 1, "retrieval": 2, "run-retrieval": 2}
 
 
 def cost_rank(system: dict) -> tuple[int, int]:

@@ -20,6 +20,7 @@ from tunery.errors import TuneryError
 from tunery.eval.items import EvalItem, as_dicts, prompt_text, shot_messages
 
 BASELINES = ("zero", "few", "rag", "tuned+rag")
+RUN_RETRIEVAL = "run-retrieval"  # a run trained with data.retrieval, answering with its own saved index
 DEFAULT_BASELINES = ("zero", "few", "rag")
 
 
@@ -41,10 +42,15 @@ class System:
 
 def with_shots(prompt: list[dict], shots: list[Example]) -> list[dict]:
     """`prompt` with each shot's turns inserted after its leading system messages."""
+    return insert_turns(prompt, [m for shot in shots for m in as_dicts(shot_messages(shot))])
+
+
+def insert_turns(prompt: list[dict], turns: list[dict]) -> list[dict]:
+    """`prompt` with `turns` inserted after its leading system messages (the one layout of shots, used
+    by the retrieval baseline and by retrieval-augmented runs alike)."""
     head = 0
     while head < len(prompt) and prompt[head]["role"] == "system":
         head += 1
-    turns = [m for shot in shots for m in as_dicts(shot_messages(shot))]
     return prompt[:head] + turns + prompt[head:]
 
 
@@ -84,10 +90,12 @@ def prompts_for(system: System, items: list[EvalItem], pool: list[Example], retr
 
 
 def plan_systems(runs: list[str], bases: list[str], baselines: tuple[str, ...], k: int,
-                 retrieval: str, has_pool: bool) -> list[System]:
+                 retrieval: str, has_pool: bool, indexed: dict | None = None) -> list[System]:
     """The rows to evaluate: each run (tuned), then each base model with the chosen baselines.
 
     Without training examples only zero-shot rows are possible; the caller says why in the report.
+    A run in `indexed` ({run: (method, k)}, trained with data.retrieval) answers first as it was trained,
+    with its own index, then without retrieval.
     """
     unknown = set(baselines) - set(BASELINES)
     if unknown:
@@ -95,7 +103,13 @@ def plan_systems(runs: list[str], bases: list[str], baselines: tuple[str, ...], 
                           fix=f"choose among {', '.join(BASELINES)}")
     systems = []
     for run in runs:
-        systems.append(System(f"tuned ({_short(run)})" if len(runs) > 1 else "tuned", run, True, "zero-shot"))
+        name = f"tuned ({_short(run)})" if len(runs) > 1 else "tuned"
+        if run in (indexed or {}):
+            method, run_k = indexed[run]
+            systems.append(System(f"{name}, retrieval-trained ({method}, k={run_k})", run, True, RUN_RETRIEVAL,
+                                  run_k, method))
+            name += " without retrieval"
+        systems.append(System(name, run, True, "zero-shot"))
         if "tuned+rag" in baselines and has_pool:
             systems.append(System(_both(run, len(runs), k, retrieval), run, True, "retrieval", k, retrieval))
     for base in bases:

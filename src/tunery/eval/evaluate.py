@@ -18,9 +18,10 @@ from typing import Callable
 from tunery.config import defaults
 from tunery import __version__
 from tunery.data.messages import Example
+from tunery.data.retrieval_aug import query_of
 from tunery.errors import TuneryError
 from tunery.eval import aggregate, signals
-from tunery.eval.baselines import DEFAULT_BASELINES, System, plan_systems, prompts_for
+from tunery.eval.baselines import DEFAULT_BASELINES, RUN_RETRIEVAL, System, plan_systems, prompts_for
 from tunery.eval.items import EvalItem, load_conversations, missing_fields, read_eval_items
 from tunery.graders import Failures, Grader, gate, parse_gate, parse_graders, score_all, score_batch
 from tunery.trainers import reward_grader  # noqa: F401  installs the reward_model grader's scorer
@@ -47,6 +48,8 @@ class EvalOptions:
     max_length: int = defaults.MAX_LENGTH
     near_threshold: float = signals.NEAR_THRESHOLD
     gates: list[str] = field(default_factory=list)  # "exact>=0.8": checked on the first row (the first run)
+    choices: str | list[str] | None = None  # "auto" or a list: constrained answers (default: the run's own)
+    json_schema: str | None = None  # a JSON schema file: constrained answers (default: the run's own)
 
 
 @dataclass
@@ -121,26 +124,52 @@ def score_answers(items: list[EvalItem], answers: list[dict], graders: list[Grad
 
 def run_system(system: System, model, tokenizer, items: list[EvalItem], graders: list[Grader],
                pool: list[Example], retriever, opts: EvalOptions, max_new_tokens: int,
-               failures: Failures | None = None, probe: bool = False) -> dict:
+               failures: Failures | None = None, probe: bool = False, index=None, constraint=None) -> dict:
     """Answer every item with one system; score the answers and the references' loss. For the
     forgetting probe (`probe`), a record's `max_new_tokens` replaces `max_new_tokens` for its answer,
     and the references' loss is not computed: the probe's own graders are its figure, and the loss
-    pass would cost about half as much again as the answers (loss None)."""
+    pass would cost about half as much again as the answers (loss None). `index` is the run's own
+    retrieval index (the "run-retrieval" row); with a `constraint`, the answers are decoded under it and
+    the row also says how many answers decoded without it would have broken it."""
     from tunery.eval.measure import answer_loss, generate_timed
 
-    prompts, shots = prompts_for(system, items, pool, retriever, opts.seed)
+    if system.prompting == RUN_RETRIEVAL:
+        prompts = [index.augment(item.prompt) for item in items]
+        wheres = [[index.documents[i]["where"] for i in index.neighbours(query_of(item.prompt))[::-1]]
+                  for item in items]
+    else:
+        prompts, shots = prompts_for(system, items, pool, retriever, opts.seed)
+        wheres = [[pool[i].location for i in used] for used in shots]
     if probe:
         answers = _answers_by_cap(model, tokenizer, items, prompts, max_new_tokens, opts)
     else:
         answers = generate_timed(model, tokenizer, prompts, max_new_tokens, opts.temperature, opts.seed,
-                                 opts.batch_size)
+                                 opts.batch_size, **({"constraint": constraint} if constraint is not None else {}))
     score_answers(items, answers, graders, failures)
-    for item, answer, used in zip(items, answers, shots):
+    for item, answer, used in zip(items, answers, wheres):
         answer["id"] = item.id
-        answer["shots"] = [pool[i].location for i in used]
+        answer["shots"] = used
     loss = None if probe else answer_loss(model, tokenizer, prompts, [i.reference for i in items], opts.max_length,
                                           opts.batch_size)
-    return {"system": system.to_json(), "loss": loss, "per_example": answers}
+    row = {"system": system.to_json(), "loss": loss, "per_example": answers}
+    if constraint is not None and not probe:
+        row["constraint"] = unconstrained_validity(model, tokenizer, prompts, answers, constraint, max_new_tokens, opts)
+    return row
+
+
+def unconstrained_validity(model, tokenizer, prompts, answers: list[dict], constraint, max_new_tokens: int,
+                           opts: EvalOptions) -> dict:
+    """Answer the same prompts without the constraint (a second generation pass) and count the answers
+    that would have broken it; each per-example answer keeps its unconstrained text."""
+    from tunery.eval.measure import generate_timed
+
+    free = generate_timed(model, tokenizer, prompts, max_new_tokens, opts.temperature, opts.seed, opts.batch_size)
+    invalid = 0
+    for answer, plain in zip(answers, free):
+        answer["unconstrained"] = plain["answer"]
+        invalid += not constraint.is_valid(plain["answer"])
+    return {"label": constraint.label, "n": len(answers), "invalid_unconstrained": invalid,
+            "invalid_share": invalid / len(answers) if answers else 0.0}
 
 
 def item_cap(item: EvalItem, default: int) -> int:
@@ -233,7 +262,11 @@ def evaluate(targets: list[str], data: str, opts: EvalOptions | None = None,
     labels = [g.label for g in graders] + ([aggregate.OWN] if any(i.graders for i in items) else [])
     if pool is None:
         pool, pool_files = _pool(runs, opts, log)
-    systems = plan_systems([r.path for r in runs], bases, tuple(opts.baselines), opts.k, opts.retrieval, bool(pool))
+    setups = _answer_setups(runs)
+    indexed = {path: (index.method, index.k) for path, (index, _) in setups.items() if index is not None}
+    constraint = _constraint(opts, runs, setups, pool, log)
+    systems = plan_systems([r.path for r in runs], bases, tuple(opts.baselines), opts.k, opts.retrieval, bool(pool),
+                           indexed)
     probe_items = _probe_items(opts)
     retriever = _retriever(systems, pool, opts, log)
     by_run = {r.path: r for r in runs}
@@ -243,8 +276,9 @@ def evaluate(targets: list[str], data: str, opts: EvalOptions | None = None,
         model, tokenizer = load_target(key, by_run)
         for system in [s for s in systems if s.model == key]:
             log(f"answering {len(items)} examples: {system.name}")
+            index = setups[key][0] if key in setups else None
             rows[system.name] = run_system(system, model, tokenizer, items, graders, pool, retriever, opts,
-                                           opts.max_new_tokens, failures)
+                                           opts.max_new_tokens, failures, index=index, constraint=constraint)
         if probe_items:
             log(f"forgetting probe ({len(probe_items)} items) on {key}")
             probes[key] = run_system(System("probe", key, key in by_run, "zero-shot"), model, tokenizer,
@@ -263,6 +297,29 @@ def evaluate(targets: list[str], data: str, opts: EvalOptions | None = None,
         result["gate"] = gate_result(ordered[0], thresholds)
     result["elapsed_s"] = round(time.monotonic() - started, 1)
     return result
+
+
+def _answer_setups(runs: list[RunTarget]) -> dict:
+    """{run path: (its retrieval index, its answer constraint)}, as saved in each run folder."""
+    from tunery.inference import answer_setup
+
+    return {r.path: answer_setup(r.path) for r in runs}
+
+
+def _constraint(opts: EvalOptions, runs: list[RunTarget], setups: dict, pool: list[Example], log):
+    """The constraint every row answers under: --choices / --json-schema, else the first run's own
+    (answers.json); None for free answers. `auto` takes the final answers of the example pool."""
+    from tunery.constrain import resolve
+
+    if opts.choices is not None or opts.json_schema is not None:
+        from tunery.data.dataset import final_answers
+
+        constraint = resolve(opts.choices, opts.json_schema, final_answers(pool) if opts.choices == "auto" else None)
+    else:
+        constraint = setups[runs[0].path][1] if runs else None
+    if constraint is not None:
+        log(f"answers constrained to {constraint.label} in every row")
+    return constraint
 
 
 def _gate_thresholds(gates: list[str], graders: list, log) -> dict[str, float]:
@@ -347,7 +404,7 @@ def _assemble(rows, labels, items, runs, pool, pool_files, probes, probe_items, 
     }
     base_zero = next((r for r in rows if not r["system"]["tuned"] and r["system"]["prompting"] == "zero-shot"), None)
     for run in runs:
-        tuned = next(r for r in rows if r["system"]["model"] == run.path and r["system"]["prompting"] == "zero-shot")
+        tuned = next(r for r in rows if r["system"]["model"] == run.path)  # the run as it answers
         if base_zero is not None:
             result["disagreements"][run.path] = aggregate.disagreements(tuned, base_zero, items, primary)
         guard = run_guard(run.path)

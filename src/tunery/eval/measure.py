@@ -36,7 +36,7 @@ def answer_loss(model, tokenizer, prompts: list[list[dict]], references: list[st
 
 
 def generate_timed(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int,
-                   temperature: float = 0.0, seed: int = 0, batch_size: int = 8) -> list[dict]:
+                   temperature: float = 0.0, seed: int = 0, batch_size: int = 8, constraint=None) -> list[dict]:
     """Per prompt: the answer text, tokens generated, and seconds (its batch's wall time divided by
     the batch size: with batched generation that is the cost per answer, not a user's wait)."""
     import sys
@@ -54,7 +54,8 @@ def generate_timed(model, tokenizer, prompts: list[list[dict]], max_new_tokens: 
         began = time.perf_counter()
         # One call per batch so each batch is timed alone; the seed differs per batch so sampled
         # answers do not repeat the same random stream, and the run stays reproducible.
-        ids = generate_ids(model, tokenizer, chunk, max_new_tokens, temperature, seed + start, batch_size)
+        extra = {"constraint": constraint} if constraint is not None else {}
+        ids = generate_ids(model, tokenizer, chunk, max_new_tokens, temperature, seed + start, batch_size, **extra)
         share = (time.perf_counter() - began) / len(chunk)
         for row in ids:
             out.append({"answer": tokenizer.decode(row, skip_special_tokens=True).strip(),

@@ -155,6 +155,12 @@ def kind_table(run: str, f: dict) -> str:
 def signals_section(result: dict) -> str:
     leak = result["leakage"]
     out = []
+    for row in result["systems"]:  # answers decoded under eval.choices / eval.json_schema (docs/constrained.md)
+        c = row.get("constraint")
+        if c:
+            out.append(f"<p>Answers constrained to {escape(c['label'])}: <b>{escape(row['system']['name'])}</b> "
+                       f"unconstrained would have given <b>{c['invalid_unconstrained']}</b> invalid answer(s) of "
+                       f"{c['n']} ({c['invalid_share']:.0%}).</p>")
     if not leak["checked"]:
         out.append('<p class="muted">Overlap not checked: no training examples were known.</p>')
     else:

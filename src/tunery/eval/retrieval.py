@@ -9,6 +9,7 @@ Both return indices best first; ties go to the earlier document, so results are 
 
 from __future__ import annotations
 
+import heapq
 import math
 import re
 from collections import Counter
@@ -36,15 +37,21 @@ class BM25:
         df = Counter(term for c in self.docs for term in c)
         n = len(self.docs)
         self.idf = {t: math.log(1.0 + (n - f + 0.5) / (f + 0.5)) for t, f in df.items()}
+        self.norms = [self.k1 * (1 - self.b + self.b * length / (self.avg_length or 1.0)) for length in self.lengths]
+        # term -> [(document, count)]: a query touches only the documents holding its words, so scoring is
+        # not a pass over every document (retrieval-augmented training scores every training prompt).
+        self.postings: dict[str, list[tuple[int, int]]] = {}
+        for index, counts in enumerate(self.docs):
+            for term, count in counts.items():
+                self.postings.setdefault(term, []).append((index, count))
 
     def scores(self, query: str) -> list[float]:
-        """The BM25 score of every document for `query`."""
-        terms = [t for t in words(query) if t in self.idf]
-        out = []
-        for counts, length in zip(self.docs, self.lengths):
-            norm = self.k1 * (1 - self.b + self.b * length / (self.avg_length or 1.0))
-            out.append(sum(self.idf[t] * counts[t] * (self.k1 + 1) / (counts[t] + norm)
-                           for t in terms if t in counts))
+        """The BM25 score of every document for `query` (each query word counts once per occurrence)."""
+        out = [0.0] * len(self.docs)
+        for term in words(query):
+            idf = self.idf.get(term)
+            for index, count in self.postings.get(term, ()):
+                out[index] += idf * count * (self.k1 + 1) / (count + self.norms[index])
         return out
 
     def top_k(self, query: str, k: int, exclude: set[int] = frozenset()) -> list[int]:
@@ -53,9 +60,9 @@ class BM25:
 
 
 def rank(scores: list[float], k: int, exclude: set[int] = frozenset()) -> list[int]:
-    """Indices of the k highest scores, best first; ties keep document order."""
-    order = sorted((i for i in range(len(scores)) if i not in exclude), key=lambda i: (-scores[i], i))
-    return order[:k]
+    """Indices of the k highest scores, best first; ties keep document order (a partial sort: the
+    same result as sorting everything and keeping k)."""
+    return heapq.nsmallest(k, (i for i in range(len(scores)) if i not in exclude), key=lambda i: (-scores[i], i))
 
 
 def embedding_model_dir() -> Path:

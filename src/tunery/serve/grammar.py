@@ -43,16 +43,18 @@ class GrammarBook:
         self._vocab = info.decoded_vocab  # each token's bytes
         self._banned = _control_bans(self._vocab)
 
-    def compile(self, response_format: dict):
-        """The compiled grammar of a normalised response_format ({"type": ..., "schema": ...})."""
+    def compile(self, response_format: dict, compact: bool = False):
+        """The compiled grammar of a normalised response_format ({"type": ..., "schema": ...}). `compact`:
+        no free whitespace, only json.dumps' own separators (", " and ": "), so an answer's length is
+        bounded by its content (tunery's constrained answers, `tunery.constrain`)."""
         kind = response_format["type"]
+        spacing = {"any_whitespace": False} if compact else {"max_whitespace_cnt": MAX_WHITESPACE}
         with self._lock:
             try:
                 if kind == "json_object":
-                    return self._compiler.compile_json_schema(
-                        '{"type": "object"}', max_whitespace_cnt=MAX_WHITESPACE, strict_mode=False)
+                    return self._compiler.compile_json_schema('{"type": "object"}', strict_mode=False, **spacing)
                 schema = json.dumps(response_format["schema"])
-                return self._compiler.compile_json_schema(schema, max_whitespace_cnt=MAX_WHITESPACE)
+                return self._compiler.compile_json_schema(schema, **spacing)
             except (RuntimeError, ValueError, TypeError) as exc:
                 raise GrammarError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
 

@@ -67,6 +67,7 @@ class Loop:
     plan: batching.StepPlan
     save_every: int
     watch: Watch
+    data: Datasets | None = None  # what the method loaded (the retrieval index and labels are saved from it)
 
     @property
     def total_steps(self) -> int:
@@ -92,9 +93,9 @@ def setup(cfg: TrainConfig, method: Method, model, data: Datasets, strategy: Sin
     if tc.max_steps is not None and method.steps_per_batch > 1:  # max_steps counts optimizer steps
         plan = batching.make_plan(len(data.train), tc.batch_size * strategy.dist.world, tc.grad_accum, tc.epochs,
                                   max(1, tc.max_steps // method.steps_per_batch), tc.seed)
-    watch = Watch.for_run(cfg, plan.total_steps * method.steps_per_batch, data.val_examples)
+    watch = Watch.for_run(cfg, plan.total_steps * method.steps_per_batch, data.val_examples, data)
     save_every = tc.save_every or watch.eval_every
-    return Loop(cfg, method, strategy, model, data.train, data.val, optimizer, plan, save_every, watch)
+    return Loop(cfg, method, strategy, model, data.train, data.val, optimizer, plan, save_every, watch, data)
 
 
 def step_pieces(loop: Loop, step: int, dry: bool = False) -> list[list]:

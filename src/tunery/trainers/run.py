@@ -61,6 +61,8 @@ def run_training(cfg: TrainConfig, root: Path, resume: bool = False,
     faults.arm_nan(loop.model, loop.optimizer)  # inert unless TUNERY_FAULT=nan:... (after preflight's probe passes)
     torch.manual_seed(cfg.training.seed + dist.rank)  # each rank its own dropout stream, all reproducible
     st = _start_or_resume(loop, run, cfg, resume, log)
+    if dist.is_main:
+        save_answer_setup(run.root, cfg, loop.data, log)
     trainable, total = adapters.count_parameters(loop.model)
     _update_info(run, base_model=portable_path(cfg.base_model, root), adapter=cfg.adapter, dtype=cfg.dtype,
                  method=cfg.method, status="running", tunery_version=__version__,
@@ -109,6 +111,23 @@ def _train_and_save(loop: training_loop.Loop, run: RunFolder, st: training_loop.
         tracked.finish("finished", finished)
     ddp.barrier(dist)
     return run.read_info()
+
+
+def save_answer_setup(root: Path, cfg: TrainConfig, data, log: Callable[[str], None]) -> None:
+    """Keep in the run folder how it answers: the retrieval index of `data.retrieval` (retrieval.json)
+    and the constraint of `eval.choices` / `eval.json_schema` (answers.json), so `generate`, `chat` and
+    `eval` answer the way training did."""
+    from tunery.constrain import resolve, save_constraint
+
+    if data is not None and data.retrieval is not None:
+        from tunery.data.retrieval_aug import save_index
+
+        path = save_index(root, data.retrieval)
+        log(f"retrieval: each prompt carries its {cfg.data.retrieval.k} nearest training examples "
+            f"({cfg.data.retrieval.method}); index of {len(data.retrieval['documents'])} examples in {path}")
+    constraint = resolve(cfg.eval.choices, cfg.eval.json_schema, data.labels if data is not None else None)
+    if constraint is not None:
+        log(f"answers constrained to {constraint.label} ({save_constraint(root, constraint)})")
 
 
 def prepare(cfg: TrainConfig, dist: ddp.Dist = ddp.SINGLE, log: Callable[[str], None] = print,

@@ -87,13 +87,20 @@ class Watch:
     graders: list[Grader] = field(default_factory=list)
     items: list[GraderItem] = field(default_factory=list)
     failures: Failures = field(default_factory=Failures)  # each grader's first failure is logged once
+    constraint: object | None = None  # tunery.constrain.Constraint of eval.choices / eval.json_schema
 
     @classmethod
-    def for_run(cls, cfg: TrainConfig, total_steps: int, val_examples: list[Example]) -> "Watch":
+    def for_run(cls, cfg: TrainConfig, total_steps: int, val_examples: list[Example], data=None) -> "Watch":
         eval_every = cfg.training.eval_every or max(1, total_steps // 10)
         if not cfg.eval.graders:
             return cls(cfg, total_steps, eval_every)
         items = grader_sample(cfg, val_examples)
+        if cfg.eval.data and data is not None and data.retrieval is not None:
+            from tunery.data.retrieval_aug import RetrievalIndex
+
+            index = RetrievalIndex.from_json(data.retrieval)  # eval.data is answered as the run will answer
+            for item in items:
+                item.prompt = index.augment(item.prompt)
         if not items:
             raise TuneryError(
                 "eval.graders is set but there are no examples to score during training",
@@ -106,7 +113,10 @@ class Watch:
             if lacking:  # said before training starts, not as zeros at every scoring
                 raise TuneryError(f"{lacking}: grader {grader.label} in eval.graders reads the record field "
                                   f"'{name}', which it lacks", fix="add it to every record scored during training")
-        return cls(cfg, total_steps, eval_every, graders, items)
+        from tunery.constrain import resolve
+
+        constraint = resolve(cfg.eval.choices, cfg.eval.json_schema, data.labels if data is not None else None)
+        return cls(cfg, total_steps, eval_every, graders, items, constraint=constraint)
 
     @property
     def watches_grader(self) -> bool:
@@ -166,7 +176,7 @@ class Watch:
         try:
             answers = generate_batch(model, tokenizer, [i.prompt for i in self.items],
                                      max_new_tokens=self.cfg.eval.max_new_tokens,
-                                     batch_size=self.cfg.training.batch_size)
+                                     batch_size=self.cfg.training.batch_size, **self._constrained())
         finally:
             model.train(was_training)
         n = len(self.items)
@@ -174,6 +184,10 @@ class Watch:
         where = [i.where for i in self.items]
         means = {g.label: sum(score_batch(g, answers, refs, records, where, self.failures)) / n for g in self.graders}
         return {"score": means[self.graders[0].label], **means, "n": n}
+
+    def _constrained(self) -> dict:
+        """generate_batch's constraint option, when eval.choices or eval.json_schema sets one."""
+        return {"constraint": self.constraint} if self.constraint is not None else {}
 
     def describe_best(self, st, since: bool = False) -> str:
         """'best validation loss 0.1234 at step 8' (or the grader's score when early stopping watches it)."""
