@@ -6,7 +6,7 @@
   listed choice whatever the model's weights, and never longer than the longest choice.
 - json_schema: xgrammar compiles the schema into a grammar over the tokenizer's vocabulary; a grammar
   matcher per answer masks every token that cannot continue valid JSON, and allows the end-of-turn token
-  only once the JSON is complete: the server's grammar (`tunery.serve.grammar`, which also keeps raw
+  only once the JSON is complete: the server's grammar (`tunery.grammar`, which also keeps raw
   control characters out of strings), compact: no free whitespace, only json.dumps' separators, so a
   model cannot spend its budget on blanks. An answer cut by `max_new_tokens` is only a prefix of valid
   JSON: give structured answers room.
@@ -71,7 +71,7 @@ class Constraint:
 
     def grammar(self, tokenizer, vocab_size: int, stop_ids: list[int]):
         """(grammar book, compiled schema) for this tokenizer, compiled once (a second or so)."""
-        from tunery.serve.grammar import GrammarBook, GrammarError
+        from tunery.grammar import GrammarBook, GrammarError
 
         key = (id(tokenizer), vocab_size, tuple(stop_ids))
         if key not in self._compiled:
@@ -91,7 +91,7 @@ class Constraint:
 def answer_ids(tokenizer, text: str, stop_ids: list[int]) -> list[int]:
     """The token ids of `text` as an assistant answer, as the chat template renders it (the ids between
     the generation prompt and the end-of-turn token), so the trie follows the tokens training taught."""
-    from tunery.inference import cut_at_stop, prompt_ids
+    from tunery.data.chat_template import cut_at_stop, prompt_ids
 
     user = [{"role": "user", "content": "?"}]
     head = prompt_ids(tokenizer, user)
@@ -158,7 +158,7 @@ class TrieProcessor:
 
 
 class GrammarProcessor:
-    """One xgrammar matcher per row (the server's `tunery.serve.grammar`, with its guard against raw
+    """One xgrammar matcher per row (the server's `tunery.grammar`, with its guard against raw
     control characters in strings): masks every token that cannot continue JSON valid for the schema."""
 
     def __init__(self, constraint: "Constraint", tokenizer, stop_ids: list[int], prompt_width: int):
@@ -168,7 +168,7 @@ class GrammarProcessor:
         self.accepted: list[int] = []
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        from tunery.serve.grammar import apply_grammars
+        from tunery.grammar import apply_grammars
 
         if not self.rows:
             book, compiled = self.constraint.grammar(self.tokenizer, scores.shape[-1], self.stop_ids)

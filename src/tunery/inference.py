@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from tunery.data.chat_template import cut_at_stop, prompt_ids  # noqa: F401 (re-exported)
 from tunery.errors import TuneryError
 from tunery.models.load import DTYPES, load_model, load_tokenizer
 from tunery.runfolder import RunFolder, is_run_folder, read_run_info  # noqa: F401 (read_run_info re-exported)
@@ -75,19 +76,6 @@ def answer_setup(target: str | Path):
     return load_index(folder), load_constraint(folder)
 
 
-def prompt_ids(tokenizer, conversation: list[dict]) -> list[int]:
-    """Token ids of a conversation rendered by the chat template, ending with the assistant header."""
-    if not tokenizer.chat_template:
-        raise TuneryError(
-            "the tokenizer has no chat template, so conversations cannot be rendered",
-            fix="use an instruct/chat model, or a run folder whose tokenizer/ carries a template",
-        )
-    encoded = tokenizer.apply_chat_template(
-        conversation, add_generation_prompt=True, tokenize=True, return_dict=True
-    )
-    return list(encoded["input_ids"])
-
-
 def stop_token_ids(tokenizer, model=None) -> list[int]:
     """Ids that end an answer: eos, the model's configured eos ids, and the template's end-of-turn token.
 
@@ -129,14 +117,6 @@ def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
         ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
         mask[i, width - len(row) :] = 1
     return ids, mask
-
-
-def cut_at_stop(ids: list[int], stop_ids: list[int]) -> list[int]:
-    """The generated ids before the first stop token (pads after a finished row are stop/pad ids too)."""
-    for pos, tok in enumerate(ids):
-        if tok in stop_ids:
-            return ids[:pos]
-    return ids
 
 
 def _generation_config(tokenizer, stop_ids, max_new_tokens: int, temperature: float):

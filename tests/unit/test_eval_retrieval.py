@@ -11,7 +11,7 @@ from tunery.data.messages import Example, Message
 from tunery.errors import TuneryError
 from tunery.eval.baselines import System, plan_systems, prompts_for, with_shots
 from tunery.eval.items import EvalItem, as_dicts
-from tunery.eval.retrieval import BM25, make_retriever, rank, words
+from tunery.data.retrieval import BM25, make_retriever, rank, words
 
 
 def example(line: int, question: str, answer: str, system: str | None = "Answer briefly.") -> Example:

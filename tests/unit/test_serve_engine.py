@@ -168,7 +168,7 @@ def test_the_cache_grows_past_its_first_capacity_without_changing_answers(served
 def test_a_json_schema_row_only_ever_emits_valid_json(served):
     import jsonschema
 
-    from tunery.serve.grammar import GrammarBook
+    from tunery.grammar import GrammarBook
 
     model, tok, _ = served
     stops = stop_token_ids(tok, model)

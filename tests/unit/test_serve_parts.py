@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from tunery.serve.grammar import ESCAPED, INSIDE, OUTSIDE, GrammarBook, _lex
+from tunery.grammar import ESCAPED, INSIDE, OUTSIDE, GrammarBook, _lex
 from tunery.serve.protocol import ApiError, ChatRequest, CompletionRequest, parse
 from tunery.serve.sampling import SamplingParams, choose_tokens, logprobs_of, make_generator
 from tunery.serve.slots import decode_mask, prefill_mask
@@ -96,7 +96,7 @@ def test_xgrammar_admits_control_characters_in_bounded_strings_and_the_guard_mas
     bare = torch.zeros(1, len(tok))
     xgr.apply_token_bitmask_inplace(bare, bitmask)
     assert all(bare[0, i] == 0 for i in control)  # xgrammar 0.2.9 alone would allow them (invalid JSON)
-    from tunery.serve.grammar import apply_grammars
+    from tunery.grammar import apply_grammars
 
     guarded = torch.zeros(1, len(tok))
     apply_grammars(guarded, [row])

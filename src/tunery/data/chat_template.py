@@ -19,6 +19,8 @@ import json
 from datetime import datetime
 from functools import lru_cache
 
+from tunery.errors import TuneryError
+
 _PROBES = (
     ([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}], False),
     ([{"role": "user", "content": "Hi"}], True),
@@ -134,3 +136,24 @@ class TemplateRenderer:
             except Exception:  # rendered again below, so the error (if any) is the reference's
                 pass
         return self.reference(messages, add_generation_prompt)
+
+
+def prompt_ids(tokenizer, conversation: list[dict]) -> list[int]:
+    """Token ids of a conversation rendered by the chat template, ending with the assistant header."""
+    if not tokenizer.chat_template:
+        raise TuneryError(
+            "the tokenizer has no chat template, so conversations cannot be rendered",
+            fix="use an instruct/chat model, or a run folder whose tokenizer/ carries a template",
+        )
+    encoded = tokenizer.apply_chat_template(
+        conversation, add_generation_prompt=True, tokenize=True, return_dict=True
+    )
+    return list(encoded["input_ids"])
+
+
+def cut_at_stop(ids: list[int], stop_ids: list[int]) -> list[int]:
+    """The generated ids before the first stop token (pads after a finished row are stop/pad ids too)."""
+    for pos, tok in enumerate(ids):
+        if tok in stop_ids:
+            return ids[:pos]
+    return ids

@@ -3,7 +3,7 @@
 The same index serves training and answering, so a run answers the way it was trained:
 - documents: the training examples (after the validation split), each as in-context turns (its user and
   assistant turns, system message dropped), searched by their prompt text (`prompt_text`);
-- ranking: the BM25 or the MiniLM embeddings of `tunery.eval.retrieval` (the retrieval baseline's own);
+- ranking: the BM25 or the MiniLM embeddings of `tunery.data.retrieval` (the retrieval baseline's own);
 - exclusion at training: a document is never a shot for a prompt that is a near-duplicate of its own
   prompt (an example never sees itself or a copy of itself, which would teach copying its answer
   instead of using examples); at answer time only the same question (equal once normalised) is skipped,
@@ -42,7 +42,7 @@ def normalised(text: str) -> str:
 def near_duplicate(a: str, b: str, threshold: float = NEAR_DUPLICATE_JACCARD) -> bool:
     """Whether two prompt texts are the same question: equal once normalised, or sharing at least
     `threshold` of their distinct words (Jaccard |A & B| / |A | B| of the lower-cased word sets)."""
-    from tunery.eval.retrieval import words
+    from tunery.data.retrieval import words
 
     return _same_question((normalised(a), set(words(a))), (normalised(b), set(words(b))), threshold)
 
@@ -86,9 +86,9 @@ class RetrievalIndex:
     documents: list[dict]  # {"where": file:line, "query": prompt text, "turns": [chat dicts]}
 
     def __post_init__(self):
-        from tunery.eval.retrieval import make_retriever
+        from tunery.data.retrieval import make_retriever
 
-        from tunery.eval.retrieval import words
+        from tunery.data.retrieval import words
 
         self._retriever = make_retriever(self.method, [d["query"] for d in self.documents])
         self._keys = [(normalised(d["query"]), set(words(d["query"]))) for d in self.documents]
@@ -103,7 +103,7 @@ class RetrievalIndex:
     def neighbours(self, query: str, training: bool = False) -> list[int]:
         """The k best documents for `query`, best first. Training (`training`) skips near-duplicates of
         the prompt; answering skips only the same question (equal once normalised)."""
-        from tunery.eval.retrieval import rank, words
+        from tunery.data.retrieval import rank, words
 
         scores = self._retriever.scores(query)
         key = (normalised(query), set(words(query)))
@@ -120,7 +120,7 @@ class RetrievalIndex:
 
     def augment(self, conversation: list[dict]) -> list[dict]:
         """`conversation` (chat dicts, ending before the answer) with its shots inserted."""
-        from tunery.eval.baselines import insert_turns
+        from tunery.data.retrieval import insert_turns
 
         picked = self.neighbours(query_of(conversation))[::-1]  # the most similar last
         return insert_turns(conversation, [t for i in picked for t in self.documents[i]["turns"]])

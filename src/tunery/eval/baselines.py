@@ -16,6 +16,7 @@ import random
 from dataclasses import dataclass
 
 from tunery.data.messages import Example
+from tunery.data.retrieval import insert_turns
 from tunery.errors import TuneryError
 from tunery.eval.items import EvalItem, as_dicts, prompt_text, shot_messages
 
@@ -43,15 +44,6 @@ class System:
 def with_shots(prompt: list[dict], shots: list[Example]) -> list[dict]:
     """`prompt` with each shot's turns inserted after its leading system messages."""
     return insert_turns(prompt, [m for shot in shots for m in as_dicts(shot_messages(shot))])
-
-
-def insert_turns(prompt: list[dict], turns: list[dict]) -> list[dict]:
-    """`prompt` with `turns` inserted after its leading system messages (the one layout of shots, used
-    by the retrieval baseline and by retrieval-augmented runs alike)."""
-    head = 0
-    while head < len(prompt) and prompt[head]["role"] == "system":
-        head += 1
-    return prompt[:head] + turns + prompt[head:]
 
 
 def fixed_shots(pool: list[Example], k: int, seed: int) -> list[int]:

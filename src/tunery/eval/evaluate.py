@@ -374,7 +374,7 @@ def _retriever(systems: list[System], pool: list[Example], opts: EvalOptions, lo
     if not any(s.prompting == "retrieval" for s in systems):
         return None
     from tunery.eval.items import prompt_text
-    from tunery.eval.retrieval import make_retriever
+    from tunery.data.retrieval import make_retriever
 
     log(f"indexing {len(pool)} training examples for retrieval ({opts.retrieval})")
     return make_retriever(opts.retrieval, [prompt_text(e) for e in pool])

@@ -26,7 +26,7 @@ from typing import Callable
 
 import torch
 
-from tunery.serve.grammar import apply_grammars
+from tunery.grammar import apply_grammars
 from tunery.serve.sampling import SamplingParams, TokenLogprob, choose_tokens, logprobs_of
 from tunery.serve.slots import SlotCache, decode_mask, prefill_mask
 from tunery.serve.text import TextStream

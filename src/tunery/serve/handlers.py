@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 
 from tunery.serve.engine import Sequence
-from tunery.serve.grammar import GrammarError
+from tunery.grammar import GrammarError
 from tunery.serve.jobs import Disconnected, Job
 from tunery.serve.openai_format import (chat_chunk, chat_delta, chat_logprobs, chat_response, completion_chunk,
                                         completion_logprobs, completion_response, error_event, sse, usage_chunk)

@@ -23,7 +23,7 @@ from tunery.models.embedded import ALIASES
 from tunery.models.load import DTYPES, load_model, load_tokenizer, resolve_model_source
 from tunery.runfolder import RunFolder, is_run_folder
 from tunery.serve.engine import BASE, Engine
-from tunery.serve.grammar import GrammarBook
+from tunery.grammar import GrammarBook
 
 
 @dataclass

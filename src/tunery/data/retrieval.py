@@ -131,3 +131,12 @@ def make_retriever(kind: str, documents: list[str]):
     if kind not in RETRIEVERS:
         raise TuneryError(f"unknown retrieval '{kind}'", fix=f"use one of {', '.join(RETRIEVERS)}")
     return RETRIEVERS[kind](documents)
+
+
+def insert_turns(prompt: list[dict], turns: list[dict]) -> list[dict]:
+    """`prompt` with `turns` inserted after its leading system messages (the one layout of shots, used
+    by the retrieval baseline and by retrieval-augmented runs alike)."""
+    head = 0
+    while head < len(prompt) and prompt[head]["role"] == "system":
+        head += 1
+    return prompt[:head] + turns + prompt[head:]
