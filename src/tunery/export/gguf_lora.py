@@ -79,7 +79,7 @@ def write_lora_gguf(adapter: dict[str, torch.Tensor], config: dict, model_config
     """Write the adapter as a llama.cpp LoRA GGUF at `path`, atomically; returns `path`."""
     import gguf
 
-    from tunery.export.gguf_writer import _check_supported, gguf_arch_of
+    from tunery.export.gguf_writer import _check_supported, gguf_arch_of, write_out
 
     if file_type not in ADAPTER_FILE_TYPES:
         raise TuneryError(f"a LoRA GGUF is written as {' or '.join(ADAPTER_FILE_TYPES)}, not '{file_type}'",
@@ -99,9 +99,7 @@ def write_lora_gguf(adapter: dict[str, torch.Tensor], config: dict, model_config
             writer.add_file_type(gguf.LlamaFileType.ALL_F32 if file_type == "f32" else gguf.LlamaFileType.MOSTLY_F16)
             for tensor_name, array in tensors:
                 writer.add_tensor(tensor_name, array.astype(np.float32 if file_type == "f32" else np.float16))
-            writer.write_header_to_file()
-            writer.write_kv_data_to_file()
-            writer.write_tensors_to_file()
+            write_out(writer)
         finally:
             writer.close()
     return path

@@ -159,9 +159,14 @@ def write_gguf(model, vocab: Vocab, path: Path, file_type: str = "f16", name: st
             for tensor_name, array in gguf_tensors(model):
                 data, raw = encode_tensor(array, file_type)
                 writer.add_tensor(tensor_name, data, raw_dtype=raw)  # quantized: shape from bytes
-            writer.write_header_to_file()
-            writer.write_kv_data_to_file()
-            writer.write_tensors_to_file()
+            write_out(writer)
         finally:
             writer.close()
     return path
+
+
+def write_out(writer) -> None:
+    """Header, metadata, then tensors: the order a GGUF file is laid out in (the caller closes)."""
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
