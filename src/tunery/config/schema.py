@@ -401,6 +401,33 @@ class RLSection(Section):
     )
 
 
+class VisionSection(Section):
+    """Vision-language fine-tuning (`method: vision`): which parts learn and how images are read."""
+
+    train: Literal["none", "projector", "tower"] = Field(
+        "none",
+        description="Vision parts that learn besides the language model: `none` (LoRA, or every weight with "
+        "`adapter: full`, on the language model only), `projector` (the projector too, in full) or `tower` "
+        "(the projector and the vision tower, in full). With LoRA they are saved in full next to the adapter. "
+        "tunery's composed `smollm2-135m-vision` has an untrained projector: train it with `projector`.",
+    )
+    max_image_pixels: int = Field(
+        64_000_000, ge=1, description="Largest image in pixels; a larger one is an error named by file and line."
+    )
+    longest_edge: int | None = Field(
+        None, ge=16, description="Idefics3 / SmolVLM: resize images so their longest edge is this many pixels "
+        "before tiling (empty: the processor's own, 4 x 364 for SmolVLM).",
+    )
+    tiling: bool | None = Field(
+        None, description="Idefics3 / SmolVLM: split large images into tiles plus a global view (empty: the "
+        "processor's own). Off: one view per image, far fewer image tokens.",
+    )
+    max_pixels: int | None = Field(
+        None, ge=784, description="Qwen2-VL / Qwen2.5-VL: most pixels an image is resized to (its token count "
+        "is about pixels / 784); empty: the processor's own.",
+    )
+
+
 class OutputSection(Section):
     """Where the run folder goes."""
 
@@ -421,12 +448,13 @@ class OutputSection(Section):
 class TrainConfig(Section):
     """A whole training run."""
 
-    method: Literal["sft", "cpt", "dpo", "orpo", "kto", "reward", "rl"] = Field(
+    method: Literal["sft", "cpt", "dpo", "orpo", "kto", "reward", "rl", "vision"] = Field(
         "sft",
         description="`sft`: supervised fine-tuning on conversations; `cpt`: continued pre-training on raw "
         "text (every token trained); `dpo` and `orpo`: preference pairs (prompt, chosen, rejected); `kto`: "
         "answers labelled desirable or not; `reward`: a reward model (scalar head) trained on pairs; `rl`: "
-        "online reinforcement learning on prompts, rewarded by graders (see `rl`).",
+        "online reinforcement learning on prompts, rewarded by graders (see `rl`); `vision`: supervised "
+        "fine-tuning of a vision-language model on conversations with images (see `vision`).",
     )
     base_model: str = Field(
         defaults.BASE_MODEL,
@@ -451,6 +479,8 @@ class TrainConfig(Section):
         default_factory=PreferenceSection, description="Settings of the preference methods (dpo, orpo, kto, reward)."
     )
     rl: RLSection = Field(default_factory=RLSection, description="Settings of online reinforcement learning (rl).")
+    vision: VisionSection = Field(default_factory=VisionSection, description="Settings of vision-language "
+                                  "fine-tuning (vision).")
 
     @model_validator(mode="after")
     def _needs_training_data(self) -> "TrainConfig":
@@ -484,6 +514,12 @@ class TrainConfig(Section):
         if self.training.fsdp and self.adapter == "qlora":
             raise ValueError("training.fsdp cannot shard qlora's 4-bit base: use adapter: lora or full with fsdp, "
                              "or qlora without it")
+        return self
+
+    @model_validator(mode="after")
+    def _vision_fits_the_run(self) -> "TrainConfig":
+        if self.method == "vision" and (self.training.fsdp or self.adapter == "qlora"):
+            raise ValueError("method vision trains with adapter: lora or full, without training.fsdp")
         return self
 
     def peak_lr(self) -> float:
