@@ -14,12 +14,24 @@ from tunery import faults
 from tunery.config.schema import TrainConfig
 from tunery.runfolder import RunFolder
 from tunery.trainers.run import run_training
-from vlm_helpers import save_tiny
+from vlm_helpers import FAMILIES, save_tiny
 
 
 @pytest.fixture(scope="module")
 def idefics3_dir(tmp_path_factory, smol_tokenizer):
     return save_tiny("idefics3", smol_tokenizer, tmp_path_factory.mktemp("tiny-idefics3"))
+
+
+@pytest.fixture()
+def family_dir(request, tmp_path_factory, smol_tokenizer, monkeypatch):
+    """A tiny model folder of the family; Qwen2-VL's processor is handed over in memory (transformers
+    loads it from a folder only with torchvision, which is not installed here)."""
+    family = request.param
+    folder = save_tiny(family, smol_tokenizer, tmp_path_factory.mktemp(f"tiny-{family}"))
+    if family == "qwen2_vl":
+        processor = FAMILIES[family](smol_tokenizer)[1]
+        monkeypatch.setattr("tunery.vision.model.load_processor", lambda spec: processor)
+    return family, folder
 
 
 def config(folder, data, **training) -> TrainConfig:
@@ -33,13 +45,18 @@ def adapter_weights(root):
     return load_file(str(root / "adapter" / "adapter_model.safetensors"))
 
 
-def test_run_folder_and_bitwise_resume(idefics3_dir, tmp_path):
-    cfg = config(idefics3_dir, write_data(tmp_path))
+PROJECTOR_NAMES = {"idefics3": "connector", "llava": "multi_modal_projector", "qwen2_vl": "merger"}
+
+
+@pytest.mark.parametrize("family_dir", sorted(FAMILIES), indirect=True)
+def test_run_folder_and_bitwise_resume(family_dir, tmp_path):
+    family, folder = family_dir
+    cfg = config(folder, write_data(tmp_path))
     whole = run_training(cfg, tmp_path / "whole", log=lambda _: None)
     assert whole["status"] == "finished" and whole["step"] == 4
     assert (tmp_path / "whole" / "processor" / "processor_config.json").is_file()
     weights = adapter_weights(tmp_path / "whole")
-    assert any("connector" in name for name in weights)  # vision.train: projector is saved with the adapter
+    assert any(PROJECTOR_NAMES[family] in name for name in weights)  # vision.train: projector is saved with the adapter
 
     calls = []
     stopped = run_training(cfg, tmp_path / "cut", should_stop=lambda: len(calls.append(1) or calls) >= 2,
