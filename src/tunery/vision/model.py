@@ -50,10 +50,12 @@ def load_processor(spec: str):
     from transformers import AutoProcessor
 
     from tunery.models.load import resolve_model_source
-    from tunery.vision import composed
+    from tunery.vision.composed_processor import TuneryVisionProcessor, is_composed_folder
 
-    source = composed.resolve(spec) or resolve_model_source(spec)
+    source = resolve_model_source(spec)
     try:
+        if is_composed_folder(source):
+            return TuneryVisionProcessor.from_pretrained(source)
         return AutoProcessor.from_pretrained(source)
     except (OSError, ValueError, ImportError) as exc:
         raise TuneryError(f"could not load the processor of '{spec}'", why=f"{type(exc).__name__}: {exc}",
@@ -71,10 +73,10 @@ def load_vlm(spec: str, dtype: str = "float32"):
     from transformers import AutoModelForImageTextToText
 
     from tunery.models.load import DTYPES, quiet_transformers, resolve_model_source
-    from tunery.vision import composed
+    from tunery.vision import composed  # noqa: F401  registers the composed model's classes
 
     quiet_transformers()
-    source = composed.resolve(spec) or resolve_model_source(spec)
+    source = resolve_model_source(spec)
     try:
         model = AutoModelForImageTextToText.from_pretrained(source, dtype=DTYPES[dtype])
     except (OSError, ValueError) as exc:

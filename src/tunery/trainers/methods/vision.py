@@ -70,6 +70,10 @@ class VisionSFT(Method):
         from tunery.vision import parts
 
         vision_train = self.cfg.vision.train
+        if getattr(model.config, "untrained_projector", False) and vision_train == "none":
+            raise TuneryError(f"{self.cfg.base_model}'s projector is untrained, and vision.train is none",
+                              why="the language model would learn from image features no trained layer maps",
+                              fix="set vision.train=projector (the projector learns next to the LoRA adapter)")
         if self.cfg.adapter == "full":
             model.requires_grad_(True)
             parts.freeze_for(model, vision_train)
