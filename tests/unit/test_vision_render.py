@@ -93,3 +93,13 @@ def test_cut_through_an_image_is_refused(processors, tmp_path):
     whole = render_vision(examples[0], processor)
     cut = render_vision(examples[0], processor, max_length=len(whole.ids) - 2)
     assert cut.truncated and cut.answer_cut and len(cut.ids) == len(whole.ids) - 2
+
+
+def test_captions_table(processors, tmp_path):
+    write_png(tmp_path / "a.png")
+    (tmp_path / "captions.csv").write_text("image,caption\na.png,A red square.\nmissing.png,\n")
+    examples, problems = load_vision_examples([str(tmp_path / "captions.csv")])
+    assert [(p.line, p.kind) for p in problems] == [(3, "empty_content")]
+    row = render_vision(examples[0], processors["llava"])
+    assert _trained_text(processors["llava"], row) == "A red square.<|im_end|>"
+    assert "Describe the image." in row.text
