@@ -84,3 +84,13 @@ def test_one_step_changes_only_the_intended_weights(family, mode, smol_tokenizer
 def test_full_fine_tuning_freezes_the_vision_parts_not_named(mode, expected, smol_tokenizer, tmp_path):
     changed = one_step("idefics3", smol_tokenizer, tmp_path, mode, adapter="full")
     assert set(changed) == expected and all(kinds == {"base"} for kinds in changed.values())
+
+
+@pytest.mark.parametrize("override,match", [({"adapter": "qlora"}, "adapter: lora or full"),
+                                            ({"training": {"fsdp": True}}, "without training.fsdp"),
+                                            ({"eval": {"graders": ["exact"]}}, "leave eval.graders empty")])
+def test_config_refuses_what_vision_does_not_support(override, match, tmp_path):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=match):
+        TrainConfig(method="vision", data={"train": ["x.jsonl"]}, **override)

@@ -520,6 +520,9 @@ class TrainConfig(Section):
     def _vision_fits_the_run(self) -> "TrainConfig":
         if self.method == "vision" and (self.training.fsdp or self.adapter == "qlora"):
             raise ValueError("method vision trains with adapter: lora or full, without training.fsdp")
+        if self.method == "vision" and self.eval.graders:
+            raise ValueError("eval.graders answer text prompts; method vision does not score them during training "
+                             "yet: leave eval.graders empty (the validation loss is watched)")
         return self
 
     def peak_lr(self) -> float:
