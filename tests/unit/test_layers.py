@@ -6,7 +6,8 @@ layer or one below, and no two packages import each other (directly or round a l
     tracking, sweep, studio              send figures to trackers, run sweeps of trials, the web studio
     inference                            load a run (or a base model) and answer with it
     runfolder, runlist, runcard, data,   run folders and their list, records to tokens, model loading
-    models, losses, grammar, constrain   and forward passes, loss functions, constrained decoding
+    models, losses, grammar, constrain,  and forward passes, loss functions, constrained decoding,
+    vision                               image-text records and models
     config                               the typed schema: every setting and its default
     graders                              scoring answers (pure functions of strings)
     errors, _deps, atomic, faults, failures, (package root)   what everything may use: errors, atomic
@@ -24,7 +25,7 @@ LAYERS = [
     {"errors", "_deps", "atomic", "faults", "failures", "__init__"},
     {"graders"},
     {"config"},
-    {"runfolder", "runlist", "runcard", "data", "models", "losses", "grammar", "constrain"},
+    {"runfolder", "runlist", "runcard", "data", "models", "losses", "grammar", "constrain", "vision"},
     {"inference"},
     {"trainers", "eval", "export", "serve", "tracking", "sweep", "studio"},
     {"cli"},

@@ -43,7 +43,10 @@ def run_check(
     """
     from tunery.data.lint import check_files
     from tunery.models.load import load_tokenizer
+    from tunery.vision.lint import is_vision_data
 
+    if method == "vision" or is_vision_data([str(f) for f in [*files, *validation]]):
+        return run_vision_check([*files, *validation], model, max_length, train_on, as_json)
     sources = sources or SourceOptions()
     tokenizer = load_tokenizer(model)
     report = check_files(
@@ -65,6 +68,21 @@ def run_check(
         print(json.dumps(report.to_json(), indent=2))
     else:
         print(report.format_text())
+    return 0 if report.ok else 1
+
+
+def run_vision_check(files: list[Path], model: str, max_length: int, train_on: str, as_json: bool) -> int:
+    """`tunery data check` on image records (`tunery.vision.lint`), with ``model``'s processor when it
+    has one. Returns 0 when there is no error, 1 otherwise."""
+    from tunery.vision.lint import check_vision_files
+    from tunery.vision.model import load_processor
+
+    try:
+        processor, why = load_processor(model), ""
+    except TuneryError as exc:
+        processor, why = None, exc.what
+    report = check_vision_files([str(f) for f in files], processor, train_on, max_length, no_processor_why=why)
+    print(json.dumps(report.to_json(), indent=2) if as_json else report.format_text())
     return 0 if report.ok else 1
 
 

@@ -77,7 +77,7 @@ def data_check(
     max_length: int = typer.Option(defaults.MAX_LENGTH, "--max-length", help="Longest example in tokens."),
     train_on: str = typer.Option(defaults.TRAIN_ON, "--train-on", help="assistant | all | last"),
     fmt: str = typer.Option("auto", "--format", help="auto | messages | alpaca | sharegpt | prompt_completion | text"),
-    method: str = typer.Option("auto", "--method", help="sft | cpt | auto (cpt when every file is raw text) | dpo | orpo | reward (pairs) | kto (labelled answers) | rl (prompts)"),
+    method: str = typer.Option("auto", "--method", help="sft | cpt | auto (cpt when every file is raw text) | dpo | orpo | reward (pairs) | kto (labelled answers) | rl (prompts) | vision (image records; auto when a record holds an image)"),
     allow_special_tokens: bool = typer.Option(
         False, "--allow-special-tokens",
         help="Accept control tokens (<|im_end|> ...) spelled in text, as data.allow_special_tokens does."),

@@ -10,27 +10,16 @@ from __future__ import annotations
 import re
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from tunery.config import defaults
+from tunery.config.method_sections import PreferenceSection, RLSection, VisionSection
+from tunery.config.section import Section, checked_graders
+from tunery.config.tool_sections import MlflowSection, SweepParam, SweepSection
 
-
-def checked_graders(specs: list) -> list:
-    """Grader specs parsed once at load, so that a typo is a config error with a suggestion."""
-    from tunery.errors import TuneryError
-    from tunery.graders import parse_graders
-
-    try:
-        parse_graders(specs)
-    except TuneryError as exc:
-        raise ValueError(exc.render().replace("\n", " ")) from None
-    return specs
-
-
-class Section(BaseModel):
-    """Base of every config section: unknown keys are errors, assignments are validated."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+__all__ = ["TrainConfig", "LoraSection", "RetrievalSection", "DataSection", "TrainingSection", "EvalSection",
+           "PreferenceSection", "RLSection", "VisionSection", "OutputSection", "MlflowSection", "SweepParam",
+           "SweepSection", "Section", "checked_graders"]
 
 
 class LoraSection(Section):
@@ -355,81 +344,6 @@ class EvalSection(Section):
         return self
 
 
-class PreferenceSection(Section):
-    """Preference methods: `dpo` (with its loss variants), `orpo`, `kto` and `reward`."""
-
-    loss: Literal["sigmoid", "ipo", "hinge", "robust", "simpo"] = Field(
-        "sigmoid",
-        description="`method: dpo` loss: `sigmoid` (DPO), `ipo`, `hinge`, `robust` (label noise), or the "
-        "reference-free `simpo`.",
-    )
-    beta: float = Field(
-        0.1, gt=0, description="How far the tuned model may move from the reference (DPO's beta; ORPO's "
-        "and KTO's beta; SimPO's reward scale)."
-    )
-    label_smoothing: float = Field(
-        0.0, ge=0.0, lt=0.5, description="Assumed share of flipped pairs (`sigmoid`: conservative DPO; `robust`)."
-    )
-    simpo_gamma: float = Field(0.5, ge=0.0, description="SimPO's target reward margin.")
-    reference: Literal["auto", "adapter_off", "precomputed"] = Field(
-        "auto",
-        description="Where the reference log-probabilities come from: `adapter_off` (LoRA: the same model "
-        "with the adapter switched off, no second copy in memory), `precomputed` (once before training, "
-        "kept in the run folder), or `auto` (adapter_off for LoRA/QLoRA, precomputed for full fine-tuning).",
-    )
-    desirable_weight: float = Field(1.0, gt=0, description="KTO: weight of desirable (label true) examples.")
-    undesirable_weight: float = Field(1.0, gt=0, description="KTO: weight of undesirable (label false) examples.")
-    use_margin: bool = Field(
-        True, description="`reward`: subtract a pair's `margin` field (when present) inside the Bradley-Terry loss."
-    )
-    share_prompt: bool = Field(
-        True, description="`dpo`, `orpo`: put each pair's prompt through the model once for both answers (one "
-        "row per pair, the second answer masked from the first); the same log-probs for fewer tokens."
-    )
-
-
-class RLSection(Section):
-    """Online reinforcement learning (`method: rl`): sample answers to the training prompts, score them
-    with graders, and move the model towards the better ones (GRPO or RLOO)."""
-
-    algorithm: Literal["grpo", "rloo"] = Field(
-        "grpo", description="`grpo`: advantages normalised within each group of answers to one prompt; `rloo`: "
-        "leave-one-out baseline (each answer against the mean of the others)."
-    )
-    graders: list[Union[str, dict[str, Any], list[Union[str, dict[str, Any]]]]] = Field(
-        default_factory=list,
-        description="The reward: grader specs scored on each sampled answer (the record's fields, e.g. "
-        "`answer`, are their reference); several are averaged. Required for `method: rl`.",
-    )
-    group_size: int = Field(4, ge=2, description="Answers sampled per prompt (a group).")
-    max_new_tokens: int = Field(64, ge=1, description="Longest sampled answer in tokens.")
-    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the answers.")
-    top_p: float = Field(1.0, gt=0, le=1.0, description="Nucleus sampling: keep the smallest set of tokens "
-                         "whose probability reaches top_p.")
-    scale_rewards: Literal["group", "batch", "none"] = Field(
-        "group", description="GRPO: divide advantages by the group's reward spread, the batch's, or not at all."
-    )
-    kl_beta: float = Field(
-        0.0, ge=0.0, description="Weight of a KL penalty to the reference (the model with the adapter switched off); "
-        "0 skips the reference pass."
-    )
-    clip_low: float = Field(0.2, gt=0, lt=1, description="Lower clip of the probability ratio (1 - clip_low).")
-    clip_high: float = Field(0.2, gt=0, description="Upper clip of the probability ratio (1 + clip_high).")
-    updates_per_generation: int = Field(
-        1, ge=1, description="Optimizer steps taken on each batch of sampled answers (the clipped ratio keeps "
-        "later ones close to the policy that sampled them)."
-    )
-    @field_validator("graders")
-    @classmethod
-    def _known_graders(cls, specs: list) -> list:
-        return checked_graders(specs)
-
-    log_completions: int = Field(
-        4, ge=0, description="Sampled answers (with their rewards) appended to the run's completions.jsonl "
-        "at each sampling."
-    )
-
-
 class OutputSection(Section):
     """Where the run folder goes."""
 
@@ -447,80 +361,16 @@ class OutputSection(Section):
         return value if value is None else check_name(value)
 
 
-class MlflowSection(Section):
-    """Where `tracking: [mlflow]` writes (the `mlflow` extra)."""
-
-    uri: str | None = Field(
-        None,
-        description="MLflow tracking URI (a server `http://...`, or `sqlite:///PATH.db`). Empty: "
-        "`MLFLOW_TRACKING_URI` when set, else a local store `mlflow.db` (artifacts in `mlartifacts/`) "
-        "in `output.dir`, shared by the runs there; browse it with `mlflow ui --backend-store-uri "
-        "sqlite:///runs/mlflow.db`.",
-    )
-    experiment: str | None = Field(
-        None, description="MLflow experiment of the run (empty: the name of `output.dir`, e.g. `runs`)."
-    )
-
-
-class SweepParam(Section):
-    """One searched setting of `tunery sweep --search optuna`: a range (`low`, `high`) or `choices`."""
-
-    key: str = Field(..., description="Dotted config key, e.g. `training.lr`.")
-    low: float | None = Field(None, description="Lowest value of a range.")
-    high: float | None = Field(None, description="Highest value of a range.")
-    log: bool = Field(False, description="Sample the range on a log scale (learning rates).")
-    integer: bool = Field(False, description="The range holds whole numbers (e.g. `lora.rank`).")
-    choices: list[Any] | None = Field(None, description="The values to choose from, instead of a range.")
-
-    @model_validator(mode="after")
-    def _range_or_choices(self) -> "SweepParam":
-        ranged = self.low is not None or self.high is not None
-        if ranged == bool(self.choices):
-            raise ValueError(f"sweep param {self.key}: give either low and high, or choices")
-        if ranged and (self.low is None or self.high is None or self.low >= self.high):
-            raise ValueError(f"sweep param {self.key}: low must be below high")
-        if ranged and self.log and self.low <= 0:
-            raise ValueError(f"sweep param {self.key}: a log range needs low > 0")
-        return self
-
-
-class SweepSection(Section):
-    """`tunery sweep`: what trials are ranked by, the search space of `--search optuna`, and pruning."""
-
-    metric: Literal["val_loss", "grader"] = Field(
-        "val_loss",
-        description="What ranks the trials: the best validation loss (lower is better) or the best score "
-        "of the first grader in `eval.graders` (higher is better).",
-    )
-    trials: int = Field(10, ge=1, description="Trials of `--search optuna` (`--trials N` overrides).")
-    params: list[SweepParam] = Field(
-        default_factory=list,
-        description="The search space of `--search optuna`: a list of `{key, low, high, log, integer}` "
-        "ranges or `{key, choices}`, e.g. `[{key: training.lr, low: 1e-5, high: 1e-3, log: true}]`.",
-    )
-    first: list[dict[str, Any]] = Field(
-        default_factory=list,
-        description="Trials run first with these values (e.g. the current best guess), "
-        "e.g. `[{training.lr: 2e-4}]`; the search continues from them.",
-    )
-    pruner: Literal["median", "none"] = Field(
-        "median",
-        description="Stop a trial early when its validation figure at a step is worse than the median of "
-        "earlier trials at that step (`none`: every trial runs to the end).",
-    )
-    startup_trials: int = Field(2, ge=0, description="Trials that finish before any can be pruned.")
-    seed: int = Field(0, description="Seed of the search's sampler.")
-
-
 class TrainConfig(Section):
     """A whole training run."""
 
-    method: Literal["sft", "cpt", "dpo", "orpo", "kto", "reward", "rl"] = Field(
+    method: Literal["sft", "cpt", "dpo", "orpo", "kto", "reward", "rl", "vision"] = Field(
         "sft",
         description="`sft`: supervised fine-tuning on conversations; `cpt`: continued pre-training on raw "
         "text (every token trained); `dpo` and `orpo`: preference pairs (prompt, chosen, rejected); `kto`: "
         "answers labelled desirable or not; `reward`: a reward model (scalar head) trained on pairs; `rl`: "
-        "online reinforcement learning on prompts, rewarded by graders (see `rl`).",
+        "online reinforcement learning on prompts, rewarded by graders (see `rl`); `vision`: supervised "
+        "fine-tuning of a vision-language model on conversations with images (see `vision`).",
     )
     base_model: str = Field(
         defaults.BASE_MODEL,
@@ -554,6 +404,8 @@ class TrainConfig(Section):
     )
     mlflow: MlflowSection = Field(default_factory=MlflowSection, description="MLflow settings (`tracking: [mlflow]`).")
     sweep: SweepSection = Field(default_factory=SweepSection, description="Settings of `tunery sweep`.")
+    vision: VisionSection = Field(default_factory=VisionSection, description="Settings of vision-language "
+                                  "fine-tuning (vision).")
 
     @model_validator(mode="after")
     def _needs_training_data(self) -> "TrainConfig":
@@ -608,6 +460,15 @@ class TrainConfig(Section):
         if self.sweep.metric == "grader" and not self.eval.graders:
             raise ValueError("sweep.metric is 'grader' but eval.graders is empty: name the grader that ranks "
                              "the trials, e.g. eval.graders=[exact]")
+        return self
+
+    @model_validator(mode="after")
+    def _vision_fits_the_run(self) -> "TrainConfig":
+        if self.method == "vision" and (self.training.fsdp or self.adapter == "qlora"):
+            raise ValueError("method vision trains with adapter: lora or full, without training.fsdp")
+        if self.method == "vision" and self.eval.graders:
+            raise ValueError("eval.graders answer text prompts; method vision does not score them during training "
+                             "yet: leave eval.graders empty (the validation loss is watched)")
         return self
 
     def peak_lr(self) -> float:

