@@ -234,11 +234,18 @@ def evaluate(targets: list[str], data: str, opts: EvalOptions | None = None,
     """Evaluate run folders and/or base models on `data` against the baselines; the eval.json dict.
 
     `items` and `pool` replace reading `data` and the training files (`tunery advise` splits one file).
-    A file of preference pairs is scored by `tunery.eval.pairs` instead (which answer each model prefers),
+    A file of image records is answered by the runs' processors (`tunery.eval.vision`), a file of
+    preference pairs is scored by `tunery.eval.pairs` instead (which answer each model prefers),
     a file of raw text by `tunery.eval.text` (held-out perplexity before and after).
     """
     opts = opts or EvalOptions()
     if items is None:
+        from tunery.vision.lint import is_vision_data
+
+        if is_vision_data([data]):  # image records: answered by the runs' processors (tunery.eval.vision)
+            from tunery.eval.vision import evaluate_vision
+
+            return evaluate_vision(targets, data, opts, log)
         from tunery.eval.pairs import evaluate_pairs, is_pairs_file
 
         if is_pairs_file(data):

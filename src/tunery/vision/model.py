@@ -3,6 +3,8 @@ family's image options of the config (`vision.longest_edge`, `vision.tiling`, `v
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tunery.config.schema import VisionSection
 from tunery.errors import TuneryError
 
@@ -52,7 +54,9 @@ def load_processor(spec: str):
     from tunery.models.load import resolve_model_source
     from tunery.models.composed_vision.processor import TuneryVisionProcessor, is_composed_folder
 
-    source = resolve_model_source(spec)
+    # A run's processor/ folder holds a processor and no model (no config.json): read it as it is.
+    is_processor_folder = Path(spec).is_dir() and not (Path(spec) / "config.json").is_file()
+    source = spec if is_processor_folder else resolve_model_source(spec)
     try:
         if is_composed_folder(source):
             return TuneryVisionProcessor.from_pretrained(source)
