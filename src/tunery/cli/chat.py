@@ -36,8 +36,18 @@ def run_generate(
     temperature: float,
     seed: int,
     as_json: bool,
+    images: list[str] | None = None,
 ) -> int:
-    """Answer each prompt in one batched call; print the answers, or a JSON list with `--json`."""
+    """Answer each prompt in one batched call; print the answers, or a JSON list with `--json`.
+    With `images` (or a vision run) each prompt is one user turn of the images then the text, answered
+    by the model's processor (`tunery.vision.inference`)."""
+    from tunery.vision.inference import is_vision_run
+
+    if images or is_vision_run(target):
+        from tunery.cli.vision_generate import generate_with_images
+
+        answers = generate_with_images(target, prompts, images or [], system, max_new_tokens, temperature, seed, _log)
+        return _print_answers(prompts, answers, as_json)
     model, tokenizer = _load(target)
     index, constraint = answer_setup(target)
     conversations = [conversation(p, system) for p in prompts]
@@ -47,6 +57,10 @@ def run_generate(
         model, tokenizer, conversations, max_new_tokens=max_new_tokens,
         temperature=temperature, seed=seed, **constrained(constraint),
     )
+    return _print_answers(prompts, answers, as_json)
+
+
+def _print_answers(prompts: list[str], answers: list[str], as_json: bool) -> int:
     if as_json:
         rows = [{"prompt": p, "answer": a} for p, a in zip(prompts, answers)]
         print(json.dumps(rows, ensure_ascii=False, indent=2))
@@ -102,6 +116,12 @@ class ChatSession:
 
 def run_chat(target: str, system: str | None, max_new_tokens: int, temperature: float) -> int:
     """Read messages from stdin until /exit or end of input; stream each answer to stdout."""
+    from tunery.errors import TuneryError
+    from tunery.vision.inference import is_vision_run
+
+    if is_vision_run(target):
+        raise TuneryError(f"{target} is a vision run; tunery chat talks to text runs only", fix=f"ask about an image with "
+                          f"tunery generate {target} --image PATH --prompt TEXT")
     model, tokenizer = _load(target)
     session = ChatSession(model, tokenizer, system, max_new_tokens, temperature, *answer_setup(target))
     _log(CHAT_HELP)

@@ -164,16 +164,18 @@ def generate(
     temperature: float = typer.Option(0.0, "--temperature", help="0 means greedy."),
     seed: int = typer.Option(0, "--seed", help="Seed for sampling."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    image: List[Path] = typer.Option([], "--image", help="An image before each prompt's text (repeat for several); vision runs and models."),
 ) -> None:
     """Answer one or more prompts with a run (or a base model), using its chat template.
 
-    Example:
+    Examples:
       tunery generate runs/quickstart --prompt "Who wrote it?"
+      tunery generate runs/shapes --image photo.png --prompt "What shape is it?"
     """
     from tunery.cli.chat import run_generate
 
     raise typer.Exit(
-        run_generate(target, prompt, system, max_new_tokens, temperature, seed, as_json)
+        run_generate(target, prompt, system, max_new_tokens, temperature, seed, as_json, [str(p) for p in image])
     )
 
 
