@@ -127,6 +127,18 @@ def export_hf(model, tokenizer, out: Path, base_record: dict) -> dict:
     return judge(record, "hf")
 
 
+def _export_vision(run_dir, fmt: str, out_dir, overwrite: bool, log) -> dict:
+    """A vision run exports as its merged HF folder (model + processor); GGUF formats are refused with
+    what GGUF readers take (`tunery.export.merge_vision`)."""
+    from tunery.export.merge_vision import merge_vision_run, vision_gguf_error
+
+    if fmt != "hf":
+        raise vision_gguf_error(fmt)
+    record = merge_vision_run(run_dir, out_dir, "float32", overwrite, log)
+    check = record.get("logits_vs_unmerged")
+    return record | {"format": "hf", "passed": check is None or bool(check["argmax_agrees"])}
+
+
 def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path, gguf_type: str = "f16",
                overwrite: bool = False, log: Callable[[str], None] = print, verify_data: str | None = None,
                verify_samples: int | None = None, verify_margin: float | None = None) -> dict:
@@ -143,6 +155,10 @@ def export_run(run_dir: str | Path, fmt: str, out_dir: str | Path, gguf_type: st
         raise TuneryError(f"unknown export format '{fmt}'", fix=f"use one of {', '.join(FORMATS)}")
     if fmt != "hf" and gguf_type not in GGUF_TYPES:  # said before anything is loaded
         raise TuneryError(f"unknown GGUF type '{gguf_type}'", fix=f"use one of {', '.join(GGUF_TYPES)}")
+    from tunery.vision.inference import is_vision_run
+
+    if is_vision_run(run_dir):  # said before anything is loaded
+        return _export_vision(run_dir, fmt, out_dir, overwrite, log)
     run, out = RunFolder(Path(run_dir)), Path(out_dir).expanduser()
     info = read_run_info(run.root)
     tokenizer = AutoTokenizer.from_pretrained(run.tokenizer)

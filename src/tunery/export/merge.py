@@ -121,7 +121,12 @@ def merge_run(run_dir: str | Path, out_dir: str | Path, dtype: str = "float32", 
     from transformers import AutoTokenizer
 
     from tunery.inference import read_run_info
+    from tunery.vision.inference import is_vision_run
 
+    if is_vision_run(run_dir):  # the processor goes with it, and the model class differs
+        from tunery.export.merge_vision import merge_vision_run
+
+        return merge_vision_run(run_dir, out_dir, dtype, overwrite, log)
     run, out = RunFolder(Path(run_dir)), Path(out_dir).expanduser()
     info = read_run_info(run.root)
     if dtype not in DTYPES:

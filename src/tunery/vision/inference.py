@@ -118,13 +118,17 @@ def generate_vision_ids(model, processor, conversations: list[list[VisionMessage
                         temperature: float = 0.0, seed: int = 0, max_pixels: int = MAX_PIXELS,
                         streamer=None) -> list[list[int]]:
     """The answer token ids of each conversation (images and text), cut before the first stop token."""
+    from transformers import GenerationConfig
+
     from tunery.data.chat_template import cut_at_stop
-    from tunery.inference import _generation_config
 
     stop = vision_stop_ids(processor, model)
-    config = _generation_config(processor.tokenizer, stop, max_new_tokens, temperature)
-    if config.pad_token_id is None:
-        config.pad_token_id = stop[0] if stop else 0
+    pad = processor.tokenizer.pad_token_id
+    # An explicit config replaces the checkpoint's own sampling defaults, as for text (tunery.inference).
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=temperature > 0,
+                              temperature=temperature if temperature > 0 else None, top_p=None, top_k=None,
+                              pad_token_id=pad if pad is not None else (stop[0] if stop else 0), eos_token_id=stop,
+                              use_cache=True)
     device = next(model.parameters()).device
     answers = []
     with torch.random.fork_rng(devices=[]):
