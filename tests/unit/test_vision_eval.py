@@ -167,3 +167,34 @@ def test_vision_eval_on_the_composed_model(vision_run, tmp_path, smol_tokenizer)
         got = result["systems"][0]["per_example"][n]
         assert got["tokens"] == len(ids) > 0
         assert got["answer"] == processor.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
+@pytest.mark.parametrize("family", ["llava", "idefics3", "qwen2_vl"])
+def test_vision_eval_base_rows_per_family(family, vision_run, tmp_path, smol_tokenizer, monkeypatch):
+    """Each family's base model, zero-shot and few-shot (k=1: two images in one prompt), answers as its
+    own generate does on its processor's tensors."""
+    from vlm_helpers import FAMILIES
+
+    folder = save_tiny(family, smol_tokenizer, tmp_path / family)
+    processor = FAMILIES[family](smol_tokenizer)[1]
+    if family == "qwen2_vl":  # its processor loads from a folder only with torchvision
+        monkeypatch.setattr("tunery.vision.model.load_processor", lambda spec: processor)
+    run, _, held = vision_run
+    train = run.parent / "train" / "train.jsonl"
+    result = evaluate([str(folder)], str(held), EvalOptions(max_new_tokens=MAX_NEW, k=1, baselines=("zero", "few"),
+                                                            train=[str(train)], probe=None), log=lambda _: None)
+    rows = {r["system"]["name"]: r["per_example"] for r in result["systems"]}
+    assert list(rows) == ["base zero-shot", "base few-shot (k=1)"]
+    model = load_vlm(str(folder))
+    colours = ["red", "green", "blue", "yellow"]
+    for n, name in enumerate(["pink", "grey", "teal"]):
+        turn, image = user_turn(held.parent / f"{name}.png")
+        ids = direct_answer(model, processor, [turn], [image])
+        assert rows["base zero-shot"][n]["tokens"] == len(ids) > 0
+        assert rows["base zero-shot"][n]["answer"] == processor.tokenizer.decode(ids, skip_special_tokens=True).strip()
+        [where] = rows["base few-shot (k=1)"][n]["shots"]
+        colour = colours[int(where.rsplit(":", 1)[1]) - 1]
+        shot_turn, shot_image = user_turn(train.parent / f"{colour}.png")
+        ids = direct_answer(model, processor, [shot_turn, {"role": "assistant", "content": [{"type": "text", "text": colour}]},
+                                               turn], [shot_image, image])
+        assert rows["base few-shot (k=1)"][n]["answer"] == processor.tokenizer.decode(ids, skip_special_tokens=True).strip()
