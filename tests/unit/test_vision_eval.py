@@ -8,7 +8,6 @@ import copy
 import json
 
 import pytest
-import torch
 from peft import PeftModel
 
 from test_vision_run import config
