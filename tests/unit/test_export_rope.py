@@ -112,6 +112,17 @@ def test_other_rope_scalings_are_refused_by_name(rope, tiny_tok, tmp_path):
     assert not (tmp_path / "x.gguf").exists()
 
 
+def test_gemma3_linear_scaling_of_the_global_layers_is_refused(tiny_tok, tmp_path):
+    """Gemma 3 4B+ scale their global layers' rope (per layer kind in rope_parameters): refused, not
+    written unscaled."""
+    from transformers import Gemma3TextConfig
+
+    config = Gemma3TextConfig(vocab_size=len(tiny_tok), head_dim=256, query_pre_attn_scalar=256, sliding_window=8,
+                              rope_scaling={"rope_type": "linear", "factor": 8.0}, **(SMALL | {"num_hidden_layers": 2}))
+    with pytest.raises(TuneryError, match="rope scaling 'linear' is not supported by tunery's GGUF writer for 'gemma3_text'"):
+        write(random_model(config), tiny_tok, tmp_path / "x.gguf")
+
+
 def test_llama3_scaling_on_another_architecture_is_refused(tiny_tok, tmp_path):
     from transformers import Qwen2Config
 

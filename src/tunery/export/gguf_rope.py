@@ -30,14 +30,17 @@ def rope_scaling_of(config) -> dict | None:
     """The config's rope scaling parameters, or None when it rotates at the base frequencies.
 
     transformers 5 keeps them in `rope_parameters` (with the base under `rope_type: default`); older
-    configs in `rope_scaling` with `type` or `rope_type`. Per-layer-kind dicts (Gemma 3) are not scaling
-    of the kind here and are left to the family's own metadata."""
+    configs in `rope_scaling` with `type` or `rope_type`. Gemma 3 keeps one dict per layer kind, and
+    its 4B+ models scale the global layers ('linear'): any scaled kind counts."""
     for attribute in ("rope_parameters", "rope_scaling"):
         params = getattr(config, attribute, None)
-        if isinstance(params, dict) and not any(isinstance(v, dict) for v in params.values()):
-            kind = params.get("rope_type", params.get("type", "default"))
+        if not isinstance(params, dict):
+            continue
+        nested = [v for v in params.values() if isinstance(v, dict)]
+        for candidate in nested or [params]:
+            kind = candidate.get("rope_type", candidate.get("type", "default"))
             if kind not in ("default", None):
-                return dict(params, rope_type=kind)
+                return dict(candidate, rope_type=kind)
     return None
 
 
