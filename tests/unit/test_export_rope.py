@@ -84,6 +84,18 @@ def test_llama3_scaled_model_runs_in_llama_cpp_like_transformers(tiny_tok, tmp_p
     assert unscaled["max_abs_diff"] > 0.1 * top, unscaled
 
 
+def test_without_llama_cpp_no_reader_runs_a_scaled_model_and_it_fails(tiny_tok, tmp_path, monkeypatch):
+    from tunery.export import llamacpp
+    from tunery.export.verify import verify_gguf
+
+    monkeypatch.setattr(llamacpp, "find_extension", lambda: None)
+    model = random_model(llama3_config(len(tiny_tok)))
+    record = verify_gguf(write(model, tiny_tok, tmp_path / "l3.gguf"), model, tiny_tok, "f32")
+    assert record["passed"] is False and record["llama_cpp"]["ran"] is False
+    assert record["failures"][0].startswith("no reader ran the model: transformers' GGUF reader cannot represent")
+    assert "llama.cpp is not installed" in record["failures"][0]
+
+
 def test_a_wrong_rope_factor_fails_the_verification(tiny_tok, tmp_path, monkeypatch):
     require("llama.cpp", llama_cpp())
     from tunery.export import gguf_rope
@@ -171,7 +183,9 @@ def test_the_task_check_decides_a_llama3_export(wrong, llama3_task_run, tmp_path
         monkeypatch.setattr(gguf_rope, "llama3_rope_factors",
                             lambda base, dim, factor, *rest: right(base, dim, factor / 2, *rest))
     run, task = llama3_task_run
-    record = export_run(run, "gguf", tmp_path / "out", gguf_type="f32", verify_data=str(task), log=lambda _: None)
+    printed = []
+    record = export_run(run, "gguf", tmp_path / "out", gguf_type="f32", verify_data=str(task), log=printed.append)
+    assert any("transformers' GGUF reader cannot represent rope scaling 'llama3'" in line for line in printed)
     saved = json.loads((tmp_path / "out" / "verify.json").read_text())
     assert "cannot represent rope scaling 'llama3'" in saved["transformers"]["why"]
     assert saved["transformers"]["ran"] is False and saved["verdict_on"] == "task"
