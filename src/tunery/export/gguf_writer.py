@@ -11,6 +11,8 @@ order applies to Llama and Mistral only):
   while Hugging Face rotates the two halves of a head; readers undo this on load;
 - 1-D tensors (norms) stay float32 in every file type, as llama.cpp expects;
 - a tied output head is written once, as the embedding; an untied one as `output.weight`;
+- Llama 3.1/3.2's `llama3` rope scaling becomes llama.cpp's `rope_freqs.weight` (see `gguf_rope.py`);
+  other rope scaling is refused;
 - q8_0 stores blocks of 32 weights as int8 with one fp16 scale per block (8.5 bits per weight);
   the blocks run along each row, so every row length must be a multiple of 32.
 """
