@@ -246,15 +246,18 @@ def write_modelfile(tokenizer, gguf_path: Path, out: Path) -> dict:
 
 
 def _print_summary(record: dict, log) -> None:
-    logits = record["logits"]
+    logits = record.get("logits")
     verdict = "PASSED" if record["passed"] else "FAILED: " + "; ".join(record["failures"])
     log(f"verification ({record['reader']}, {record['type']}): {verdict}")
     if record.get("verdict_on") == "task":
         log("  (verdict on the task, below; the probe figures are diagnostics"
             + (f": {'; '.join(record['probe_failures'])})" if record["probe_failures"] else ")"))
-    log(f"  max |logit diff| {logits['max_abs_diff']:.3g} (tolerance {record['tolerance_abs']:.3g}, "
-        f"largest |logit| {logits['max_abs_logit']:.3g}); argmax agrees at all {logits['positions']} "
-        f"positions: {logits['argmax_agrees']}; greedy continuations identical: {record['greedy_identical']}")
+    if "transformers" in record:  # a file transformers' reader cannot run (rope scaling): said why
+        log(f"  {record['transformers']['why']}")
+    if logits:
+        log(f"  max |logit diff| {logits['max_abs_diff']:.3g} (tolerance {record['tolerance_abs']:.3g}, "
+            f"largest |logit| {logits['max_abs_logit']:.3g}); argmax agrees at all {logits['positions']} "
+            f"positions: {logits['argmax_agrees']}; greedy continuations identical: {record['greedy_identical']}")
     tok = record["tokenizer"]
     log(f"  chat template identical: {tok['chat_template_identical']}; probe tokens identical: "
         f"{tok['probe_tokens_identical']}; stop ids {tok['stop_ids']} identical: {tok['stop_ids_identical']}")

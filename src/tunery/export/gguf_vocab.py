@@ -6,19 +6,31 @@ chat side: without the exact template the model is prompted in a format it never
 the end-of-turn token it never stops. So the template written here is the run's own (the one it was
 trained with), and the end-of-turn token is stored both as `eot` and among the stop ids.
 
-Supported: byte-level BPE vocabularies (GPT-2 style, `tokenizer.ggml.model = gpt2`), which SmolLM,
-Llama 3, Qwen and most recent models use. SentencePiece-style vocabularies raise a clear error.
+Supported:
+- byte-level BPE vocabularies (GPT-2 style, `tokenizer.ggml.model = gpt2`), which SmolLM, Llama 3,
+  Qwen and most recent models use;
+- SentencePiece-style BPE (`tokenizer.ggml.model = llama`): a BPE model with byte fallback whose
+  spaces are '▁' (a Metaspace pre-tokenizer, or a Replace normalizer, with or without a Prepend), as
+  in the tokenizer.json of Gemma 2/3, Phi-3-mini and Llama 2. llama.cpp tokenises these with its
+  SentencePiece algorithm, which merges the adjacent pair whose result has the highest score and never
+  reads merges, so each token's score is minus the rank of the first merge that makes it (the order
+  BPE applies them); the merges are written as well, for transformers' reader, which uses them.
+  Byte-fallback tokens <0xNN> are marked BYTE, and `add_space_prefix` says whether a '▁' is put
+  before the text (Metaspace/Prepend) or not (Gemma).
+Other kinds (Unigram, WordPiece) raise a clear error.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 
 from tunery.errors import TuneryError
 
 # llama.cpp's token kinds (gguf.TokenType): what a reader does with each token.
-NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 
 
 @dataclass
@@ -37,6 +49,9 @@ class Vocab:
     add_eos: bool
     chat_template: str
     stop_ids: list[int] = field(default_factory=list)
+    model: str = "gpt2"  # tokenizer.ggml.model: "gpt2" (byte-level BPE) or "llama" (SentencePiece-style)
+    scores: list[float] | None = None  # "llama" only: higher merges first in llama.cpp
+    add_space_prefix: bool | None = None  # "llama" only: a '▁' before the text
 
 
 def _backend_json(tokenizer) -> dict:
@@ -54,6 +69,37 @@ def _is_byte_level(spec: dict) -> bool:
     return spec["model"].get("type") == "BPE" and "ByteLevel" in text
 
 
+def _is_sentencepiece_bpe(spec: dict) -> bool:
+    # '▁' stands for a space in the normalizer, pre-tokenizer or decoder (Replace, Metaspace)
+    text = json.dumps([spec.get("normalizer"), spec.get("pre_tokenizer"), spec.get("decoder")], ensure_ascii=False)
+    model = spec["model"]
+    return model.get("type") == "BPE" and bool(model.get("byte_fallback")) and "\u2581" in text
+
+
+def _space_prefix(spec: dict) -> bool:
+    """Whether the tokenizer puts '▁' before the text: a Prepend normalizer or a prepending Metaspace."""
+    parts = [spec.get("normalizer") or {}, spec.get("pre_tokenizer") or {}]
+    steps = [step for part in parts for step in (part.get("normalizers") or part.get("pretokenizers") or [part])]
+    for step in steps:
+        if step.get("type") == "Prepend":
+            return True
+        if step.get("type") == "Metaspace":
+            return step.get("prepend_scheme", "always") != "never" and step.get("add_prefix_space", True)
+    return False
+
+
+def _merge_scores(merges: list[str], n_tokens: int, token_ids: dict[str, int]) -> list[float]:
+    """Minus the rank of the first merge that makes each token; 0 for tokens no merge makes."""
+    scores = [0.0] * n_tokens
+    made = set()
+    for rank, merge in enumerate(merges):
+        token = token_ids.get(merge.replace(" ", "", 1))
+        if token is not None and token not in made:
+            made.add(token)
+            scores[token] = -float(rank + 1)
+    return scores
+
+
 def _adds(tokenizer, token_id: int | None, first: bool) -> bool:
     """Whether encoding plain text adds `token_id` at the start (first) or the end."""
     if token_id is None:
@@ -67,9 +113,11 @@ def read_vocab(tokenizer, n_vocab: int, chat_template: str) -> Vocab:
     from tunery.inference import stop_token_ids
 
     spec = _backend_json(tokenizer)
-    if not _is_byte_level(spec):
+    sentencepiece = not _is_byte_level(spec) and _is_sentencepiece_bpe(spec)
+    if not _is_byte_level(spec) and not sentencepiece:
         raise TuneryError(
-            "this tokenizer is not byte-level BPE, which is the only kind tunery's GGUF writer handles",
+            "this tokenizer is neither byte-level BPE nor SentencePiece-style BPE with byte fallback, the "
+            "kinds tunery's GGUF writer handles",
             why=f"tokenizer model type: {spec['model'].get('type')}",
             fix="export with --format hf, and convert that folder with llama.cpp's convert_hf_to_gguf.py",
         )
@@ -89,6 +137,12 @@ def read_vocab(tokenizer, n_vocab: int, chat_template: str) -> Vocab:
             tokens.append(f"[PAD{index}]")
             types.append(UNUSED)
     merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"].get("merges", [])]
+    scores = None
+    if sentencepiece:
+        types = [BYTE if kind == NORMAL and BYTE_TOKEN.fullmatch(token) else kind for token, kind in zip(tokens, types)]
+        if tokenizer.unk_token_id is not None and types[tokenizer.unk_token_id] != UNUSED:
+            types[tokenizer.unk_token_id] = UNKNOWN
+        scores = _merge_scores(merges, n_vocab, {token: i for i, token in enumerate(tokens)})
     stops = stop_token_ids(tokenizer)
     eot = next((i for i in stops if i != tokenizer.eos_token_id), tokenizer.eos_token_id)
     return Vocab(
@@ -98,6 +152,8 @@ def read_vocab(tokenizer, n_vocab: int, chat_template: str) -> Vocab:
         add_bos=_adds(tokenizer, tokenizer.bos_token_id, True),
         add_eos=_adds(tokenizer, tokenizer.eos_token_id, False),
         chat_template=chat_template, stop_ids=stops,
+        model="llama" if sentencepiece else "gpt2", scores=scores,
+        add_space_prefix=_space_prefix(spec) if sentencepiece else None,
     )
 
 
@@ -108,7 +164,10 @@ def pre_tokenizer_name(tokenizer) -> tuple[str, str | None]:
     regular expression is looked up among the names transformers' GGUF reader knows, so that reader
     rebuilds the same splitting (the verification then shows it on the probe prompts).
     """
-    pre = _backend_json(tokenizer).get("pre_tokenizer") or {}
+    spec = _backend_json(tokenizer)
+    if not _is_byte_level(spec) and _is_sentencepiece_bpe(spec):
+        return "default", None  # llama.cpp's SentencePiece tokenizer has no pre-tokenizer to name
+    pre = spec.get("pre_tokenizer") or {}
     if pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
         return "gpt-2", None  # llama.cpp's name (it refuses "gpt2")
     steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else []
@@ -127,10 +186,14 @@ def pre_tokenizer_name(tokenizer) -> tuple[str, str | None]:
 
 def write_vocab(writer, vocab: Vocab, pre: str) -> None:
     """Add the tokenizer metadata to a `gguf.GGUFWriter`."""
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(pre)
+    writer.add_tokenizer_model(vocab.model)
+    writer.add_tokenizer_pre(pre if vocab.model == "gpt2" else "default")
     writer.add_token_list(vocab.tokens)
     writer.add_token_types(vocab.token_types)
+    if vocab.scores is not None:
+        writer.add_token_scores(vocab.scores)
+    if vocab.add_space_prefix is not None:
+        writer.add_add_space_prefix(vocab.add_space_prefix)
     writer.add_token_merges(vocab.merges)
     for setter, value in ((writer.add_bos_token_id, vocab.bos_id), (writer.add_eos_token_id, vocab.eos_id),
                           (writer.add_pad_token_id, vocab.pad_id), (writer.add_unk_token_id, vocab.unk_id),

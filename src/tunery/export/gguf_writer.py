@@ -11,6 +11,8 @@ order applies to Llama and Mistral only):
   while Hugging Face rotates the two halves of a head; readers undo this on load;
 - 1-D tensors (norms) stay float32 in every file type, as llama.cpp expects;
 - a tied output head is written once, as the embedding; an untied one as `output.weight`;
+- Llama 3.1/3.2's `llama3` rope scaling becomes llama.cpp's `rope_freqs.weight` (see `gguf_rope.py`);
+  other rope scaling is refused;
 - q8_0 stores blocks of 32 weights as int8 with one fp16 scale per block (8.5 bits per weight);
   the blocks run along each row, so every row length must be a multiple of 32.
 """
@@ -25,6 +27,7 @@ import torch
 from tunery.atomic import atomic_file
 from tunery.errors import TuneryError
 from tunery.export.gguf_families import family_of, partial_rotary_factor
+from tunery.export.gguf_rope import check_rope_scaling, rope_freqs_tensor
 from tunery.export.gguf_vocab import Vocab, write_vocab
 
 FILE_TYPES = ("f32", "f16", "q8_0")
@@ -50,12 +53,8 @@ def gguf_arch_of(config):
 
 
 def _check_supported(config) -> None:
-    family_of(config)  # an unsupported family is an error that lists the supported ones
-    scaling = getattr(config, "rope_scaling", None) or {}
-    kind = scaling.get("rope_type", scaling.get("type", "default")) if isinstance(scaling, dict) else "default"
-    if kind not in ("default", None):
-        raise TuneryError(f"rope scaling '{kind}' is not supported by tunery's GGUF writer",
-                          fix="export with --format hf")
+    family = family_of(config)  # an unsupported family is an error that lists the supported ones
+    check_rope_scaling(config, family.arch)  # Llama 3.1/3.2's llama3 scaling; the others refused
     if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
         raise TuneryError("models with attention/MLP biases are not supported by tunery's GGUF writer",
                           fix="export with --format hf")
@@ -70,6 +69,11 @@ def _rope_theta(config) -> float:
     return float(theta)
 
 
+def _rotary_dim(config) -> int:
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return int(partial_rotary_factor(config) * head_dim)
+
+
 def write_hparams(writer, config, name: str, file_type: str) -> None:
     """The architecture metadata llama.cpp and transformers read back into a model config."""
     import gguf
@@ -82,7 +86,7 @@ def write_hparams(writer, config, name: str, file_type: str) -> None:
     writer.add_feed_forward_length(config.intermediate_size)
     writer.add_head_count(config.num_attention_heads)
     writer.add_head_count_kv(config.num_key_value_heads)
-    writer.add_rope_dimension_count(int(partial_rotary_factor(config) * head_dim))
+    writer.add_rope_dimension_count(_rotary_dim(config))
     if head_dim != config.hidden_size // config.num_attention_heads or getattr(config, "head_dim", None):
         writer.add_key_length(head_dim)
         writer.add_value_length(head_dim)
@@ -139,6 +143,9 @@ def gguf_tensors(model) -> list[tuple[str, np.ndarray]]:
         elif family.norm_plus_one and name.endswith("norm.weight"):
             weight = weight + 1.0  # Gemma scales by (1 + w); llama.cpp by the stored weight
         out.append((name, weight.numpy()))
+    factors = rope_freqs_tensor(config, _rope_theta(config), _rotary_dim(config))
+    if factors is not None:  # llama.cpp divides each pair's frequency by these (see gguf_rope.py)
+        out.append((gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", factors))
     return out
 
 

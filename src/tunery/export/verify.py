@@ -58,17 +58,19 @@ def greedy_continuations(model, tokenizer, max_new_tokens: int) -> list[list[int
             for conv in PROBE_CONVERSATIONS]
 
 
+def tokenizer_failures(tokenizer: dict) -> list[str]:
+    """What differs in a `compare_tokenizers` record, in words."""
+    checks = (("chat_template_identical", "chat template differs"),
+              ("probe_tokens_identical", "the template renders different tokens"),
+              ("stop_ids_identical", "stop tokens differ"))
+    return [said for key, said in checks if not tokenizer[key]]
+
+
 def judge(record: dict, kind: str, tolerances: dict[str, float] = RELATIVE_TOLERANCE) -> dict:
     """Add `tolerance`, `passed` and `failures` to a verification record."""
     logits = record["logits"]
     tolerance = tolerances[kind] * max(logits["max_abs_logit"], 1.0)
-    failures = []
-    if not record["tokenizer"]["chat_template_identical"]:
-        failures.append("chat template differs")
-    if not record["tokenizer"]["probe_tokens_identical"]:
-        failures.append("the template renders different tokens")
-    if not record["tokenizer"]["stop_ids_identical"]:
-        failures.append("stop tokens differ")
+    failures = tokenizer_failures(record["tokenizer"])
     # How a user's request is rendered and where answers stop: these fail an export whatever the task
     # check says; the logit and probe-continuation figures below become diagnostics when it runs.
     structural = list(failures)
@@ -88,9 +90,13 @@ def verify_gguf(path: Path, reference_model, reference_tokenizer, file_type: str
 
     folder, name = str(path.parent), path.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
     rows = probe_ids(reference_tokenizer)
     reference_logits = logits_of(reference_model, rows)
+    unreadable = transformers_cannot_run(reference_model.config)
+    if unreadable:
+        return _judged_by_llama_cpp(path, reference_model, reference_tokenizer, tokenizer, reference_logits,
+                                    file_type, max_new_tokens, unreadable)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
     record = {
         "reader": "transformers GGUF loader",
         "file": str(path),
@@ -103,18 +109,58 @@ def verify_gguf(path: Path, reference_model, reference_tokenizer, file_type: str
     record["greedy_identical"] = ref_greedy == got_greedy
     record["greedy_tokens"] = sum(len(g) for g in ref_greedy)
     record["greedy_example"] = reference_tokenizer.decode(ref_greedy[0])
-    from tunery.export.gguf_families import family_of
-
-    floor = family_of(reference_model.config).llama_cpp_f32_tolerance
-    tolerances = LLAMA_CPP_TOLERANCE | {"f32": max(LLAMA_CPP_TOLERANCE["f32"], floor)}
     record["llama_cpp"] = verify_with_llama_cpp(path, reference_logits, ref_greedy, reference_tokenizer,
-                                                file_type, max_new_tokens, tolerances=tolerances)
+                                                file_type, max_new_tokens,
+                                                tolerances=_llama_cpp_tolerances(reference_model.config))
     judged = judge(record, file_type)
     if record["llama_cpp"].get("ran") and not record["llama_cpp"]["passed"]:
         judged["failures"] += [f"llama.cpp: {f}" for f in record["llama_cpp"]["failures"]]
         judged["structural_failures"] += [f"llama.cpp: {f}" for f in record["llama_cpp"]["structural_failures"]]
         judged["passed"] = False
     return judged
+
+
+def _llama_cpp_tolerances(config) -> dict[str, float]:
+    from tunery.export.gguf_families import family_of
+
+    floor = family_of(config).llama_cpp_f32_tolerance
+    return LLAMA_CPP_TOLERANCE | {"f32": max(LLAMA_CPP_TOLERANCE["f32"], floor)}
+
+
+def transformers_cannot_run(config) -> str | None:
+    """Why transformers' GGUF reader would run a different model from this file, or None.
+
+    Its config mapping restores rope scaling for gpt-oss only: a Llama 3.1/3.2 file comes back with
+    unscaled rotary frequencies (and the `rope_freqs` tensor ignored), so its logits would say nothing
+    about the file. llama.cpp, the code users run the file with, applies the scaling."""
+    from tunery.export.gguf_rope import rope_scaling_of
+
+    scaling = rope_scaling_of(config)
+    if scaling is None:
+        return None
+    return (f"transformers' GGUF reader cannot represent rope scaling '{scaling['rope_type']}' (it restores "
+            "rope scaling for gpt-oss only, so it would run this model unscaled); the model is checked by "
+            "llama.cpp, which applies it, and transformers' reader checks the tokenizer only")
+
+
+def _judged_by_llama_cpp(path: Path, reference_model, reference_tokenizer, tokenizer, reference_logits,
+                         file_type: str, max_new_tokens: int, why: str) -> dict:
+    """The verification record of a file only llama.cpp can run: its figures decide, said plainly."""
+    ref_greedy = greedy_continuations(reference_model, reference_tokenizer, max_new_tokens)
+    llama = verify_with_llama_cpp(path, reference_logits, ref_greedy, reference_tokenizer, file_type,
+                                  max_new_tokens, tolerances=_llama_cpp_tolerances(reference_model.config))
+    transformers_side = {"ran": False, "why": why,
+                         "tokenizer": compare_tokenizers(reference_tokenizer, tokenizer)}
+    token_failures = [f"transformers' tokenizer: {f}" for f in tokenizer_failures(transformers_side["tokenizer"])]
+    base = {"reader": "llama.cpp (llama-cpp-cffi); transformers' reader: tokenizer only", "file": str(path),
+            "type": file_type, "transformers": transformers_side, "llama_cpp": llama}
+    if not llama.get("ran"):
+        failures = token_failures + [f"no reader ran the model: {why}; {llama['why']}"]
+        return base | {"tokenizer": transformers_side["tokenizer"], "passed": False, "failures": failures,
+                       "structural_failures": failures}
+    failures = llama["failures"] + token_failures
+    return llama | base | {"passed": not failures, "failures": failures,
+                           "structural_failures": llama["structural_failures"] + token_failures}
 
 
 def verify_with_llama_cpp(path: Path, reference_logits: list, reference_greedy: list[list[int]], tokenizer,
