@@ -136,10 +136,9 @@ def merge_run(run_dir: str | Path, out_dir: str | Path, dtype: str = "float32", 
         raise TuneryError(f"{run.root} has no final adapter/ yet", fix="finish the run (tunery train --resume)")
     print_ = log
     key = fingerprint(run, info, dtype)
-    previous = _previous_record(out) if made_by(out) == "merge" else None
-    if previous is not None and previous.get("fingerprint") == key:
-        print_(f"{out} already holds this merge (same adapter, base and dtype); nothing to do")
-        return previous | {"skipped": True}
+    done = already_merged(out, key, print_)
+    if done is not None:
+        return done
     out = check_output(out, "merge", overwrite)
     tokenizer = AutoTokenizer.from_pretrained(run.tokenizer)
     if kind in ADAPTER_KINDS:
@@ -162,6 +161,16 @@ def merge_run(run_dir: str | Path, out_dir: str | Path, dtype: str = "float32", 
                f"{check['positions']} positions; argmax agrees: {check['argmax_agrees']}")
     print_(f"wrote {out}")
     return record
+
+
+def already_merged(out: Path, key: str, log: Callable[[str], None]) -> dict | None:
+    """The record of a merge already in `out` with this fingerprint (marked skipped), or None: a second
+    merge of the same adapter, base and dtype does nothing."""
+    previous = _previous_record(out) if made_by(out) == "merge" else None
+    if previous is None or previous.get("fingerprint") != key:
+        return None
+    log(f"{out} already holds this merge (same adapter, base and dtype); nothing to do")
+    return previous | {"skipped": True}
 
 
 def _previous_record(out: Path) -> dict | None:

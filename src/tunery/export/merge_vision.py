@@ -84,9 +84,9 @@ def merge_vision_run(run_dir: str | Path, out_dir: str | Path, dtype: str = "flo
     """Merge a vision run and write model + processor to `out_dir` (see the module's note); the record."""
     from tunery.atomic import atomic_dir, write_text_atomic
     from tunery.export.lora_math import non_finite
-    from tunery.export.merge import MERGE_RECORD, _previous_record, fingerprint
+    from tunery.export.merge import MERGE_RECORD, already_merged, fingerprint
     from tunery.models.load import DTYPES
-    from tunery.runfolder import RunFolder, check_output, made_by, portable_path, read_run_info, write_marker
+    from tunery.runfolder import RunFolder, check_output, portable_path, read_run_info, write_marker
     from tunery.vision.inference import vision_stop_ids
     import json
     import shutil
@@ -96,10 +96,9 @@ def merge_vision_run(run_dir: str | Path, out_dir: str | Path, dtype: str = "flo
     if dtype not in DTYPES:
         raise TuneryError(f"unknown dtype '{dtype}'", fix=f"use one of {', '.join(DTYPES)}")
     key = fingerprint(run, info, dtype)
-    previous = _previous_record(out) if made_by(out) == "merge" else None
-    if previous is not None and previous.get("fingerprint") == key:
-        log(f"{out} already holds this merge (same adapter, base and dtype); nothing to do")
-        return previous | {"skipped": True}
+    done = already_merged(out, key, log)
+    if done is not None:
+        return done
     out = check_output(out, "merge", overwrite)
     log(f"merging {run.root} into {info['base_model']} (vision) ...")
     model, processor, check = merged_vision_model(run.root, info)
