@@ -205,9 +205,10 @@ def remove_runs(runs_dir: str | Path, names: list[str]) -> list[Path]:
     deleted, so one bad name deletes nothing."""
     folders = [find_run(runs_dir, name) for name in names]
     for path in folders:
-        status = run_status(RunFolder(path).read_info() if RunFolder(path).info.is_file() else {})
-        if status == "running":
-            raise TuneryError(f"{path} is training right now (pid {RunFolder(path).read_info().get('pid')})",
+        folder = RunFolder(path)
+        info = folder.read_info() if folder.info.is_file() else {}
+        if run_status(info) == "running":
+            raise TuneryError(f"{path} is training right now (pid {info.get('pid')})",
                               fix="stop it first (Ctrl-C, SIGTERM, or Stop in the studio), then remove it")
     for path in folders:
         shutil.rmtree(path)

@@ -62,13 +62,14 @@ class RunTarget:
     config: dict
 
 
-def read_run_target(path: Path) -> RunTarget:
-    """Base model, training files and metrics of a run folder (from run.json and config.yaml)."""
+def read_run_target(path: Path, info: dict | None = None) -> RunTarget:
+    """Base model, training files and metrics of a run folder (from run.json, or its `info` when already
+    read, and config.yaml)."""
     from tunery.inference import read_run_info
     from tunery.runfolder import RunFolder
 
     folder = RunFolder(path)
-    info = read_run_info(path)
+    info = info if info is not None else read_run_info(path)
     typed = folder.read_config()
     config = typed.model_dump(mode="json") if typed is not None else {}
     data = config.get("data") or {}

@@ -10,10 +10,11 @@ from typing import Callable, TypeVar
 T = TypeVar("T")
 
 
-def split_targets(targets: list[str], read_run: Callable[[Path], T] | None = None
+def split_targets(targets: list[str], read_run: Callable[[Path, dict], T] | None = None
                   ) -> tuple[list[tuple[str, T]], list[str]]:
-    """([(target as given, read_run(its folder)) for each run folder], base models without repeats).
-    `read_run` defaults to the run's run.json (`read_run_info`)."""
+    """([(target as given, what is read of its folder) for each run folder], base models without repeats).
+    Each run's run.json is read once; `read_run(folder, info)` reads more from the folder (default: the
+    run.json dict itself)."""
     from tunery.inference import read_run_info
     from tunery.runfolder import is_run_folder
 
@@ -21,8 +22,9 @@ def split_targets(targets: list[str], read_run: Callable[[Path], T] | None = Non
     for target in targets:
         path = Path(target).expanduser()
         if is_run_folder(path):
-            runs.append((target, (read_run or read_run_info)(path)))
-            bases.append(read_run_info(path)["base_model"])
+            info = read_run_info(path)
+            runs.append((target, read_run(path, info) if read_run else info))
+            bases.append(info["base_model"])
         else:
             bases.append(target)
     return runs, list(dict.fromkeys(bases))

@@ -120,22 +120,15 @@ def vision_prompts(system: System, items: list[VisionItem], pool: list[VisionExa
 
 def plan_vision_systems(runs: list[str], bases: list[str], baselines: tuple[str, ...], k: int,
                         pool: list[VisionExample], log) -> tuple[list[System], list[str]]:
-    """(rows to evaluate, why rows asked for were skipped)."""
-    from tunery.eval.baselines import BASELINES
+    """(rows to evaluate, why rows asked for were skipped): the text evaluation's rows without the
+    retrieval ones, which image records cannot take."""
+    from tunery.eval.baselines import plan_systems
 
-    unknown = set(baselines) - set(BASELINES)
-    if unknown:
-        raise TuneryError(f"unknown baseline(s): {', '.join(sorted(unknown))}", fix=f"choose among {', '.join(BASELINES)}")
     skipped = [SKIPPED_RETRIEVAL] if {"rag", "tuned+rag"} & set(baselines) else []
     if "few" in baselines and not pool:
         skipped.append("few-shot rows are skipped: no training examples are known (pass --train FILE)")
-    systems = [System(f"tuned ({Path(r).name})" if len(runs) > 1 else "tuned", r, True, "zero-shot") for r in runs]
-    for base in bases:
-        label = "base" if len(bases) == 1 else f"base ({Path(base).name})"
-        if "zero" in baselines or not pool:
-            systems.append(System(f"{label} zero-shot", base, False, "zero-shot"))
-        if "few" in baselines and pool:
-            systems.append(System(f"{label} few-shot (k={k})", base, False, "few-shot", k))
+    kept = tuple(b for b in baselines if b not in ("rag", "tuned+rag"))
+    systems = plan_systems(runs, bases, kept, k, retrieval="", has_pool=bool(pool))
     for reason in skipped:
         log(f"note: {reason}")
     return systems, skipped

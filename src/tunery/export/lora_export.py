@@ -20,7 +20,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import torch
 
 from tunery.errors import TuneryError
 from tunery.export import lora_math
@@ -82,7 +81,7 @@ def export_gguf_lora(run: RunFolder, info: dict, tokenizer, out: Path, file_type
     from tunery.data.render import chat_template_of
     from tunery.export.gguf_lora import write_lora_gguf
     from tunery.export.gguf_vocab import pre_tokenizer_name, read_vocab
-    from tunery.export.exporter import write_gguf_of_type
+    from tunery.export.exporter import VERIFY, write_gguf_of_type
     from tunery.export.merge import read_adapter
     from tunery.export.verify import verify_with_llama_cpp
 
@@ -101,7 +100,7 @@ def export_gguf_lora(run: RunFolder, info: dict, tokenizer, out: Path, file_type
     vocab = read_vocab(tokenizer, base.config.vocab_size, chat_template_of(tokenizer))
     pre, warning = pre_tokenizer_name(tokenizer)
     write_gguf_of_type(base, vocab, base_path, file_type, name=Path(info["base_model"]).name, pre=pre)
-    (out / "verify.json").unlink(missing_ok=True)
+    (out / VERIFY).unlink(missing_ok=True)  # an earlier record describes the files just replaced
     weights = check_weights(adapter_path, base, adapter, config, adapter_type)
     log("applying the adapter over the base in llama.cpp and comparing with the unmerged run ...")
     llama = verify_with_llama_cpp(base_path, ref_logits, ref_greedy, tokenizer, file_type, 16, adapter=adapter_path)
