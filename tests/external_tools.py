@@ -31,10 +31,9 @@ def go() -> str | None:
 
 
 def llama_cpp() -> str | None:
-    from tunery.export.llamacpp import find_extension
+    from tunery.export.llamacpp import reader_name
 
-    found = find_extension()
-    return str(found) if found else None
+    return reader_name()  # 'llama-cpp-python 0.3.36' or 'llama-cpp-cffi 0.4.42', or None
 
 
 def require(tool: str, found: str | None) -> str:

@@ -79,3 +79,34 @@ def test_the_reader_runs_in_its_own_process(tiny_gguf, monkeypatch):
     died = check(path, model, tok)
     assert died["ran"] is False and died["why"].startswith("not verified by llama.cpp: ")
     assert "signal 9" in died["why"]
+
+
+@pytest.mark.parametrize("python, cffi, wanted, chosen", [
+    (True, True, "", "llama-cpp-python"),  # the newer llama.cpp when both are installed
+    (False, True, "", "llama-cpp-cffi"),  # CI: the prebuilt wheel only
+    (True, True, "llama-cpp-cffi", "llama-cpp-cffi"),  # asked for by name
+    (False, True, "llama-cpp-python", None),  # asked for one that is not installed: none, not the other
+    (False, False, "", None),
+])
+def test_the_reader_prefers_llama_cpp_python_when_installed(python, cffi, wanted, chosen, monkeypatch, tmp_path):
+    from tunery.export import llamacpp_bindings
+
+    monkeypatch.setattr(llamacpp_bindings, "python_binding_module", lambda: tmp_path if python else None)
+    monkeypatch.setenv("TUNERY_LLAMA_CPP_READER", wanted)
+    assert llamacpp_bindings.chosen_reader(cffi) == chosen
+    monkeypatch.setattr(llamacpp, "find_extension", lambda: Path("x.so") if cffi else None)
+    named = llamacpp.reader_name()
+    assert (named is None) if chosen is None else named.startswith(chosen + " ")
+
+
+def test_llama_cpp_python_is_loaded_from_its_distribution_files_only(tmp_path, monkeypatch):
+    """A `llama_cpp` package earlier on sys.path is not what the reader loads."""
+    from tunery.export import llamacpp_bindings
+
+    planted = tmp_path / "llama_cpp"
+    planted.mkdir()
+    (planted / "__init__.py").write_text("raise RuntimeError('planted package imported')")
+    (planted / "llama_cpp.py").write_text("raise RuntimeError('planted module imported')")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    found = llamacpp_bindings.python_binding_module()
+    assert found is None or tmp_path not in found.parents

@@ -11,8 +11,9 @@ order applies to Llama and Mistral only):
   while Hugging Face rotates the two halves of a head; readers undo this on load;
 - 1-D tensors (norms) stay float32 in every file type, as llama.cpp expects;
 - a tied output head is written once, as the embedding; an untied one as `output.weight`;
-- Llama 3.1/3.2's `llama3` rope scaling becomes llama.cpp's `rope_freqs.weight` (see `gguf_rope.py`);
-  other rope scaling is refused;
+- rope scaling becomes what llama.cpp reads: Llama 3.1/3.2's `llama3` a `rope_freqs.weight` tensor,
+  `linear` and `yarn` their `rope.scaling.*` keys, Phi-3's `longrope` its long/short factor tensors and
+  attention factor; `dynamic` is refused (see `gguf_rope.py`);
 - q8_0 stores blocks of 32 weights as int8 with one fp16 scale per block (8.5 bits per weight);
   the blocks run along each row, so every row length must be a multiple of 32.
 """
@@ -27,7 +28,7 @@ import torch
 from tunery.atomic import atomic_file
 from tunery.errors import TuneryError
 from tunery.export.gguf_families import family_of, partial_rotary_factor
-from tunery.export.gguf_rope import check_rope_scaling, rope_freqs_tensor
+from tunery.export.gguf_rope import check_rope_scaling, rope_tensors, write_rope_scaling
 from tunery.export.gguf_vocab import Vocab, write_vocab
 
 FILE_TYPES = ("f32", "f16", "q8_0")
@@ -54,7 +55,7 @@ def gguf_arch_of(config):
 
 def _check_supported(config) -> None:
     family = family_of(config)  # an unsupported family is an error that lists the supported ones
-    check_rope_scaling(config, family.arch)  # Llama 3.1/3.2's llama3 scaling; the others refused
+    check_rope_scaling(config, family.arch)  # what llama.cpp cannot express is refused (gguf_rope.py)
     if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
         raise TuneryError("models with attention/MLP biases are not supported by tunery's GGUF writer",
                           fix="export with --format hf")
@@ -91,6 +92,7 @@ def write_hparams(writer, config, name: str, file_type: str) -> None:
         writer.add_key_length(head_dim)
         writer.add_value_length(head_dim)
     writer.add_rope_freq_base(_rope_theta(config))
+    write_rope_scaling(writer, config)
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_vocab_size(config.vocab_size)
     kind = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
@@ -143,10 +145,8 @@ def gguf_tensors(model) -> list[tuple[str, np.ndarray]]:
         elif family.norm_plus_one and name.endswith("norm.weight"):
             weight = weight + 1.0  # Gemma scales by (1 + w); llama.cpp by the stored weight
         out.append((name, weight.numpy()))
-    factors = rope_freqs_tensor(config, _rope_theta(config), _rotary_dim(config))
-    if factors is not None:  # llama.cpp divides each pair's frequency by these (see gguf_rope.py)
-        out.append((gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", factors))
-    return out
+    # llama3's rope_freqs, longrope's long/short factors: llama.cpp divides each pair's frequency by these
+    return out + rope_tensors(config, _rope_theta(config), _rotary_dim(config))
 
 
 def write_gguf(model, vocab: Vocab, path: Path, file_type: str = "f16", name: str = "model",

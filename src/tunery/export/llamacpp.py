@@ -2,10 +2,12 @@
 
 This is the code that Ollama, LM Studio and llama-server run, so it catches what transformers' GGUF
 loader forgives: a pre-tokenizer name llama.cpp does not know, a vocabulary it splits differently, a
-chat template or end token it cannot find. PyPI has no wheel of llama-cpp-python for this platform
-(it compiles llama.cpp at install time); llama-cpp-cffi ships llama.cpp prebuilt for CPU, and its
-extension module exposes the C API unchanged. We load that extension on its own (the package's
-`__init__` pulls dependencies we do not need) and call the C functions directly.
+chat template or end token it cannot find. Two bindings reach its C API (`llamacpp_bindings.py`):
+llama-cpp-python when installed (PyPI has no CPU wheel of it: it compiles llama.cpp at install time,
+so its llama.cpp is newer and knows more architectures, Qwen3 among them), else llama-cpp-cffi, which
+ships llama.cpp prebuilt for CPU (CI's reader) and whose extension module exposes the C API unchanged.
+We load that extension on its own (the package's `__init__` pulls dependencies we do not need) and
+call the C functions directly.
 
 Native code is kept out of the exporting process: `read_back_isolated` runs the reader in a child
 process (`python -m tunery.export.llamacpp`), so a library that fails to load, a null handle or an
@@ -35,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from tunery.export import llamacpp_bindings as bindings
 
 DISTRIBUTION = "llama-cpp-cffi"
 EXTENSION = "_llama_cpp_cpu*"
@@ -95,8 +99,26 @@ def _load_extension(path: Path):
     return module
 
 
+def reader_name() -> str | None:
+    """'llama-cpp-python 0.3.36' or 'llama-cpp-cffi 0.4.42': the binding the reader will use (see
+    `llamacpp_bindings.chosen_reader`), or None when neither is installed."""
+    chosen = bindings.chosen_reader(find_extension() is not None)
+    return bindings.describe(chosen) if chosen else None
+
+
+def load_binding():
+    """The chosen binding of llama.cpp's C API (raises NotVerified when none is installed)."""
+    chosen = bindings.chosen_reader(find_extension() is not None)
+    if chosen == "llama-cpp-python":
+        return bindings.load_python_binding()
+    api = load_api() if chosen else None
+    if api is None:
+        raise NotVerified("llama.cpp is not installed (neither llama-cpp-python nor llama-cpp-cffi)")
+    return bindings.CffiBinding(*api)
+
+
 def load_api():
-    """(ffi, lib) of llama.cpp's C API, or None when llama-cpp-cffi is not installed."""
+    """(ffi, lib) of llama-cpp-cffi's C API, or None when it is not installed (the quantizer's)."""
     path = find_extension()
     if path is None:
         return None
@@ -124,10 +146,8 @@ class LlamaCpp:
     the C API returns is checked: a null one is a `NotVerified` with the reason, never a crash later."""
 
     def __init__(self, path: Path, n_ctx: int = 512, threads: int = 2, adapter: Path | None = None):
-        api = load_api()
-        if api is None:
-            raise NotVerified("llama-cpp-cffi is not installed")
-        self.ffi, self.lib = api
+        self.api = load_binding()
+        self.lib = self.api.lib
         self.model = self.ctx = self.adapter = None
         self._silence_logs()
         self.lib.llama_backend_init()
@@ -140,13 +160,13 @@ class LlamaCpp:
         cparams.n_threads, cparams.n_threads_batch = threads, threads
         # The KV cache defaults to f16, which alone moves logits by ~1e-3: keep it in f32 so that the
         # comparison measures the file, not the cache.
-        cparams.type_k, cparams.type_v = self.lib.GGML_TYPE_F32, self.lib.GGML_TYPE_F32
+        cparams.type_k, cparams.type_v = bindings.GGML_TYPE_F32, bindings.GGML_TYPE_F32
         self.ctx = self._checked(self.lib.llama_init_from_model(self.model, cparams),
                                  "llama.cpp could not create a context")
         if adapter is not None:  # a LoRA GGUF applied at load time, as llama-server --lora does
             self.adapter = self._checked(self.lib.llama_adapter_lora_init(self.model, str(adapter).encode()),
                                          f"llama.cpp could not load the LoRA adapter {Path(adapter).name}")
-            if self.lib.llama_set_adapter_lora(self.ctx, self.adapter, 1.0) != 0:
+            if self.api.set_adapter(self.ctx, self.adapter, 1.0) != 0:
                 raise NotVerified("llama.cpp could not apply the LoRA adapter")
         self.vocab = self._checked(self.lib.llama_model_get_vocab(self.model), "llama.cpp found no vocabulary")
         self.n_vocab = self.lib.llama_vocab_n_tokens(self.vocab)
@@ -154,7 +174,7 @@ class LlamaCpp:
             raise NotVerified(f"llama.cpp reads a vocabulary of {self.n_vocab} tokens")
 
     def _checked(self, handle, what: str):
-        if handle == self.ffi.NULL:
+        if not handle:  # a NULL pointer: false in cffi and ctypes alike
             raise NotVerified(what)
         return handle
 
@@ -163,13 +183,12 @@ class LlamaCpp:
         # a load fails, e.g. "unknown model architecture"), and the callback alive on self.
         self.errors: list[str] = []
 
-        def keep_errors(level, text, _user) -> None:
-            line = self.ffi.string(text).decode(errors="replace").strip()
-            if level == self.lib.GGML_LOG_LEVEL_ERROR and line:
-                self.errors.append(line)
+        def keep_errors(level: int, text: str) -> None:
+            if level == bindings.GGML_LOG_LEVEL_ERROR and text.strip():
+                self.errors.append(text.strip())
 
-        self._log = self.ffi.callback("void(enum ggml_log_level, const char *, void *)", keep_errors)
-        self.lib.llama_log_set(self._log, self.ffi.NULL)
+        self._log = self.api.log_callback(keep_errors)
+        self.lib.llama_log_set(self._log, self.api.null)
 
     def _last_error(self) -> str:
         return f" ({self.errors[0]})" if self.errors else ""  # the first says why; the rest, that it failed
@@ -186,7 +205,7 @@ class LlamaCpp:
         """llama.cpp's tokenisation, special tokens parsed (as a server does with a rendered template)."""
         raw = text.encode()
         size = len(raw) + 8
-        buffer = self.ffi.new("llama_token[]", size)
+        buffer = self.api.token_array(size)
         n = self.lib.llama_tokenize(self.vocab, raw, len(raw), buffer, size, False, True)
         if n < 0:
             raise NotVerified("llama.cpp's tokenize buffer was too small")
@@ -194,13 +213,13 @@ class LlamaCpp:
 
     def logits(self, ids: list[int]) -> np.ndarray:
         """Logits at every position of one row, from an empty cache."""
-        self.lib.llama_kv_self_clear(self.ctx)
+        self.api.clear_cache(self.ctx)
         self._decode(ids, start=0, all_logits=True)
         return np.stack([self._row(i) for i in range(len(ids))])
 
     def greedy(self, ids: list[int], max_new_tokens: int, stop: set[int]) -> list[int]:
         """Greedy continuation, one token at a time through the cache."""
-        self.lib.llama_kv_self_clear(self.ctx)
+        self.api.clear_cache(self.ctx)
         self._decode(ids, start=0, all_logits=False)
         out, position = [], len(ids)
         for _ in range(max_new_tokens):
@@ -213,8 +232,7 @@ class LlamaCpp:
         return out
 
     def chat_template(self) -> str | None:
-        text = self.lib.llama_model_chat_template(self.model, self.ffi.NULL)
-        return None if text == self.ffi.NULL else self.ffi.string(text).decode()
+        return self.api.string(self.lib.llama_model_chat_template(self.model, self.api.null))
 
     def end_ids(self) -> list[int]:
         ids = {self.lib.llama_vocab_eos(self.vocab), self.lib.llama_vocab_eot(self.vocab)}
@@ -222,13 +240,13 @@ class LlamaCpp:
 
     def _decode(self, ids: list[int], start: int, all_logits: bool) -> None:
         batch = self.lib.llama_batch_init(len(ids), 0, 1)
-        if batch.token == self.ffi.NULL:
+        if not batch.token:
             raise NotVerified("llama.cpp could not allocate a batch")
         try:
             for i, token in enumerate(ids):
                 batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, start + i, 1
                 batch.seq_id[i][0] = 0
-                batch.logits[i] = all_logits or i == len(ids) - 1
+                batch.logits[i] = int(all_logits or i == len(ids) - 1)
             batch.n_tokens = len(ids)
             if self.lib.llama_decode(self.ctx, batch) != 0:
                 raise NotVerified("llama_decode failed")
@@ -237,7 +255,7 @@ class LlamaCpp:
 
     def _row(self, i: int) -> np.ndarray:
         pointer = self._checked(self.lib.llama_get_logits_ith(self.ctx, i), f"llama.cpp returned no logits at {i}")
-        return np.frombuffer(bytes(self.ffi.buffer(pointer, 4 * self.n_vocab)), dtype=np.float32).copy()
+        return self.api.floats(pointer, self.n_vocab)
 
 
 def threads_wanted() -> int:

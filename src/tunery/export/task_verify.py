@@ -111,7 +111,7 @@ def answer_ids_with_llama_cpp(path: Path, tokenizer, sample: TaskSample, adapter
     from tunery.export import llamacpp
     from tunery.inference import prompt_ids, stop_token_ids
 
-    if llamacpp.find_extension() is None:
+    if llamacpp.reader_name() is None:
         raise llamacpp.NotVerified("llama.cpp is not installed (pip install --no-deps llama-cpp-cffi==0.4.42)")
     rows = [prompt_ids(tokenizer, item.prompt) for item in sample.items]
     got = llamacpp.read_back_isolated(path, [], rows, sample.max_new_tokens, set(stop_token_ids(tokenizer)),

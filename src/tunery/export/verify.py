@@ -2,9 +2,9 @@
 
 The reader is transformers' GGUF loader (`from_pretrained(..., gguf_file=...)`), which shares no code
 with our writer: it parses the file with the `gguf` reader, rebuilds the config and the tokenizer from
-metadata, and undoes the rotary row order itself. llama.cpp is the second reader where llama-cpp-cffi
-is installed (`tunery.export.llamacpp`; the `llamacpp` extra): its own tokeniser, template lookup and
-end tokens, logits and greedy continuations, judged by the same tolerances.
+metadata, and undoes the rotary row order itself. llama.cpp is the second reader where llama-cpp-python
+or llama-cpp-cffi is installed (`tunery.export.llamacpp`; the `llamacpp` extra): its own tokeniser,
+template lookup and end tokens, logits and greedy continuations, judged by the same tolerances.
 
 What is compared, on `probe.PROBE_CONVERSATIONS` rendered with the run's chat template:
 - the chat template string, byte for byte, and the token ids it renders for every probe;
@@ -152,7 +152,7 @@ def _judged_by_llama_cpp(path: Path, reference_model, reference_tokenizer, token
     transformers_side = {"ran": False, "why": why,
                          "tokenizer": compare_tokenizers(reference_tokenizer, tokenizer)}
     token_failures = [f"transformers' tokenizer: {f}" for f in tokenizer_failures(transformers_side["tokenizer"])]
-    base = {"reader": "llama.cpp (llama-cpp-cffi); transformers' reader: tokenizer only", "file": str(path),
+    base = {"reader": f"{llama.get('reader', 'llama.cpp')}; transformers' reader: tokenizer only", "file": str(path),
             "type": file_type, "transformers": transformers_side, "llama_cpp": llama}
     if not llama.get("ran"):
         failures = token_failures + [f"no reader ran the model: {why}; {llama['why']}"]
@@ -175,7 +175,7 @@ def verify_with_llama_cpp(path: Path, reference_logits: list, reference_greedy: 
     from tunery.export import llamacpp
     from tunery.inference import stop_token_ids
 
-    if llamacpp.find_extension() is None:
+    if llamacpp.reader_name() is None:
         return not_verified("llama.cpp is not installed (pip install 'tunery[llamacpp]' && "
                             "pip install --no-deps llama-cpp-cffi==0.4.42)")
     texts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in PROBE_CONVERSATIONS]
@@ -186,7 +186,7 @@ def verify_with_llama_cpp(path: Path, reference_logits: list, reference_greedy: 
     except llamacpp.NotVerified as exc:
         return not_verified(str(exc))
     record = {
-        "reader": "llama.cpp (llama-cpp-cffi)",
+        "reader": f"llama.cpp ({llamacpp.reader_name()})",
         "tokenizer": {"chat_template_identical": got.chat_template == chat_template_of(tokenizer),
                       "probe_tokens_identical": got.prompt_ids == rows,
                       # The same set, not a subset: an end id the run has and llama.cpp lacks is an

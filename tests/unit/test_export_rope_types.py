@@ -1,0 +1,182 @@
+"""Rope scaling types besides Llama 3's: `linear` (Llama, Gemma 3's global layers), `yarn` (Qwen2.5/Qwen3,
+Llama) and Phi-3's `longrope`, written with the `gguf` package's keys and run by llama.cpp like the
+Hugging Face model; `dynamic` refused with llama.cpp's reason.
+
+Each tiny config pretends it was pretrained for 32 tokens (`original_max_position_embeddings`), and the
+probe prompts are 41 to 112 tokens long, so every comparison runs past the original context, where
+the scaling matters (longrope switches to its long factors there)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from adapter_helpers import tiny_bpe_tokenizer
+from external_tools import llama_cpp, require
+from test_export_families import SMALL, random_model
+from tunery.errors import TuneryError
+
+ORIGINAL = 32  # the pretend pretraining context: shorter than every probe prompt
+PAIRS_PHI = 6  # Phi-4-mini rotates 3/4 of each head: 12 of 16 dimensions, 6 pairs
+
+
+@pytest.fixture(scope="module")
+def tiny_tok(smol_tokenizer):
+    return tiny_bpe_tokenizer(smol_tokenizer.chat_template)
+
+
+def scaled_config(case: str, vocab: int):
+    """A tiny config of each supported (rope type, family) pair."""
+    from transformers import Gemma3TextConfig, LlamaConfig, Phi3Config, Qwen2Config
+
+    yarn = {"rope_type": "yarn", "factor": 16.0, "original_max_position_embeddings": ORIGINAL}
+    if case == "linear-llama":
+        return LlamaConfig(vocab_size=vocab, tie_word_embeddings=True,
+                           rope_scaling={"rope_type": "linear", "factor": 4.0}, **SMALL)
+    if case == "linear-gemma3":  # Gemma 3 4B+: the global layers only (26 thin layers: a size llama.cpp knows)
+        return Gemma3TextConfig(vocab_size=vocab, head_dim=256, query_pre_attn_scalar=256, sliding_window=8,
+                                rope_scaling={"rope_type": "linear", "factor": 8.0},
+                                **(SMALL | {"num_hidden_layers": 26}))
+    if case == "yarn-qwen2":  # max_position_embeddings 512 = 16 x 32: the factor transformers expects
+        return Qwen2Config(vocab_size=vocab, tie_word_embeddings=True, rope_scaling=yarn, **SMALL)
+    if case == "yarn-llama":
+        return LlamaConfig(vocab_size=vocab, tie_word_embeddings=True, rope_scaling=dict(yarn), **SMALL)
+    if case == "longrope-phi3":  # Phi-4-mini's layout: partial rotary, factors per rotated pair
+        rope = {"rope_type": "longrope", "long_factor": [1.0 + 3.0 * i for i in range(PAIRS_PHI)],
+                "short_factor": [1.0 + 0.2 * i for i in range(PAIRS_PHI)]}
+        return Phi3Config(vocab_size=vocab, tie_word_embeddings=False, partial_rotary_factor=0.75,
+                          original_max_position_embeddings=ORIGINAL, rope_scaling=rope, **SMALL)
+    raise KeyError(case)
+
+
+CASES = ["linear-llama", "linear-gemma3", "yarn-qwen2", "yarn-llama", "longrope-phi3"]
+# llama.cpp's own tolerance for f32 files: float rounding, and for Gemma ggml's GELU through an f16 table.
+SHARE = {"linear-gemma3": 3e-3}
+
+
+def write(model, tok, path):
+    from tunery.data.render import chat_template_of
+    from tunery.export.gguf_vocab import read_vocab
+    from tunery.export.gguf_writer import write_gguf
+
+    vocab = read_vocab(tok, model.config.vocab_size, chat_template_of(tok))
+    return write_gguf(model, vocab, path, "f32", name="tiny")
+
+
+def metadata(path) -> dict:
+    from gguf import GGUFReader
+
+    reader = GGUFReader(path)
+    out = {}
+    for field in reader.fields.values():
+        if ".rope.scaling." in field.name:
+            value = field.contents()
+            out[field.name.split(".rope.scaling.")[1]] = value
+    return out | {"tensors": {t.name: t.data.copy() for t in reader.tensors if t.name.startswith("rope_")}}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_the_file_holds_the_scaling_llama_cpp_reads(case, tiny_tok, tmp_path):
+    """The keys and tensors, against transformers' own figures for the same config."""
+    model = random_model(scaled_config(case, len(tiny_tok)))
+    got = metadata(write(model, tiny_tok, tmp_path / "x.gguf"))
+    kind = case.split("-")[0]
+    assert got["type"] == kind
+    if kind == "linear":
+        assert got["factor"] == pytest.approx(model.config.rope_parameters.get("full_attention", model.config.rope_parameters)["factor"])
+        assert "original_context_length" not in got and not got["tensors"]
+    if kind == "yarn":
+        assert got["factor"] == 16.0 and got["original_context_length"] == ORIGINAL and not got["tensors"]
+    if kind == "longrope":
+        rotary = model.model.rotary_emb
+        assert got["original_context_length"] == ORIGINAL
+        # transformers' cos/sin multiplier: sqrt(1 + ln(512 / 32) / ln(32)) = 1.342
+        assert got["attn_factor"] == pytest.approx(rotary.attention_scaling, rel=1e-6) and got["attn_factor"] > 1.3
+        rope = model.config.rope_parameters
+        assert got["tensors"]["rope_factors_long.weight"].tolist() == rope["long_factor"]
+        assert got["tensors"]["rope_factors_short.weight"].tolist() == pytest.approx(rope["short_factor"])
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_each_scaled_model_runs_in_llama_cpp_like_transformers(case, tiny_tok, tmp_path):
+    require("llama.cpp", llama_cpp())
+    from transformers import AutoModelForCausalLM
+
+    from tunery.export.probe import compare_logits, logits_of, probe_ids
+    from tunery.export.verify import verify_gguf
+
+    rows = probe_ids(tiny_tok)
+    assert min(len(r) for r in rows) > ORIGINAL  # every comparison runs past the original context
+    model = random_model(scaled_config(case, len(tiny_tok)))
+    path = write(model, tiny_tok, tmp_path / "scaled.gguf")
+    record = verify_gguf(path, model, tiny_tok, "f32")
+    llama = record["llama_cpp"]
+    assert llama["ran"] is True, llama.get("why")
+    top = llama["logits"]["max_abs_logit"]
+    assert llama["logits"]["max_abs_diff"] < SHARE.get(case, 1e-4) * top, llama["logits"]
+    assert llama["greedy_identical"] is True
+    assert record["passed"] is True, record["failures"]
+    # transformers' reader is named as skipped (in verify.json), and the reason is true: it runs the
+    # file unscaled, far from the model.
+    kind = case.split("-")[0]
+    assert record["transformers"]["ran"] is False
+    assert f"cannot represent rope scaling '{kind}'" in record["transformers"]["why"]
+    loaded = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=path.name, dtype=torch.float32).eval()
+    unscaled = compare_logits(logits_of(model, rows), logits_of(loaded, rows))
+    assert unscaled["max_abs_diff"] > 0.05 * top, unscaled
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_file_without_the_scaling_fails_the_verification(case, tiny_tok, tmp_path, monkeypatch):
+    """The comparison above can fail: the same file with its scaling left out is caught by llama.cpp."""
+    require("llama.cpp", llama_cpp())
+    from tunery.export import gguf_writer
+    from tunery.export.verify import verify_gguf
+
+    monkeypatch.setattr(gguf_writer, "write_rope_scaling", lambda writer, config: None)
+    monkeypatch.setattr(gguf_writer, "rope_tensors", lambda config, base, dim: [])
+    model = random_model(scaled_config(case, len(tiny_tok)))
+    record = verify_gguf(write(model, tiny_tok, tmp_path / "unscaled.gguf"), model, tiny_tok, "f32")
+    assert record["llama_cpp"]["ran"] is True
+    assert record["passed"] is False
+    assert any(f.startswith("max |logit diff|") for f in record["failures"]), record["failures"]
+
+
+def test_dynamic_scaling_is_refused_with_llama_cpp_s_reason(tiny_tok, tmp_path):
+    from transformers import Qwen2Config
+
+    model = random_model(Qwen2Config(vocab_size=len(tiny_tok), rope_scaling={"rope_type": "dynamic", "factor": 2.0},
+                                     **SMALL))
+    with pytest.raises(TuneryError) as err:
+        write(model, tiny_tok, tmp_path / "x.gguf")
+    text = str(err.value)
+    assert "rope scaling 'dynamic' is not supported by tunery's GGUF writer for 'qwen2'" in text
+    assert "llama.cpp has no dynamic NTK scaling" in text and "--format hf" in text
+    assert not (tmp_path / "x.gguf").exists()
+
+
+@pytest.mark.parametrize("extra, named", [({"beta_fast": 16.0}, "beta_fast=16.0"),
+                                          ({"attention_factor": 1.5}, "attention_factor=1.5"),
+                                          ({"truncate": False}, "truncate=False")])
+def test_yarn_settings_llama_cpp_ignores_are_refused(extra, named, tiny_tok, tmp_path):
+    from transformers import Qwen2Config
+
+    rope = {"rope_type": "yarn", "factor": 16.0, "original_max_position_embeddings": ORIGINAL} | extra
+    model = random_model(Qwen2Config(vocab_size=len(tiny_tok), rope_scaling=rope, **SMALL))
+    with pytest.raises(TuneryError, match=f"llama.cpp reads none of {named}"):
+        write(model, tiny_tok, tmp_path / "x.gguf")
+
+
+def test_longrope_outside_phi3_and_scaled_sliding_layers_are_refused(tiny_tok, tmp_path):
+    from transformers import Gemma3TextConfig, LlamaConfig
+
+    rope = {"rope_type": "longrope", "long_factor": [1.0] * 8, "short_factor": [1.0] * 8,
+            "original_max_position_embeddings": ORIGINAL}
+    model = random_model(LlamaConfig(vocab_size=len(tiny_tok), rope_scaling=rope, **SMALL))
+    with pytest.raises(TuneryError, match="rope scaling 'longrope' is not supported .* for 'llama'"):
+        write(model, tiny_tok, tmp_path / "x.gguf")
+    sliding = Gemma3TextConfig(vocab_size=len(tiny_tok), head_dim=256, query_pre_attn_scalar=256, sliding_window=8,
+                               **(SMALL | {"num_hidden_layers": 2}))
+    sliding.rope_parameters["sliding_attention"] = {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}
+    with pytest.raises(TuneryError, match="sliding-window layers unscaled"):
+        write(random_model(sliding), tiny_tok, tmp_path / "y.gguf")
