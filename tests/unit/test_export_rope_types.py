@@ -37,6 +37,9 @@ def scaled_config(case: str, vocab: int):
         return Gemma3TextConfig(vocab_size=vocab, head_dim=256, query_pre_attn_scalar=256, sliding_window=8,
                                 rope_scaling={"rope_type": "linear", "factor": 8.0},
                                 **(SMALL | {"num_hidden_layers": 26}))
+    if case == "linear-qwen2":
+        return Qwen2Config(vocab_size=vocab, tie_word_embeddings=True,
+                           rope_scaling={"rope_type": "linear", "factor": 4.0}, **SMALL)
     if case == "yarn-qwen2":  # max_position_embeddings 512 = 16 x 32: the factor transformers expects
         return Qwen2Config(vocab_size=vocab, tie_word_embeddings=True, rope_scaling=yarn, **SMALL)
     if case == "yarn-llama":
@@ -49,7 +52,7 @@ def scaled_config(case: str, vocab: int):
     raise KeyError(case)
 
 
-CASES = ["linear-llama", "linear-gemma3", "yarn-qwen2", "yarn-llama", "longrope-phi3"]
+CASES = ["linear-llama", "linear-qwen2", "linear-gemma3", "yarn-qwen2", "yarn-llama", "longrope-phi3"]
 # llama.cpp's own tolerance for f32 files: float rounding, and for Gemma ggml's GELU through an f16 table.
 SHARE = {"linear-gemma3": 3e-3}
 
@@ -180,3 +183,62 @@ def test_longrope_outside_phi3_and_scaled_sliding_layers_are_refused(tiny_tok, t
     sliding.rope_parameters["sliding_attention"] = {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}
     with pytest.raises(TuneryError, match="sliding-window layers unscaled"):
         write(random_model(sliding), tiny_tok, tmp_path / "y.gguf")
+
+
+@pytest.fixture(scope="module")
+def longrope_task_run(tmp_path_factory, tiny_tok):
+    """A tiny LoRA run over a Phi-4-mini-like longrope base, and a task file of the run's own greedy answers."""
+    import json
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from adapter_helpers import make_adapter_run
+    from test_export_task_verify import MAX_NEW, PROMPTS
+    from tunery.inference import generate_ids, prompt_ids
+
+    root = tmp_path_factory.mktemp("longrope-task")
+    random_model(scaled_config("longrope-phi3", len(tiny_tok))).save_pretrained(root / "base")
+    tiny_tok.save_pretrained(root / "base")
+    run, _ = make_adapter_run(root, tiny_tok, root / "base", target="all-linear", name="phi", adapter_scale=0.1)
+    config = json.loads((run / "config.yaml").read_text())
+    (run / "config.yaml").write_text(json.dumps(config | {"eval": {"max_new_tokens": MAX_NEW}}))
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(root / "base"), run / "adapter").eval()
+    lines, lengths = [], []
+    for prompt in PROMPTS:
+        conv = [{"role": "user", "content": prompt}]
+        lengths.append(len(prompt_ids(tiny_tok, conv)))
+        answer = tiny_tok.decode(generate_ids(model, tiny_tok, [conv], max_new_tokens=MAX_NEW, batch_size=1)[0],
+                                 skip_special_tokens=True).strip()
+        lines.append(json.dumps({"messages": conv + [{"role": "assistant", "content": answer}]}))
+    (root / "task.jsonl").write_text("\n".join(lines) + "\n")
+    return run, root / "task.jsonl", lengths
+
+
+@pytest.mark.parametrize("unscaled", [False, True])
+def test_the_task_check_decides_a_longrope_export(unscaled, longrope_task_run, tmp_path, monkeypatch):
+    """`tunery export` of a run over a longrope base: verify.json names transformers' reader as skipped
+    for 'longrope', and llama.cpp's answers to the run's task (prompts past the original context)
+    equal the run's; written without the scaling, the export fails on the task."""
+    import json
+
+    require("llama.cpp", llama_cpp())
+    from tunery.export import gguf_writer
+    from tunery.export.exporter import export_run
+
+    if unscaled:
+        monkeypatch.setattr(gguf_writer, "write_rope_scaling", lambda writer, config: None)
+        monkeypatch.setattr(gguf_writer, "rope_tensors", lambda config, base, dim: [])
+    run, task, lengths = longrope_task_run
+    assert min(lengths) > ORIGINAL, lengths
+    record = export_run(run, "gguf", tmp_path / "out", gguf_type="f32", verify_data=str(task), log=lambda _: None)
+    saved = json.loads((tmp_path / "out" / "verify.json").read_text())
+    assert saved["transformers"]["ran"] is False and "rope scaling 'longrope'" in saved["transformers"]["why"]
+    assert saved["verdict_on"] == "task" and saved["reader"].startswith("llama.cpp (")
+    exact = record["task"]["scores"]["exact"]
+    if not unscaled:
+        assert exact == {"run": 100.0, "export": 100.0, "drop_points": 0.0}
+        assert record["passed"] is True, record["failures"]
+    else:
+        assert exact["export"] < 98.0, exact
+        assert record["passed"] is False and any(f.startswith("task: exact") for f in record["failures"])
