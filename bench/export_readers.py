@@ -3,10 +3,9 @@
     OMP_NUM_THREADS=1 PYTHONPATH=$PWD/src:$PWD/tests python bench/export_readers.py --out bench/results/export_readers_cffi.json
     TUNERY_LLAMA_CPP_READER=llama-cpp-python ... python bench/export_readers.py --out bench/results/export_readers_llama_cpp_python.json
 
-For each tiny random config of the unit tests (tests/unit/test_export_families.py, one per family;
-tests/unit/test_export_rope_types.py, one per rope type, with a 32-token original context and probe
-prompts of 41 to 112 tokens), tunery writes an f32 GGUF and `verify_gguf` reads it back: the record
-says which reader ran (its binding and version), whether llama.cpp loaded the file (or its own reason
+For each tiny random config of the export tests (tests/export_helpers.py: one per family, one per rope
+type and family, with a 32-token original context and probe prompts of 41 to 112 tokens), tunery
+writes an f32 GGUF and `verify_gguf` reads it back: the record says which reader ran (its binding and version), whether llama.cpp loaded the file (or its own reason
 why not), max |logit diff| against the Hugging Face model over every probe position, the largest
 |logit|, and whether greedy continuations are identical. For rope-scaled files it adds what
 transformers' GGUF reader does (it runs them unscaled: its max |logit diff|) and what llama.cpp gives
@@ -23,32 +22,20 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "src"), str(REPO / "tests"), str(REPO / "tests" / "unit")]
-
-EXTRA = {  # Qwen3 with rope scaling (llama.cpp readers that know Qwen3 only)
-    "yarn-qwen3": {"rope_scaling": {"rope_type": "yarn", "factor": 16.0, "original_max_position_embeddings": 32}},
-}
+sys.path[:0] = [str(REPO / "src"), str(REPO / "tests")]
 
 
 def configs(vocab: int) -> dict:
-    from transformers import Qwen3Config
+    from export_helpers import CASES, QWEN3_CASES, family_configs, scaled_config
 
-    from test_export_families import SMALL, family_configs
-    from test_export_rope_types import CASES, scaled_config
-
-    out = dict(family_configs(vocab))
-    out |= {case: scaled_config(case, vocab) for case in CASES}
-    out["yarn-qwen3"] = Qwen3Config(vocab_size=vocab, head_dim=128, tie_word_embeddings=True,
-                                    **EXTRA["yarn-qwen3"], **SMALL)
-    return out
+    return dict(family_configs(vocab)) | {case: scaled_config(case, vocab) for case in CASES + QWEN3_CASES}
 
 
 def one(name: str, config, tok, folder: Path) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from test_export_families import random_model
-    from test_export_rope_types import write
+    from export_helpers import random_model, write
     from tunery.export import gguf_writer
     from tunery.export.gguf_rope import rope_scaling_of
     from tunery.export.probe import compare_logits, logits_of, probe_ids

@@ -6,33 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adapter_helpers import scramble, tiny_bpe_tokenizer
+from adapter_helpers import tiny_bpe_tokenizer
+from export_helpers import SMALL, family_configs, random_model  # noqa: F401 (imported by other tests)
 from external_tools import llama_cpp, require
 from tunery.errors import TuneryError
-
-SMALL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, bos_token_id=1, eos_token_id=2, pad_token_id=2, max_position_embeddings=512)
-
-
-def family_configs(vocab: int) -> dict:
-    """One tiny config per family, each with the feature that sets it apart switched on."""
-    from transformers import Gemma2Config, Gemma3TextConfig, LlamaConfig, MistralConfig, Phi3Config, Qwen2Config, Qwen3Config
-
-    return {
-        "llama": LlamaConfig(vocab_size=vocab, tie_word_embeddings=True, **SMALL),
-        "mistral": MistralConfig(vocab_size=vocab, tie_word_embeddings=False, sliding_window=None, **SMALL),
-        "qwen2": Qwen2Config(vocab_size=vocab, tie_word_embeddings=True, **SMALL),  # q/k/v biases
-        # q/k norms; head_dim 128 as in every Qwen3 (transformers reads no key_length for qwen3)
-        "qwen3": Qwen3Config(vocab_size=vocab, head_dim=128, tie_word_embeddings=True, **SMALL),
-        # Gemma: softcapping, (1 + w) norms, sliding windows. llama.cpp knows Gemma sizes by their
-        # layer count (26 is Gemma 2 2B and Gemma 3 1B) and refuses others, so these have 26 thin layers.
-        "gemma2": Gemma2Config(vocab_size=vocab, head_dim=256, query_pre_attn_scalar=256, sliding_window=8,
-                               **(SMALL | {"num_hidden_layers": 26})),
-        "gemma3_text": Gemma3TextConfig(vocab_size=vocab, head_dim=256, query_pre_attn_scalar=256, sliding_window=8,
-                                        **(SMALL | {"num_hidden_layers": 26})),
-        "phi3": Phi3Config(vocab_size=vocab, tie_word_embeddings=False, **SMALL),  # fused qkv and gate_up
-    }
-
 
 # The llama.cpp of the pinned llama-cpp-cffi 0.4.42 predates Qwen3: it refuses the architecture (the
 # llama.cpp of llama-cpp-python 0.3.36 reads it: tests/integration/test_llamacpp_readers.py).
@@ -42,19 +19,6 @@ LLAMA_CPP_LACKS = {"llama-cpp-cffi": {"qwen3": "unknown model architecture: 'qwe
 @pytest.fixture(scope="module")
 def tiny_tok(smol_tokenizer):
     return tiny_bpe_tokenizer(smol_tokenizer.chat_template)
-
-
-def random_model(config, seed: int = 0):
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = scramble(AutoModelForCausalLM.from_config(config), std=0.12, seed=seed)
-    gen = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():  # norms and biases away from their init, so a wrong (1 + w) or bias shows
-        for param in model.parameters():
-            if param.dim() == 1:
-                param.add_(torch.randn(param.shape, generator=gen) * 0.2)
-    return model.eval()
 
 
 @pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3"])

@@ -13,57 +13,13 @@ import torch
 
 from adapter_helpers import tiny_bpe_tokenizer
 from external_tools import llama_cpp, require
-from test_export_families import SMALL, random_model
+from export_helpers import CASES, ORIGINAL, SHARE, SMALL, random_model, scaled_config, write
 from tunery.errors import TuneryError
-
-ORIGINAL = 32  # the pretend pretraining context: shorter than every probe prompt
-PAIRS_PHI = 6  # Phi-4-mini rotates 3/4 of each head: 12 of 16 dimensions, 6 pairs
 
 
 @pytest.fixture(scope="module")
 def tiny_tok(smol_tokenizer):
     return tiny_bpe_tokenizer(smol_tokenizer.chat_template)
-
-
-def scaled_config(case: str, vocab: int):
-    """A tiny config of each supported (rope type, family) pair."""
-    from transformers import Gemma3TextConfig, LlamaConfig, Phi3Config, Qwen2Config
-
-    yarn = {"rope_type": "yarn", "factor": 16.0, "original_max_position_embeddings": ORIGINAL}
-    if case == "linear-llama":
-        return LlamaConfig(vocab_size=vocab, tie_word_embeddings=True,
-                           rope_scaling={"rope_type": "linear", "factor": 4.0}, **SMALL)
-    if case == "linear-gemma3":  # Gemma 3 4B+: the global layers only (26 thin layers: a size llama.cpp knows)
-        return Gemma3TextConfig(vocab_size=vocab, head_dim=256, query_pre_attn_scalar=256, sliding_window=8,
-                                rope_scaling={"rope_type": "linear", "factor": 8.0},
-                                **(SMALL | {"num_hidden_layers": 26}))
-    if case == "linear-qwen2":
-        return Qwen2Config(vocab_size=vocab, tie_word_embeddings=True,
-                           rope_scaling={"rope_type": "linear", "factor": 4.0}, **SMALL)
-    if case == "yarn-qwen2":  # max_position_embeddings 512 = 16 x 32: the factor transformers expects
-        return Qwen2Config(vocab_size=vocab, tie_word_embeddings=True, rope_scaling=yarn, **SMALL)
-    if case == "yarn-llama":
-        return LlamaConfig(vocab_size=vocab, tie_word_embeddings=True, rope_scaling=dict(yarn), **SMALL)
-    if case == "longrope-phi3":  # Phi-4-mini's layout: partial rotary, factors per rotated pair
-        rope = {"rope_type": "longrope", "long_factor": [1.0 + 3.0 * i for i in range(PAIRS_PHI)],
-                "short_factor": [1.0 + 0.2 * i for i in range(PAIRS_PHI)]}
-        return Phi3Config(vocab_size=vocab, tie_word_embeddings=False, partial_rotary_factor=0.75,
-                          original_max_position_embeddings=ORIGINAL, rope_scaling=rope, **SMALL)
-    raise KeyError(case)
-
-
-CASES = ["linear-llama", "linear-qwen2", "linear-gemma3", "yarn-qwen2", "yarn-llama", "longrope-phi3"]
-# llama.cpp's own tolerance for f32 files: float rounding, and for Gemma ggml's GELU through an f16 table.
-SHARE = {"linear-gemma3": 3e-3}
-
-
-def write(model, tok, path):
-    from tunery.data.render import chat_template_of
-    from tunery.export.gguf_vocab import read_vocab
-    from tunery.export.gguf_writer import write_gguf
-
-    vocab = read_vocab(tok, model.config.vocab_size, chat_template_of(tok))
-    return write_gguf(model, vocab, path, "f32", name="tiny")
 
 
 def metadata(path) -> dict:
