@@ -110,7 +110,7 @@ def test_llama_cpp_reads_the_export_as_the_run_does(tiny_run, tmp_path, file_typ
     read = llamacpp.read_back_isolated(tmp_path / "out" / f"tiny-run-{file_type}.gguf", [], reference[0], 1, set())
     assert_close_to_reference(reference, read.logits, file_type)
     assert record["ran"] is True and record["passed"] is True, record["failures"]
-    assert record["reader"] == "llama.cpp (llama-cpp-cffi)"
+    assert record["reader"] == f"llama.cpp ({llamacpp.reader_name()})" and record["reader"].startswith("llama.cpp (llama-cpp-")
     # llama.cpp's own tokeniser on the rendered template text gives the run's ids; it finds the
     # template in the metadata and takes the run's end-of-turn token as its end of generation.
     assert record["tokenizer"] == {"chat_template_identical": True, "probe_tokens_identical": True,
