@@ -161,6 +161,12 @@ class LlamaCpp:
         # The KV cache defaults to f16, which alone moves logits by ~1e-3: keep it in f32 so that the
         # comparison measures the file, not the cache.
         cparams.type_k, cparams.type_v = bindings.GGML_TYPE_F32, bindings.GGML_TYPE_F32
+        # llama.cpp since mid-2025 turns flash attention on by default ("auto"); its CPU kernel works
+        # in f16 and moves logits by ~2e-3 of the largest (measured with llama-cpp-python 0.3.36: 0.011
+        # of 4.54 on a tiny Llama, 5.6e-6 with it off). Off, like the f32 cache, so that the comparison
+        # measures the file. (llama-cpp-cffi's older llama.cpp has it off by default.)
+        if hasattr(cparams, "flash_attn_type"):
+            cparams.flash_attn_type = 0  # LLAMA_FLASH_ATTN_TYPE_DISABLED
         self.ctx = self._checked(self.lib.llama_init_from_model(self.model, cparams),
                                  "llama.cpp could not create a context")
         if adapter is not None:  # a LoRA GGUF applied at load time, as llama-server --lora does
