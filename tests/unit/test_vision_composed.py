@@ -87,3 +87,18 @@ def test_saved_folder_loads_back(tiny_composed, tmp_path):
     inputs = proc(text=[text])
     with torch.no_grad():
         assert torch.equal(model(**inputs).logits, again(**inputs).logits)
+
+
+def test_pixels_are_rgb_resized_and_normalised_as_craft_was_trained(tiny_composed):
+    """What the backbone reads: channels in RGB order, resized to the model's square, normalised with
+    ImageNet's mean and spread (CRAFT's `normalizeMeanVariance`); a colour must not swap channels."""
+    from PIL import Image
+
+    from tunery.models.composed_vision.processor import MEAN, STD
+
+    _, processor = tiny_composed
+    pixels = processor.pixels(Image.new("RGB", (80, 20), (210, 40, 40)))
+    assert tuple(pixels.shape) == (3, 32, 32)
+    expected = [(value / 255 - mean) / std for value, mean, std in zip((210, 40, 40), MEAN, STD)]
+    assert pixels.mean((1, 2)).tolist() == pytest.approx(expected, abs=1e-5)
+    assert pixels[0].min() > pixels[1].max()  # red in channel 0

@@ -34,11 +34,12 @@ def family_dir(request, tmp_path_factory, smol_tokenizer, monkeypatch):
     return family, folder
 
 
-def config(folder, data, **training) -> TrainConfig:
+def config(folder, data, vision=None, **training) -> TrainConfig:
     settings = {"max_steps": 4, "batch_size": 2, "lr": 1e-2, "save_every": 1, "eval_every": 2, "threads": 1,
                 "warmup_ratio": 0.0, **training}
     return TrainConfig(method="vision", base_model=str(folder), data={"train": [str(data)], "val_split": 0.25},
-                       lora={"dropout": 0.0, "rank": 4}, vision={"train": "projector"}, training=settings)
+                       lora={"dropout": 0.0, "rank": 4}, vision={"train": "projector", **(vision or {})},
+                       training=settings)
 
 
 def adapter_weights(root):
@@ -51,7 +52,19 @@ PROJECTOR_NAMES = {"idefics3": "connector", "llava": "multi_modal_projector", "q
 @pytest.mark.parametrize("family_dir", sorted(FAMILIES), indirect=True)
 def test_run_folder_and_bitwise_resume(family_dir, tmp_path):
     family, folder = family_dir
-    cfg = config(folder, write_data(tmp_path))
+    check_bitwise_resume(family, config(folder, write_data(tmp_path)), tmp_path)
+
+
+def test_bitwise_resume_across_the_projector_stage(idefics3_dir, tmp_path):
+    """Cut at step 2 of a run whose first 3 steps train the projector alone, at its own learning rate:
+    the resumed run crosses into the second stage and ends bitwise equal to the uninterrupted one. (One
+    validation, at the end: the final weights are the last step's, which the second stage moved.)"""
+    cfg = config(idefics3_dir, write_data(tmp_path), {"projector_first_steps": 3, "projector_lr": 3e-2},
+                 eval_every=100)
+    check_bitwise_resume("idefics3", cfg, tmp_path)
+
+
+def check_bitwise_resume(family: str, cfg: TrainConfig, tmp_path) -> None:
     whole = run_training(cfg, tmp_path / "whole", log=lambda _: None)
     assert whole["status"] == "finished" and whole["step"] == 4
     assert (tmp_path / "whole" / "processor" / "processor_config.json").is_file()

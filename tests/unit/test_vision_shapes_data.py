@@ -43,3 +43,47 @@ def test_generator_is_reproducible_and_held_out_is_new(tmp_path):
     examples, problems = load_vision_examples([str(tmp_path / "a" / "heldout.jsonl")])
     assert problems == [] and len(examples) == 12 and all(len(e.images) == 1 for e in examples)
     assert json.loads((tmp_path / "a" / "train.jsonl").read_text().splitlines()[0])["kind"] == "shape"
+
+
+def _ink(image):
+    """Pixels far from the near-grey background (the shapes' or digit's), as a set of (x, y)."""
+    pixels = image.convert("RGB").load()
+    return {(x, y) for x in range(image.width) for y in range(image.height)
+            if max(pixels[x, y]) - min(pixels[x, y]) > 90}
+
+
+def _blobs(points: set) -> int:
+    """Connected groups of `points` (4-neighbours)."""
+    left, count = set(points), 0
+    while left:
+        count += 1
+        stack = [left.pop()]
+        while stack:
+            x, y = stack.pop()
+            for near in ((x + 1, y), (x - 1, y), (x, y + 1), (x, y - 1)):
+                if near in left:
+                    left.remove(near)
+                    stack.append(near)
+    return count
+
+
+def test_pixels_say_what_the_answers_say(tmp_path):
+    """The rendered pixels against the answers: a colour answer is the nearest named colour to the ink's
+    mean, a count answer is the number of separate shapes, a digit image has ink."""
+    from PIL import Image
+
+    make = _module()
+    (tmp_path / "images").mkdir()
+    records = make.make_split(tmp_path, "train", 48, 0)
+    for record in records:
+        image = Image.open(tmp_path / record["messages"][1]["content"][0]["path"])
+        ink = _ink(image)
+        assert ink, record
+        answer = record["messages"][-1]["content"]
+        if record["kind"] == "colour":
+            pixels = image.convert("RGB").load()
+            mean = [sum(pixels[p][c] for p in ink) / len(ink) for c in range(3)]
+            nearest = min(make.COLOURS, key=lambda name: sum((a - b) ** 2 for a, b in zip(make.COLOURS[name], mean)))
+            assert nearest == answer, record
+        if record["kind"] == "count":
+            assert str(_blobs(ink)) == answer, record

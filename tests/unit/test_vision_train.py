@@ -94,3 +94,53 @@ def test_config_refuses_what_vision_does_not_support(override, match, tmp_path):
 
     with pytest.raises(ValidationError, match=match):
         TrainConfig(method="vision", data={"train": ["x.jsonl"]}, **override)
+
+
+def stepped_loop(smol_tokenizer, tmp_path, steps: int, **vision):
+    """A tiny LLaVA loop with the composed model's recipe options (`vision.*`), stepped `steps` times;
+    returns (loop, weights before, weights after each step)."""
+    model, processor = FAMILIES["llava"](smol_tokenizer)
+    cfg = vision_config(write_data(tmp_path), "projector", max_steps=steps, scheduler="constant")
+    cfg = cfg.model_copy(update={"vision": cfg.vision.model_copy(update=vision)})
+    method = VisionSFT(cfg, processor.tokenizer, processor)
+    loop = training_loop.setup(cfg, method, model, method.load_data())
+    snapshots = [{n: p.detach().clone() for n, p in loop.model.named_parameters()}]
+    for step in range(steps):
+        result = training_loop.accumulate(loop, step)
+        assert training_loop.optimizer_step(loop, step, result.loss)[0]
+        snapshots.append({n: p.detach().clone() for n, p in loop.model.named_parameters()})
+    return loop, snapshots
+
+
+def largest_change(before: dict, after: dict, part: str, kind: str) -> float:
+    """Largest absolute change of the weights of `part` (projector, language) of `kind` (copy, lora)."""
+    changes = [float((after[n] - before[n]).abs().max()) for n in before
+               if part_of(n) == part and (kind == "lora") == ("lora_" in n) and (kind == "copy") == ("modules_to_save" in n)]
+    return max(changes, default=0.0)
+
+
+def test_projector_first_steps_keep_the_language_model_still(smol_tokenizer, tmp_path):
+    """`vision.projector_first_steps: 1`: step 1 moves the projector only (LLaVA's first stage), step 2
+    the LoRA too; without it, step 1 moves both."""
+    _, snaps = stepped_loop(smol_tokenizer, tmp_path, 2, projector_first_steps=1)
+    assert largest_change(snaps[0], snaps[1], "projector", "copy") > 0
+    assert largest_change(snaps[0], snaps[1], "language", "lora") == 0.0
+    assert largest_change(snaps[1], snaps[2], "language", "lora") > 0
+    _, together = stepped_loop(smol_tokenizer, tmp_path, 1)
+    assert largest_change(together[0], together[1], "language", "lora") > 0
+
+
+def test_projector_lr_is_the_vision_parts_own(smol_tokenizer, tmp_path):
+    """AdamW's first update moves each weight by at most its learning rate, and a weight with a gradient
+    by almost exactly it (m / sqrt(v) = +-1): the projector by `vision.projector_lr`, the LoRA by
+    `training.lr` (1e-2 here)."""
+    _, snaps = stepped_loop(smol_tokenizer, tmp_path, 1, projector_lr=3e-2)
+    assert largest_change(snaps[0], snaps[1], "projector", "copy") == pytest.approx(3e-2, rel=1e-3)
+    assert largest_change(snaps[0], snaps[1], "language", "lora") == pytest.approx(1e-2, rel=1e-3)
+
+
+def test_projector_first_steps_need_a_learning_projector(tmp_path):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="vision.projector_first_steps needs vision.train"):
+        TrainConfig(method="vision", data={"train": ["x.jsonl"]}, vision={"projector_first_steps": 5})

@@ -95,6 +95,17 @@ class VisionSection(Section):
         "(the projector and the vision tower, in full). With LoRA they are saved in full next to the adapter. "
         "tunery's composed `smollm2-135m-vision` has an untrained projector: train it with `projector`.",
     )
+    projector_lr: float | None = Field(
+        None, gt=0, description="Peak learning rate of the vision parts that learn in full (`vision.train`: the "
+        "projector, the tower), on the same schedule as `training.lr`, which the language model's LoRA (or "
+        "weights) keep; empty: `training.lr` for both. LLaVA trains a new projector faster than the language model.",
+    )
+    projector_first_steps: int = Field(
+        0, ge=0, description="The first N optimizer steps train the vision parts alone: the language model's LoRA "
+        "(or weights) wait, their learning rate 0 (LLaVA's first stage: the projector learns to write what the "
+        "unchanged language model reads); then everything learns together. 0: together from the start. "
+        "Measured on `smollm2-135m-vision`: see docs/vision.md.",
+    )
     max_image_pixels: int = Field(
         64_000_000, ge=1, description="Largest image in pixels; a larger one is an error named by file and line."
     )

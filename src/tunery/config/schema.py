@@ -469,6 +469,11 @@ class TrainConfig(Section):
         if self.method == "vision" and self.eval.graders:
             raise ValueError("eval.graders answer text prompts; method vision does not score them during training "
                              "yet: leave eval.graders empty (the validation loss is watched)")
+        vision = self.vision
+        for name, value in (("projector_first_steps", vision.projector_first_steps), ("projector_lr", vision.projector_lr)):
+            if value and vision.train == "none":
+                raise ValueError(f"vision.{name} needs vision.train projector or tower (a vision part that "
+                                 "learns); with vision.train none only the language model learns")
         return self
 
     def peak_lr(self) -> float:

@@ -68,6 +68,9 @@ class Loop:
     save_every: int
     watch: Watch
     data: Datasets | None = None  # what the method loaded (the retrieval index and labels are saved from it)
+    # The method's name of each optimizer group, in order (kept here: a resumed optimizer's groups hold
+    # what the checkpoint saved).
+    group_names: list[str] = field(default_factory=lambda: ["all"])
 
     @property
     def total_steps(self) -> int:
@@ -83,9 +86,9 @@ def setup(cfg: TrainConfig, method: Method, model, data: Datasets, strategy: Sin
     model.train()
     method.prepare(model, strategy.logits_at)
     tc = cfg.training
-    params = [p for p in model.parameters() if p.requires_grad]
+    groups = method.param_groups(model)
     # foreach=False keeps the update order fixed, which exact resume relies on.
-    optimizer = torch.optim.AdamW(params, lr=cfg.peak_lr(), betas=tc.betas,
+    optimizer = torch.optim.AdamW([{"params": params} for _, params in groups], lr=cfg.peak_lr(), betas=tc.betas,
                                   weight_decay=tc.weight_decay, foreach=False)
     # batch_size is per process: N processes step through the examples N x batch_size at a time.
     plan = batching.make_plan(len(data.train), tc.batch_size * strategy.dist.world, tc.grad_accum, tc.epochs,
@@ -95,7 +98,8 @@ def setup(cfg: TrainConfig, method: Method, model, data: Datasets, strategy: Sin
                                   max(1, tc.max_steps // method.steps_per_batch), tc.seed)
     watch = Watch.for_run(cfg, plan.total_steps * method.steps_per_batch, data.val_examples, data)
     save_every = tc.save_every or watch.eval_every
-    return Loop(cfg, method, strategy, model, data.train, data.val, optimizer, plan, save_every, watch, data)
+    return Loop(cfg, method, strategy, model, data.train, data.val, optimizer, plan, save_every, watch, data,
+                [name for name, _ in groups])
 
 
 def step_pieces(loop: Loop, step: int, dry: bool = False) -> list[list]:
@@ -163,8 +167,8 @@ def optimizer_step(loop: Loop, step: int, loss: float) -> tuple[bool, float, flo
     lr = loop.cfg.peak_lr() * lr_factor(step, loop.total_steps, warmup, tc.scheduler)
     applied = math.isfinite(loss) and math.isfinite(grad_norm)
     if applied:
-        for group in loop.optimizer.param_groups:
-            group["lr"] = lr
+        for name, group in zip(loop.group_names, loop.optimizer.param_groups, strict=True):
+            group["lr"] = lr * loop.method.lr_scale(name, step)
         loop.optimizer.step()
     loop.optimizer.zero_grad(set_to_none=True)
     return applied, lr, grad_norm

@@ -75,6 +75,16 @@ class Method:
         """The model in its trainable form (LoRA, QLoRA or every weight, per the config)."""
         return adapters.prepare_trainable(model, self.cfg)
 
+    def param_groups(self, model) -> list[tuple[str, list[torch.nn.Parameter]]]:
+        """(name, parameters) of each optimizer group, in order; one group of every trainable weight by
+        default. A method that gives a part its own learning rate returns several, and `lr_scale` says
+        what each group's learning rate is at a step."""
+        return [("all", [p for p in model.parameters() if p.requires_grad])]
+
+    def lr_scale(self, group: str, step: int) -> float:
+        """Factor on the scheduled learning rate of optimizer group `group` at optimizer step `step`."""
+        return 1.0
+
     def prepare(self, model, logits_at: LogitsAt) -> None:
         """Called once the model is trainable and placed, before any step or resume, with the base
         weights still in place (precomputed reference log-probs, say)."""

@@ -44,6 +44,11 @@ def vision_parts(model: torch.nn.Module) -> dict[str, list[str]]:
     return parts
 
 
+def is_vision_weight(name: str) -> bool:
+    """Is the weight of this full name part of the vision tower or the projector (of any family)?"""
+    return any(piece in TOWERS or piece in PROJECTORS for piece in name.split("."))
+
+
 def learning_parts(vision_train: str) -> tuple[str, ...]:
     """Which vision parts learn for a `vision.train` value."""
     return {"none": (), "projector": ("projector",), "tower": ("projector", "tower")}[vision_train]

@@ -84,6 +84,23 @@ class VisionSFT(Method):
                 update={"target_modules": parts.language_lora_pattern(model)})})
         return adapters.prepare_trainable(model, cfg, extra_modules=parts.saved_modules(model, vision_train))
 
+    def param_groups(self, model) -> list[tuple[str, list[torch.nn.Parameter]]]:
+        """The vision parts that learn in full (projector, tower) and the language model, apart: each has
+        its own learning rate (`vision.projector_lr`) and stage (`vision.projector_first_steps`)."""
+        from tunery.vision.parts import is_vision_weight
+
+        groups: dict[str, list[torch.nn.Parameter]] = {"vision": [], "language": []}
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                groups["vision" if is_vision_weight(name) else "language"].append(param)
+        return [(name, params) for name, params in groups.items() if params]
+
+    def lr_scale(self, group: str, step: int) -> float:
+        vision = self.cfg.vision
+        if group == "vision":
+            return vision.projector_lr / self.cfg.peak_lr() if vision.projector_lr else 1.0
+        return 0.0 if step < vision.projector_first_steps else 1.0
+
     def pieces(self, rows: list) -> list[list]:
         return [[row] for row in rows]
 
