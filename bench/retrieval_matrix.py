@@ -37,6 +37,8 @@ BASE_MODEL = "smollm2-135m-instruct"
 TASKS = {  # name: (config, held-out file, training file, grader, extra eval options)
     "intents": ("examples/intents/config.yaml", "examples/intents/heldout.jsonl", "examples/intents/train.jsonl",
                 "exact", ["--choices", "auto", "--max-new-tokens", "8"]),
+    "rewrite": ("examples/rewrite/config.yaml", "examples/rewrite/heldout.jsonl", "examples/rewrite/train.jsonl",
+                "exact", ["--max-new-tokens", "24"]),
     "quickstart": ("examples/quickstart/config.yaml", "examples/quickstart/heldout.jsonl",
                    "examples/quickstart/train.jsonl", "json_match", ["--max-new-tokens", "40"]),
 }

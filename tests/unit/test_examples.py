@@ -244,3 +244,18 @@ def test_intents_are_balanced_and_no_held_out_message_is_a_near_duplicate_of_a_t
              for i in make_data.INTENTS for p in make_data.INTENT[i][make_data.TRAINED_PHRASINGS:]]
     assert not [p for p in novel if p.lower() in train_text.lower()]  # held-out-only phrasings stay out of training
     assert sum(any(p.lower() in r[1]["content"].lower() for p in novel) for r in held) > len(held) // 5
+
+
+def test_rewrite_lines_follow_the_house_style_and_restate_the_note():
+    make_data = _load_script(EXAMPLES / "rewrite" / "make_data.py")
+    train, held = (_records(EXAMPLES / "rewrite" / f"{name}.jsonl") for name in ("train", "heldout"))
+    style = re.compile(r"^(Monday|Tuesday|Wednesday|Thursday|Friday) (\d\d):(\d\d) - ([A-Z][a-z ]+) with (\w+)$")
+    for records, heldout in ((train, False), (held, True)):
+        for system, note, line in records:
+            day, hour, minute, topic, name = style.match(line["content"]).groups()
+            text = note["content"].lower()
+            assert day.lower() in text and topic.lower() in text and name.lower() in text
+            twelve = int(hour) - 12 if int(hour) > 12 else int(hour)
+            assert f"{int(hour)}:{minute}" in text or str(twelve) in text  # the note's time, however said
+            assert name in make_data.split(make_data.NAMES, heldout) and topic.lower() in make_data.split(
+                make_data.TOPICS, heldout)
