@@ -165,16 +165,32 @@ def verdict(task: str, rows: list[dict]) -> dict | None:
             "base_retrieval": base["score"], **test}
 
 
+def against_default(task: str, rows: list[dict]) -> None:
+    """Each tuned row's paired test against the default run's plain tuned row (in place: `vs_default`)."""
+    from tunery.eval.stats import compare_paired
+
+    mine = [r for r in rows if r["task"] == task]
+    default = next((r for r in mine if r["setting"] == "default" and r["prompting"] == "zero-shot"), None)
+    for r in mine:
+        if default is not None and r["tuned"] and r is not default:
+            r["vs_default"] = compare_paired(r["per_example"], default["per_example"], seed=0)
+
+
+def fmt_test(t: dict | None) -> str:
+    return "" if not t else f"{t['diff']:+.1%} (p={t['p']:.2g})"
+
+
 def fmt_ci(s: dict) -> str:
     return f"{s['mean']:.1%} [{s['low']:.1%}, {s['high']:.1%}]"
 
 
 def table(rows: list[dict], verdicts: list[dict]) -> str:
-    lines = [f"{'task':<10} {'setting':<14} {'row':<48} {'score [95% CI]':<24} {'invalid':>7} {'tokens':>7}"]
+    lines = [f"{'task':<10} {'setting':<14} {'row':<48} {'score [95% CI]':<24} {'vs default':<18} {'invalid':>7} "
+             f"{'tokens':>7}"]
     for r in rows:
         invalid = r["constraint"]["invalid_unconstrained"] if r.get("constraint") else ""
         lines.append(f"{r['task']:<10} {r['setting']:<14} {r['row'][:48]:<48} {fmt_ci(r['score']):<24} "
-                     f"{invalid!s:>7} {r['tokens'] or '':>7}")
+                     f"{fmt_test(r.get('vs_default')):<18} {invalid!s:>7} {r['tokens'] or '':>7}")
     for v in verdicts:
         lines.append(f"\n{v['task']}: best tuned ({v['best']}) {fmt_ci(v['best_score'])} vs base retrieval "
                      f"{fmt_ci(v['base_retrieval'])}: {v['diff']:+.1%} [{v['diff_low']:+.1%}, {v['diff_high']:+.1%}], "
@@ -184,12 +200,13 @@ def table(rows: list[dict], verdicts: list[dict]) -> str:
 
 def markdown(rows: list[dict], verdicts: list[dict]) -> str:
     """The same table for docs/retrieval.md."""
-    lines = ["| task | setting | row | exact [95% CI] | invalid unconstrained | answer loss | steps | tokens trained |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| task | setting | row | score [95% CI] | vs default tuned (McNemar p) | invalid unconstrained | "
+             "answer loss | steps | tokens trained |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         invalid = r["constraint"]["invalid_unconstrained"] if r.get("constraint") else ""
         loss = f"{r['loss']['loss']:.3f}" if r.get("loss") else ""
-        lines.append(f"| {r['task']} | {r['setting']} | {r['row']} | {fmt_ci(r['score'])} | {invalid} | {loss} | "
+        lines.append(f"| {r['task']} | {r['setting']} | {r['row']} | {fmt_ci(r['score'])} | "
+                     f"{fmt_test(r.get('vs_default'))} | {invalid} | {loss} | "
                      f"{r['steps'] or ''} | {r['tokens'] or ''} |")
     for v in verdicts:
         lines.append(f"\n{v['task']}: best tuned row ({v['best']}) {fmt_ci(v['best_score'])} against base retrieval "
@@ -232,6 +249,7 @@ def main() -> None:
     for task in tasks:
         runs = [r for r in trained.get(task, []) if r["setting"] in settings]
         rows += collect_rows(task, runs, args.work)
+        against_default(task, rows)
         v = verdict(task, rows)
         verdicts += [v] if v else []
     print()

@@ -63,6 +63,14 @@ def test_measured_suggestions_reach_only_the_kinds_they_were_measured_on(monkeyp
     assert not [s for s in suggestions(profile([json.dumps({"x": i}) for i in range(100)])) if s.basis == "measured"]
 
 
+def test_the_measured_learning_rate_is_suggested_for_label_sets_only():
+    on_labels = [s for s in suggestions(profile(["a", "b", "c"] * 40)) if s.basis == "measured"]
+    assert [(s.key, s.value) for s in on_labels] == [("training.lr", "5e-4")]
+    assert "78.9% against 66.1% at the default 2e-4" in on_labels[0].why
+    for answers in ([json.dumps({"x": i % 3}) for i in range(120)], [f"Line number {i} of text" for i in range(120)]):
+        assert not [s for s in suggestions(profile(answers)) if s.basis == "measured"]
+
+
 def test_the_printed_block_names_the_task_and_each_basis():
     task = profile(["billing", "refund", "cancel"] * 40)
     text = recommend.format_suggestions(task, suggestions(task))

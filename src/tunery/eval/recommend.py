@@ -97,7 +97,10 @@ def _evidence_suggestions(task: TaskProfile) -> list[Suggestion]:
 
 # (key, value, why, kinds it was measured on): filled from bench/retrieval_matrix.py's table only
 # where a setting differed from the default significantly; see docs/retrieval.md.
-MEASURED: list[tuple[str, str, str, tuple[str, ...]]] = []
+MEASURED: list[tuple[str, str, str, tuple[str, ...]]] = [
+    ("training.lr", "5e-4", "on examples/intents (6 labels, 216 examples, one epoch) lr 5e-4 scored 78.9% against "
+     "66.1% at the default 2e-4 (+12.8 points, McNemar p=0.0002) and 70.6% for base retrieval", (CLASSIFICATION,)),
+]
 
 
 def suggestions(task: TaskProfile) -> list[Suggestion]:
