@@ -38,6 +38,7 @@ SETTINGS = {
     "replay25-kl0.1": ["data.replay=self", "data.replay_share=0.25", "training.kl_to_base=0.1"],
     "replay25-kl1": ["data.replay=self", "data.replay_share=0.25", "training.kl_to_base=1.0"],
     # replay on top of the task's steps (data.replay_mode extend): 1.25x the steps at 20%
+    "replay10x": ["data.replay=self", "data.replay_share=0.1", "data.replay_mode=extend"],
     "replay20x": ["data.replay=self", "data.replay_share=0.2", "data.replay_mode=extend"],
     "replay20x-kl0.1": ["data.replay=self", "data.replay_share=0.2", "data.replay_mode=extend",
                         "training.kl_to_base=0.1"],
@@ -154,6 +155,22 @@ def merged(old: list[dict], new: list[dict]) -> list[dict]:
     return rows
 
 
+def with_tokens(rows: list[dict], work: Path) -> list[dict]:
+    """Rows measured before the tokens were recorded get them (and their ratio to plain) from their run
+    folders in `work`, where those still exist; rows are changed in place and returned."""
+    def tokens_of(run: str) -> int | None:
+        info = work / run / "run.json"
+        return json.loads(info.read_text()).get("tokens") if info.is_file() else None
+
+    for row in rows:
+        if row["setting"] == "base" or row.get("tokens_ratio") is not None:
+            continue
+        tokens, plain = tokens_of(row["run"]), tokens_of(f"runs/{row['task']}-plain")
+        if tokens and plain:
+            row["tokens"], row["tokens_ratio"] = tokens, round(tokens / plain, 2)
+    return rows
+
+
 def write_json_atomic(path: Path, data: dict) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
@@ -171,14 +188,20 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "forgetting.json")
     parser.add_argument("--threads", type=int, default=None,
                         help="training.threads for every run (1 on a shared machine; results do not depend on it)")
-    parser.add_argument("--stage", choices=["all", "train", "eval"], default="all",
-                        help="train only (runs.json in --work), evaluate the --settings trained before, or both")
+    parser.add_argument("--stage", choices=["all", "train", "eval", "table"], default="all",
+                        help="train only (runs.json in --work), evaluate the --settings trained before, or both; "
+                        "table: print every row of --out (filling in the tokens of rows that lack them from "
+                        "their run folders in --work)")
     args = parser.parse_args()
     if args.threads:
         COMMON.append(f"training.threads={args.threads}")
     args.work.mkdir(parents=True, exist_ok=True)
     started, rows = time.monotonic(), []
     earlier = json.loads(args.out.read_text()) if args.out.is_file() else {}  # kept: rows are only added
+    if args.stage == "table":
+        print(table(with_tokens(earlier["rows"], args.work)))
+        write_json_atomic(args.out, earlier | {"rows": earlier["rows"]})
+        return
     trained_file = args.work / "runs.json"
     trained = json.loads(trained_file.read_text()) if trained_file.is_file() else {}  # runs of earlier calls
     settings = args.settings.split(",")

@@ -46,3 +46,15 @@ def test_the_extend_settings_ask_for_replay_on_top_of_the_task_steps():
     settings = _bench().SETTINGS
     assert "data.replay_mode=extend" in settings["replay20x"] and "data.replay_share=0.2" in settings["replay20x"]
     assert "training.kl_to_base=1.0" in settings["replay20x-kl1"] and "lora.rank=4" in settings["rank4-replay20x"]
+
+
+def test_rows_without_tokens_get_them_from_their_run_folders(tmp_path):
+    bench = _bench()
+    for name, tokens in [("routing-plain", 1000), ("routing-replay25", 1160)]:
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        (tmp_path / "runs" / name / "run.json").write_text(json.dumps({"tokens": tokens}))
+    rows = [row("routing", "base", 0), {"run": "runs/routing-replay25", **row("routing", "replay25", 88)},
+            {"run": "runs/routing-gone", **row("routing", "gone", 1)}]
+    bench.with_tokens(rows, tmp_path)
+    assert rows[1]["tokens"] == 1160 and rows[1]["tokens_ratio"] == 1.16
+    assert "tokens" not in rows[0] and "tokens_ratio" not in rows[2]  # the base, and a run folder no longer there
