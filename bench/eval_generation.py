@@ -1,7 +1,7 @@
 """Answering speed of `tunery eval`: 200 short classification prompts answered greedily by the embedded
 model, one at a time through transformers' `generate` (what a user's own loop does) and through
 tunery's batched generation (`inference.generate_ids`, what `tunery eval`, graders during training
-and `tunery generate` use) at batch 1, 8 and 32.
+and `tunery generate` use) at batch 1, 8 and 32, with and without the shared prompt prefix computed once.
 
     python bench/eval_generation.py [--prompts 200] [--max-new-tokens 8] [--threads 2]
 
@@ -69,18 +69,20 @@ def main() -> None:
     generate_ids(model, tokenizer, convs[:4], args.max_new_tokens, batch_size=4)  # warm-up
     reference, seconds = timed(lambda: one_at_a_time(model, tokenizer, convs, args.max_new_tokens))
     rows = [{"row": "transformers generate, one at a time", "seconds": seconds, "answers": reference}]
-    for batch in (1, 8, 32):
-        answers, seconds = timed(lambda: generate_ids(model, tokenizer, convs, args.max_new_tokens, batch_size=batch))
-        rows.append({"row": f"tunery generate_ids, batch {batch}", "seconds": seconds, "answers": answers})
+    for batch, share in ((1, True), (8, False), (8, True), (32, False), (32, True)):
+        answers, seconds = timed(lambda: generate_ids(model, tokenizer, convs, args.max_new_tokens, batch_size=batch,
+                                                      share_prefix=share))
+        name = f"tunery generate_ids, batch {batch}" + ("" if share or batch == 1 else ", prefix not shared")
+        rows.append({"row": name, "seconds": seconds, "answers": answers})
     base = rows[0]["seconds"]
     print(f"{len(convs)} prompts, greedy, at most {args.max_new_tokens} new tokens, {args.threads} threads")
-    print(f"{'row':<40}{'answers/s':>10}{'tokens/s':>10}{'same answers':>14}{'x one-at-a-time':>17}")
+    print(f"{'row':<56}{'answers/s':>10}{'tokens/s':>10}{'same answers':>14}{'x one-at-a-time':>17}")
     for r in rows:
         tokens = sum(len(a) for a in r["answers"])
         same = sum(a == b for a, b in zip(r["answers"], reference))
         r |= {"answers_per_s": len(convs) / r["seconds"], "tokens_per_s": tokens / r["seconds"], "same": same,
               "speedup": base / r["seconds"]}
-        print(f"{r['row']:<40}{r['answers_per_s']:>10.1f}{r['tokens_per_s']:>10.1f}{same:>10}/{len(convs):<3}"
+        print(f"{r['row']:<56}{r['answers_per_s']:>10.1f}{r['tokens_per_s']:>10.1f}{same:>10}/{len(convs):<3}"
               f"{r['speedup']:>15.2f}x")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"settings": vars(args) | {"out": str(args.out)},
