@@ -308,6 +308,7 @@ def train(loop: Loop, run: RunFolder, st: LoopState, should_stop: Callable[[], b
     finally:
         progress.close()
     loop.writer.wait()  # every checkpoint is on disk (restore_best and resume read them) or its error raised
+    loop.strategy.barrier()  # and no process reads one before the main process has written it
     if main and loop.writer.summary():
         progress.write(loop.writer.summary())
     return st, reason
