@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.4,<2.15" || echo "torch==2.13.0")
 PIP    := $(BIN)/python -m pip install -q --disable-pip-version-check
 
-.PHONY: demo test test-fast test-tools bench bench-dpo bench-grpo bench-gpu bench-forgetting faults install install-dev docs clean
+.PHONY: demo test test-fast test-tools bench bench-dpo bench-grpo bench-gpu bench-forgetting bench-retrieval faults install install-dev docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -74,6 +74,10 @@ bench-gpu:
 ## make bench-forgetting: task score and the 300-item probe per guard setting (docs/forgetting.md; over an hour on 2 cores for every task and setting)
 bench-forgetting: install-dev
 	$(BIN)/python bench/forgetting.py
+
+## make bench-retrieval: the setting matrix vs base retrieval on examples/intents (docs/retrieval.md; about 1.5 hours on one core)
+bench-retrieval: install-dev
+	OMP_NUM_THREADS=1 $(BIN)/python bench/retrieval_matrix.py
 
 docs: install
 	$(BIN)/python scripts/gen_config_docs.py

@@ -225,3 +225,37 @@ def test_routing_messages_are_labelled_by_their_template_and_held_out_words_are_
         teams = {team for team, templates in make_data.TEMPLATES.items()
                  if any(re.fullmatch(pattern(t), m[1]["content"]) for t in templates)}
         assert teams == {m[2]["content"]}, m[1]["content"]
+
+
+def test_intents_are_balanced_and_no_held_out_message_is_a_near_duplicate_of_a_training_one():
+    make_data = _load_script(EXAMPLES / "intents" / "make_data.py")
+    train, held = (_records(EXAMPLES / "intents" / f"{name}.jsonl") for name in ("train", "heldout"))
+    assert (len(train), len(held)) == (240, 180)
+    for records in (train, held):
+        labels = [r[2]["content"] for r in records]
+        assert {labels.count(i) for i in make_data.INTENTS} == {len(records) // 6}  # balanced
+    trained = [make_data.word_set(r[1]["content"]) for r in train]
+    closest = [max(make_data.jaccard(make_data.word_set(r[1]["content"]), t) for t in trained) for r in held]
+    assert max(closest) < make_data.NEAR_DUPLICATE == 0.6
+    held_only = [w for lst in (make_data.PRODUCTS, make_data.NAMES) for w in make_data.split(lst, heldout=True)]
+    train_text = " ".join(r[1]["content"] for r in train)
+    assert not [w for w in held_only if re.search(rf"\b{re.escape(w)}\b", train_text)]
+    novel = [max(re.split(r"\{\w+\}", p), key=len).strip()  # each phrasing's longest literal part
+             for i in make_data.INTENTS for p in make_data.INTENT[i][make_data.TRAINED_PHRASINGS:]]
+    assert not [p for p in novel if p.lower() in train_text.lower()]  # held-out-only phrasings stay out of training
+    assert sum(any(p.lower() in r[1]["content"].lower() for p in novel) for r in held) > len(held) // 5
+
+
+def test_rewrite_lines_follow_the_house_style_and_restate_the_note():
+    make_data = _load_script(EXAMPLES / "rewrite" / "make_data.py")
+    train, held = (_records(EXAMPLES / "rewrite" / f"{name}.jsonl") for name in ("train", "heldout"))
+    style = re.compile(r"^(Monday|Tuesday|Wednesday|Thursday|Friday) (\d\d):(\d\d) - ([A-Z][a-z ]+) with (\w+)$")
+    for records, heldout in ((train, False), (held, True)):
+        for system, note, line in records:
+            day, hour, minute, topic, name = style.match(line["content"]).groups()
+            text = note["content"].lower()
+            assert day.lower() in text and topic.lower() in text and name.lower() in text
+            twelve = int(hour) - 12 if int(hour) > 12 else int(hour)
+            assert f"{int(hour)}:{minute}" in text or str(twelve) in text  # the note's time, however said
+            assert name in make_data.split(make_data.NAMES, heldout) and topic.lower() in make_data.split(
+                make_data.TOPICS, heldout)

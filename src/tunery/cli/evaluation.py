@@ -169,14 +169,29 @@ def run_advise(opts, as_json: bool) -> int:
     items, pool, pool_files = split_for_advice(opts.data, opts.train, opts.holdout, opts.limit, opts.evaluation.seed)
     target = [opts.run] if opts.run else [opts.model]
     result = evaluate(target, opts.data, opts.evaluation, log=_log, items=items, pool=pool, pool_files=pool_files)
+    task, suggested = recommend_for(items, pool)
     if as_json:
+        from tunery.eval.recommend import as_json as suggestions_json
         from tunery.eval.report_html import finite
 
-        print(json.dumps(finite(result), indent=2))
+        print(json.dumps(finite(result | {"recommendation": suggestions_json(task, suggested)}), indent=2))
     else:
+        from tunery.eval.recommend import format_suggestions
+
         print(format_table(result))
         print(format_details(result))
+        print(format_suggestions(task, suggested))
     return 0
+
+
+def recommend_for(items, pool):
+    """(task profile, suggestions) from every reference answer `tunery advise` was given."""
+    from tunery.eval.items import split_example
+    from tunery.eval.recommend import profile, suggestions
+
+    answers = [split_example(e)[1].content for e in pool] + [i.reference for i in items]
+    task = profile(answers)
+    return task, suggestions(task)
 
 
 def run_compare(runs: list[Path], as_json: bool, html: Path | None) -> int:
