@@ -7,13 +7,17 @@ For every task (an example of this repository, trained as shipped) and every set
 of it), one `tunery train` process; then one `tunery eval` per task over all its runs (zero-shot, no
 prompting baselines), which scores the task's held-out examples with its grader and the forgetting
 probe for the base and every run. Printed: the task score and the probe with 95% intervals, the
-probe's change against the base with its paired test, and the training time against the plain run.
+probe's change against the base with its paired test, the training time against the plain run (of
+the same call only: timings of different sittings are not comparable) and the tokens processed against
+the plain run (the load-free measure of training cost). The results file keeps the rows of earlier
+calls: a setting measured again replaces its row, new settings are added.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -33,6 +37,17 @@ SETTINGS = {
     "replay25": ["data.replay=self", "data.replay_share=0.25"],
     "replay25-kl0.1": ["data.replay=self", "data.replay_share=0.25", "training.kl_to_base=0.1"],
     "replay25-kl1": ["data.replay=self", "data.replay_share=0.25", "training.kl_to_base=1.0"],
+    # replay on top of the task's steps (data.replay_mode extend): 1.25x the steps at 20%
+    "replay10x": ["data.replay=self", "data.replay_share=0.1", "data.replay_mode=extend"],
+    "replay20x": ["data.replay=self", "data.replay_share=0.2", "data.replay_mode=extend"],
+    "replay20x-kl0.1": ["data.replay=self", "data.replay_share=0.2", "data.replay_mode=extend",
+                        "training.kl_to_base=0.1"],
+    "replay20x-kl1": ["data.replay=self", "data.replay_share=0.2", "data.replay_mode=extend",
+                      "training.kl_to_base=1.0"],
+    "rank4-replay20x": ["lora.rank=4", "lora.alpha=8", "data.replay=self", "data.replay_share=0.2",
+                        "data.replay_mode=extend"],
+    "rank4-replay20x-kl1": ["lora.rank=4", "lora.alpha=8", "data.replay=self", "data.replay_share=0.2",
+                            "data.replay_mode=extend", "training.kl_to_base=1.0"],
 }
 COMMON = ["eval.graders=[]", "training.eval_every=1000"]  # no grader scoring inside training: eval does it
 
@@ -59,8 +74,20 @@ def train(task: str, setting: str, work: Path) -> dict:
         raise SystemExit(f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     metrics = [json.loads(line) for line in (work / "runs" / name / "metrics.jsonl").read_text().splitlines()]
     steps = [m for m in metrics if m.get("kind") == "train"]
+    info = json.loads((work / "runs" / name / "run.json").read_text())
     return {"run": f"runs/{name}", "task": task, "setting": setting, "overrides": overrides,
-            "wall_s": round(time.monotonic() - started, 1), "train_s": steps[-1]["elapsed_s"]}
+            "wall_s": round(time.monotonic() - started, 1), "train_s": steps[-1]["elapsed_s"],
+            "steps": info["total_steps"], "tokens": info["tokens"]}
+
+
+def plain_tokens(task: str, runs: list[dict], work: Path) -> int | None:
+    """Tokens the plain run of `task` processed: from this call's runs, else from its run folder in `work`
+    (a load-free stand-in for training time: the forward and backward passes scale with them)."""
+    run = next((r for r in runs if r["setting"] == "plain" and r.get("tokens")), None)
+    if run:
+        return run["tokens"]
+    info = work / "runs" / f"{task}-plain" / "run.json"
+    return json.loads(info.read_text())["tokens"] if info.is_file() else None
 
 
 def evaluate(task: str, runs: list[dict], work: Path) -> dict:
@@ -72,11 +99,12 @@ def evaluate(task: str, runs: list[dict], work: Path) -> dict:
     return json.loads(proc.stdout)
 
 
-def rows_of(task: str, runs: list[dict], result: dict) -> list[dict]:
+def rows_of(task: str, runs: list[dict], result: dict, work: Path) -> list[dict]:
     _, _, grader = TASKS[task]
     by_model = {r["system"]["model"]: r for r in result["systems"] if r["system"]["prompting"] == "zero-shot"}
     base = next(r for r in result["systems"] if not r["system"]["tuned"])
-    plain_s = next((r["train_s"] for r in runs if r["setting"] == "plain"), None)
+    plain_s = next((r["train_s"] for r in runs if r["setting"] == "plain"), None)  # same sitting only
+    plain_tok = plain_tokens(task, runs, work)
     out = [{"task": task, "setting": "base", "score": base["scores"][grader], "probe": None}]
     for run in runs:
         key = next(k for k in by_model if k.endswith(run["run"]))
@@ -84,7 +112,9 @@ def rows_of(task: str, runs: list[dict], result: dict) -> list[dict]:
         out.append(run | {"score": by_model[key]["scores"][grader], "probe_before": forgetting["before"],
                           "probe": forgetting["after"], "probe_test": forgetting["test"],
                           "by_kind": forgetting.get("by_kind"),
-                          "time_ratio": round(run["train_s"] / plain_s, 2) if plain_s else None})
+                          "time_ratio": round(run["train_s"] / plain_s, 2) if plain_s else None,
+                          "tokens_ratio": round(run["tokens"] / plain_tok, 2)
+                          if plain_tok and run.get("tokens") else None})
     return out
 
 
@@ -94,7 +124,7 @@ def fmt_ci(s: dict | None) -> str:
 
 def table(rows: list[dict]) -> str:
     lines = [f"{'task':<11} {'setting':<15} {'task score [95% CI]':<26} {'probe [95% CI]':<26} "
-             f"{'probe change (p)':<20} {'train s':>7} {'x plain':>7}"]
+             f"{'probe change (p)':<20} {'train s':>7} {'x plain':>7} {'tokens x plain':>14}"]
     for r in rows:
         if r["setting"] == "base":
             before = next((x["probe_before"] for x in rows if x["task"] == r["task"] and x.get("probe_before")), None)
@@ -103,8 +133,51 @@ def table(rows: list[dict]) -> str:
         test = r["probe_test"]
         change = f"{test['diff']:+.1%} (p={test['p']:.2g})"
         lines.append(f"{r['task']:<11} {r['setting']:<15} {fmt_ci(r['score']):<26} {fmt_ci(r['probe']):<26} "
-                     f"{change:<20} {r['train_s']:>7.0f} {r['time_ratio'] or 0:>7.2f}")
+                     f"{change:<20} {r['train_s']:>7.0f} {_ratio(r.get('time_ratio')):>7} "
+                     f"{_ratio(r.get('tokens_ratio')):>14}")
     return "\n".join(lines)
+
+
+def _ratio(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
+
+
+def merged(old: list[dict], new: list[dict]) -> list[dict]:
+    """The rows of an earlier results file with this call's rows added: a (task, setting) measured again
+    replaces its old row in place, every other old row is kept, new ones come after their task's rows."""
+    key = lambda r: (r["task"], r["setting"])  # noqa: E731
+    fresh = {key(r): r for r in new}
+    rows = [fresh.pop(key(r), r) for r in old]
+    for row in new:
+        if key(row) in fresh:
+            last = max((i for i, r in enumerate(rows) if r["task"] == row["task"]), default=len(rows) - 1)
+            rows.insert(last + 1, fresh.pop(key(row)))
+    return rows
+
+
+def with_tokens(rows: list[dict], work: Path) -> list[dict]:
+    """Rows measured before the tokens were recorded get them (and their ratio to plain) from their run
+    folders in `work`, where those still exist; rows are changed in place and returned."""
+    def tokens_of(run: str) -> int | None:
+        info = work / run / "run.json"
+        return json.loads(info.read_text()).get("tokens") if info.is_file() else None
+
+    for row in rows:
+        if row["setting"] == "base" or row.get("tokens_ratio") is not None:
+            continue
+        tokens, plain = tokens_of(row["run"]), tokens_of(f"runs/{row['task']}-plain")
+        if tokens and plain:
+            row["tokens"], row["tokens_ratio"] = tokens, round(tokens / plain, 2)
+    return rows
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(json.dumps(data, indent=2) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def main() -> None:
@@ -113,30 +186,47 @@ def main() -> None:
     parser.add_argument("--settings", default=",".join(SETTINGS))
     parser.add_argument("--work", type=Path, default=Path("/tmp/tunery-forgetting"))
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "forgetting.json")
-    parser.add_argument("--stage", choices=["all", "train", "eval"], default="all",
-                        help="train only (runs.json in --work), evaluate runs trained before, or both")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="training.threads for every run (1 on a shared machine; results do not depend on it)")
+    parser.add_argument("--stage", choices=["all", "train", "eval", "table"], default="all",
+                        help="train only (runs.json in --work), evaluate the --settings trained before, or both; "
+                        "table: print every row of --out (filling in the tokens of rows that lack them from "
+                        "their run folders in --work)")
     args = parser.parse_args()
+    if args.threads:
+        COMMON.append(f"training.threads={args.threads}")
     args.work.mkdir(parents=True, exist_ok=True)
     started, rows = time.monotonic(), []
+    earlier = json.loads(args.out.read_text()) if args.out.is_file() else {}  # kept: rows are only added
+    if args.stage == "table":
+        print(table(with_tokens(earlier["rows"], args.work)))
+        write_json_atomic(args.out, earlier | {"rows": earlier["rows"]})
+        return
     trained_file = args.work / "runs.json"
     trained = json.loads(trained_file.read_text()) if trained_file.is_file() else {}  # runs of earlier calls
+    settings = args.settings.split(",")
     for task in args.tasks.split(","):
         if args.stage != "eval":
-            trained[task] = []
-            for setting in args.settings.split(","):
+            for setting in settings:
                 print(f"training {task} / {setting} ...", flush=True)
-                trained[task].append(train(task, setting, args.work))
+                run = train(task, setting, args.work)
+                trained[task] = [r for r in trained.get(task, []) if r["setting"] != setting] + [run]
                 trained_file.write_text(json.dumps(trained, indent=2))
         if args.stage != "train":
-            print(f"evaluating {task} ({len(trained[task])} runs) ...", flush=True)
-            rows += rows_of(task, trained[task], evaluate(task, trained[task], args.work))
-            args.out.write_text(json.dumps({"rows": rows}, indent=2) + "\n")  # what is done so far
+            runs = [r for r in trained.get(task, []) if r["setting"] in settings]  # what this call names
+            missing = sorted(set(settings) - {r["setting"] for r in runs})
+            if missing:
+                raise SystemExit(f"{task}: no trained run for {', '.join(missing)} in {trained_file}")
+            print(f"evaluating {task} ({len(runs)} runs) ...", flush=True)
+            rows += rows_of(task, runs, evaluate(task, runs, args.work), args.work)
+            write_json_atomic(args.out, earlier | {"rows": merged(earlier.get("rows", []), rows)})  # so far
     if args.stage == "train":
         return
     print()
     print(table(rows))
-    args.out.write_text(json.dumps({"rows": rows, "minutes": round((time.monotonic() - started) / 60, 1)},
-                                   indent=2) + "\n")
+    minutes = round((time.monotonic() - started) / 60, 1)
+    sittings = earlier.get("sittings", []) + [{"tasks": args.tasks, "settings": args.settings, "minutes": minutes}]
+    write_json_atomic(args.out, earlier | {"rows": merged(earlier.get("rows", []), rows), "sittings": sittings})
     print(f"\nwrote {args.out}")
 
 

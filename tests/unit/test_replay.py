@@ -176,3 +176,39 @@ def test_the_replay_pool_and_the_forgetting_probe_share_no_prompt():
     assert len(probe) >= 300 and not probe & pool
     probe_words = {w for text in probe for w in text.split()}
     assert len(probe_words) > 100  # the check above compared real text
+
+
+def test_extend_adds_steps_for_the_replay_rows_and_share_keeps_them():
+    # quickstart: 288 task rows, 72 replay at 20% -> 360 rows; 40 steps become 40 x 360 / 288 = 50
+    assert replay.replay_count(288, 0.2) == 72 and replay.steps_with_replay(40, 360, 72, "extend") == 50
+    assert replay.steps_with_replay(30, 270, 54, "extend") == 38  # 37.5, rounded up: the task loses no step
+    assert replay.steps_with_replay(40, 360, 72, "share") == 40
+    assert replay.steps_with_replay(None, 360, 72, "extend") is None  # epochs already cover the replay rows
+    assert replay.steps_with_replay(40, 288, 0, "extend") == 40
+
+
+def test_an_extended_run_takes_the_added_steps_logs_them_and_resumes_bitwise(tmp_path, tiny_model_dir,
+                                                                               monkeypatch):
+    from tunery.eval.guards import guard_label, run_guard
+
+    monkeypatch.setattr(replay, "_generate", fake_answers([]))
+    extend = config(tiny_model_dir, tmp_path, data={"replay": "self", "replay_share": 0.25, "replay_mode": "extend"})
+    logs = []
+    run_training(extend, tmp_path / "run", log=logs.append)
+    info = RunFolder(tmp_path / "run").read_info()
+    # 12 task rows + 4 replay rows; max_steps 4 becomes ceil(4 x 16 / 12) = 6
+    assert info["total_steps"] == 6 and info["step"] == 6 and info["train_examples"] == 16
+    assert "replay_mode extend: 6 steps instead of training.max_steps 4, so the task keeps its steps" in "\n".join(logs)
+    assert info["guard"] == "replay self 25% on top of the task's steps" == guard_label(run_guard(tmp_path / "run"))
+    share = config(tiny_model_dir, tmp_path, data={"replay": "self", "replay_share": 0.25})
+    run_training(share, tmp_path / "shared", **QUIET)
+    assert RunFolder(tmp_path / "shared").read_info()["total_steps"] == 4
+    first, again = prepare(extend, **QUIET), prepare(extend, **QUIET)
+    assert [r.ids for r in first.train] == [r.ids for r in again.train]  # the same rows, seeded
+    whole, resumed, reason = straight_and_resumed(lambda: prepare(extend, **QUIET), tmp_path / "resume", stop_after=3)
+    assert whole.total_steps == 6 and reason == "finished" and same_trainable_weights(whole, resumed)
+
+
+def test_an_unknown_replay_mode_is_refused(tmp_path, tiny_model_dir):
+    with pytest.raises(Exception, match="data.replay_mode: Input should be 'share' or 'extend'"):
+        config(tiny_model_dir, tmp_path, data={"replay": "self", "replay_mode": "add"})

@@ -1,10 +1,11 @@
 """The guard against forgetting a config asks for, and its one label in words.
 
 Guards: `data.replay` (None, "self" or a file of general examples mixed into training) with its share
-`data.replay_share`, and `training.kl_to_base` (None or the weight of a KL penalty towards the base
+`data.replay_share` and `data.replay_mode`, and `training.kl_to_base` (None or the weight of a KL penalty towards the base
 model's predictions). Both work on a plain config dict, so that `tunery eval` can label a run folder
 written by another tunery version (its config.yaml may hold keys this one does not know) and training
-can label itself from its typed config: one label everywhere ("replay self 20%, KL to base 0.1").
+can label itself from its typed config: one label everywhere ("replay self 20%, KL to base 0.1";
+"replay self 20% on top of the task's steps" with `replay_mode: extend`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,10 @@ def guard_of(config: dict) -> dict | None:
     if replay is None and kl is None:
         return None
     share = _number(data.get("replay_share")) if replay is not None else None
-    return {"replay": replay, "replay_share": share, "kl_to_base": kl}
+    guard = {"replay": replay, "replay_share": share, "kl_to_base": kl}
+    if replay is not None and data.get("replay_mode") == "extend":
+        guard["replay_mode"] = "extend"  # only when on: a share-mode run keeps the label it always had
+    return guard
 
 
 def guard_label(guard: dict | None) -> str:
@@ -42,7 +46,8 @@ def guard_label(guard: dict | None) -> str:
     if guard.get("replay"):
         share = guard.get("replay_share")
         source = "self" if guard["replay"] == "self" else Path(guard["replay"]).name
-        parts.append(f"replay {source}" + (f" {share:.0%}" if share is not None else ""))
+        parts.append(f"replay {source}" + (f" {share:.0%}" if share is not None else "")
+                     + (" on top of the task's steps" if guard.get("replay_mode") == "extend" else ""))
     if guard.get("kl_to_base") is not None:
         parts.append(f"KL to base {guard['kl_to_base']:g}")
     return ", ".join(parts)

@@ -176,6 +176,13 @@ class DataSection(Section):
         0.2, gt=0.0, lt=0.9, description="Share of the training examples that are replay conversations "
         "(they count toward the steps and the token budget)."
     )
+    replay_mode: Literal["share", "extend"] = Field(
+        "share",
+        description="How replay meets `training.max_steps`: `share` keeps the steps, so replay takes its "
+        "share of them from the task; `extend` adds steps for the replay rows (max_steps x all rows / task "
+        "rows, rounded up: 1.25x at replay_share 0.2), so the task keeps every step it had. With `epochs` "
+        "instead of `max_steps` both are the same: an epoch covers the replay rows too.",
+    )
     retrieval: RetrievalSection | None = Field(
         None,
         description="Retrieval-augmented fine-tuning, e.g. `{k: 3, method: bm25}`: each training and validation "

@@ -27,6 +27,7 @@ from tunery.trainers.ckpt_writer import CheckpointWriter
 from tunery.trainers.common import lr_factor
 from tunery.trainers.method import LossOut, Method
 from tunery.trainers.progress import Progress
+from tunery.trainers.replay import run_max_steps
 from tunery.trainers.strategy import Single
 from tunery.trainers.watch import Watch
 
@@ -94,11 +95,12 @@ def setup(cfg: TrainConfig, method: Method, model, data: Datasets, strategy: Sin
     optimizer = torch.optim.AdamW([{"params": params} for _, params in groups], lr=cfg.peak_lr(), betas=tc.betas,
                                   weight_decay=tc.weight_decay, foreach=False)
     # batch_size is per process: N processes step through the examples N x batch_size at a time.
+    max_steps = run_max_steps(cfg, data.train)  # data.replay_mode extend adds steps for the replay rows
     plan = batching.make_plan(len(data.train), tc.batch_size * strategy.dist.world, tc.grad_accum, tc.epochs,
-                              tc.max_steps, tc.seed)
-    if tc.max_steps is not None and method.steps_per_batch > 1:  # max_steps counts optimizer steps
+                              max_steps, tc.seed)
+    if max_steps is not None and method.steps_per_batch > 1:  # max_steps counts optimizer steps
         plan = batching.make_plan(len(data.train), tc.batch_size * strategy.dist.world, tc.grad_accum, tc.epochs,
-                                  max(1, tc.max_steps // method.steps_per_batch), tc.seed)
+                                  max(1, max_steps // method.steps_per_batch), tc.seed)
     watch = Watch.for_run(cfg, plan.total_steps * method.steps_per_batch, data.val_examples, data)
     save_every = tc.save_every or watch.eval_every
     return Loop(cfg, method, strategy, model, data.train, data.val, optimizer, plan, save_every, watch, data,

@@ -2,7 +2,8 @@
 
 With `replay_share` s and n task examples, k = round(n s / (1 - s)) replay conversations are added to
 the training rows (so s of the examples are replay; they take their share of every epoch's steps and
-tokens, and the log says how much). They are rendered like any conversation (their assistant turns
+tokens, and the log says how much). `replay_mode: share` keeps `training.max_steps`, so the task gets
+s fewer of them; `extend` raises it by n+k / n so the task keeps its steps and replay comes on top. They are rendered like any conversation (their assistant turns
 trained) and marked `Rendered.replay`, which is where `training.kl_to_base` holds the model near its
 base. The choice of the k is seeded by `training.seed`, so a resumed run has the same rows.
 
@@ -39,6 +40,21 @@ def replay_count(n_task: int, share: float) -> int:
     return max(1, round(n_task * share / (1.0 - share)))
 
 
+def steps_with_replay(max_steps: int | None, n_rows: int, n_replay: int, mode: str) -> int | None:
+    """`training.max_steps` of a run whose `n_rows` training rows hold `n_replay` replay rows: unchanged
+    with `replay_mode: share` (replay takes its share of the steps), max_steps x n_rows / task rows
+    (rounded up) with `extend`, so the task's rows get as many steps as without replay."""
+    if max_steps is None or mode != "extend" or n_replay <= 0 or n_replay >= n_rows:
+        return max_steps
+    return -(-max_steps * n_rows // (n_rows - n_replay))  # ceil in integers: no float rounding
+
+
+def run_max_steps(cfg, rows) -> int | None:
+    """The max_steps the step plan uses for these training rows (replay marked by `Rendered.replay`)."""
+    n_replay = sum(1 for r in rows if getattr(r, "replay", False))
+    return steps_with_replay(cfg.training.max_steps, len(rows), n_replay, cfg.data.replay_mode)
+
+
 def mix_replay(data: Datasets, cfg, tokenizer, model, log: Callable[[str], None]) -> Datasets:
     """`data` with the replay rows appended to its training rows, and a log line saying how many."""
     from tunery.data.dataset import render_all
@@ -54,6 +70,10 @@ def mix_replay(data: Datasets, cfg, tokenizer, model, log: Callable[[str], None]
     task_tokens, replay_tokens = sum(len(r.ids) for r in data.train), sum(len(r.ids) for r in rows)
     log(f"replay ({_what(cfg.data.replay)}): {len(rows)} conversations, {len(rows) / (len(rows) + len(data.train)):.0%} "
         f"of the training examples and {replay_tokens / max(task_tokens + replay_tokens, 1):.0%} of their tokens")
+    steps = steps_with_replay(cfg.training.max_steps, len(data.train) + len(rows), len(rows), cfg.data.replay_mode)
+    if steps != cfg.training.max_steps:
+        log(f"replay_mode extend: {steps} steps instead of training.max_steps {cfg.training.max_steps}, so the "
+            f"task keeps its steps and replay is added on top")
     return replace(data, train=data.train + rows, warnings=data.warnings + warnings)
 
 

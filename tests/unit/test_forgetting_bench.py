@@ -1,0 +1,60 @@
+"""bench/forgetting.py keeps every row of earlier calls: a setting measured again replaces its row in
+place, new settings are added after their task's rows, and the results file is written atomically."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "forgetting.py"
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("forgetting_bench", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def row(task, setting, score):
+    return {"task": task, "setting": setting, "score": score}
+
+
+def test_new_rows_are_added_after_their_task_and_old_rows_are_kept():
+    bench = _bench()
+    old = [row("quickstart", "base", 0), row("quickstart", "plain", 95), row("routing", "base", 0),
+           row("routing", "plain", 100)]
+    new = [row("quickstart", "base", 0), row("quickstart", "replay20x", 93), row("routing", "plain", 99)]
+    rows = bench.merged(old, new)
+    assert [(r["task"], r["setting"], r["score"]) for r in rows] == [
+        ("quickstart", "base", 0), ("quickstart", "plain", 95), ("quickstart", "replay20x", 93),
+        ("routing", "base", 0), ("routing", "plain", 99)]
+    assert bench.merged([], new) == new  # a first call keeps its own order
+    assert [r["setting"] for r in bench.merged(old, [row("arithmetic", "plain", 21)])][-1] == "plain"
+
+
+def test_the_results_file_is_replaced_whole(tmp_path):
+    bench = _bench()
+    out = tmp_path / "forgetting.json"
+    bench.write_json_atomic(out, {"rows": [row("routing", "plain", 100)]})
+    assert json.loads(out.read_text()) == {"rows": [row("routing", "plain", 100)]}
+    assert [p.name for p in tmp_path.iterdir()] == ["forgetting.json"]  # no temporary file left behind
+
+
+def test_the_extend_settings_ask_for_replay_on_top_of_the_task_steps():
+    settings = _bench().SETTINGS
+    assert "data.replay_mode=extend" in settings["replay20x"] and "data.replay_share=0.2" in settings["replay20x"]
+    assert "training.kl_to_base=1.0" in settings["replay20x-kl1"] and "lora.rank=4" in settings["rank4-replay20x"]
+
+
+def test_rows_without_tokens_get_them_from_their_run_folders(tmp_path):
+    bench = _bench()
+    for name, tokens in [("routing-plain", 1000), ("routing-replay25", 1160)]:
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        (tmp_path / "runs" / name / "run.json").write_text(json.dumps({"tokens": tokens}))
+    rows = [row("routing", "base", 0), {"run": "runs/routing-replay25", **row("routing", "replay25", 88)},
+            {"run": "runs/routing-gone", **row("routing", "gone", 1)}]
+    bench.with_tokens(rows, tmp_path)
+    assert rows[1]["tokens"] == 1160 and rows[1]["tokens_ratio"] == 1.16
+    assert "tokens" not in rows[0] and "tokens_ratio" not in rows[2]  # the base, and a run folder no longer there
