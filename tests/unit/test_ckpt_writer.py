@@ -85,3 +85,12 @@ def test_a_full_disk_during_a_background_write_fails_the_run_and_keeps_the_previ
     complete = ckpt.complete_checkpoints(tmp_path / "run" / "checkpoints")
     assert [c.name for c in complete] == ["step-0000002"]
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-0000002"]
+
+
+def test_a_write_when_the_loop_ends_runs_in_the_callers_thread():
+    writer, threads = CheckpointWriter(), []
+    writer.submit(1, 0.0, lambda: threads.append(threading.current_thread()))
+    writer.submit(2, 0.0, lambda: threads.append(threading.current_thread()), background=False)
+    assert threads[0] is not threading.current_thread()  # periodic: the writer thread
+    assert threads[1] is threading.current_thread()  # stopping: now, so a second Ctrl-C interrupts it
+    assert [t.step for t in writer.timings] == [1, 2]

@@ -27,11 +27,18 @@ class CheckpointWriter:
     _thread: threading.Thread | None = None
     _error: BaseException | None = None
 
-    def submit(self, step: int, pause_s: float, write: Callable[[], object]) -> None:
-        """Start `write` on the writer thread, after the previous write has finished."""
+    def submit(self, step: int, pause_s: float, write: Callable[[], object], background: bool = True) -> None:
+        """Start `write` on the writer thread, after the previous write has finished; with
+        `background=False`, write in this thread now (the loop is stopping: nothing to overlap with, and a
+        second Ctrl-C during that write must stop the process at once, the checkpoint left incomplete)."""
         self.wait()
         timing = Timing(step, pause_s)
         self.timings.append(timing)
+        if not background:
+            start = time.perf_counter()
+            write()
+            timing.write_s = time.perf_counter() - start
+            return
 
         def run() -> None:
             start = time.perf_counter()

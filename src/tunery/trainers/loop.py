@@ -219,7 +219,7 @@ def resume(loop: Loop, folder: Path) -> LoopState:
     return LoopState(**state["loop"])
 
 
-def save(loop: Loop, run: RunFolder, st: LoopState) -> None:
+def save(loop: Loop, run: RunFolder, st: LoopState, background: bool = True) -> None:
     """Write a checkpoint for the current step and drop old ones (never the best, never the newest).
 
     Every process takes part (RNG streams and sharded tensors are gathered); the main one writes."""
@@ -235,7 +235,7 @@ def save(loop: Loop, run: RunFolder, st: LoopState) -> None:
             ckpt.write_snapshot(run.checkpoints, snap)
             ckpt.rotate(run.checkpoints, keep, protect)
 
-        loop.writer.submit(st.step, time.perf_counter() - start, write)
+        loop.writer.submit(st.step, time.perf_counter() - start, write, background)
     loop.strategy.barrier()
 
 
@@ -299,8 +299,9 @@ def train(loop: Loop, run: RunFolder, st: LoopState, should_stop: Callable[[], b
                 log_step(run, progress, st, result, lr, grad_norm, loop.method.unit)
             stop_early = _evaluate_and_watch(loop, run, st, progress.write)
             interrupted = loop.strategy.any(should_stop())
+            ending = interrupted or stop_early or st.step == total
             if st.step % loop.save_every == 0 or st.best_step == st.step or interrupted or stop_early:
-                save(loop, run, st)
+                save(loop, run, st, background=not ending)  # the last one is written before the loop ends
             if stop_early:
                 progress.write(f"early stopping at step {st.step}: {loop.watch.describe_best(st, since=True)}")
                 reason = "early_stopped"
