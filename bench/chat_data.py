@@ -52,3 +52,21 @@ def write_chat_set(folder: Path, n_train: int, n_heldout: int, seed: int = 0) ->
         path.write_text("".join(json.dumps(conversation(rng)) + "\n" for _ in range(count)))
         paths.append(path)
     return paths[0], paths[1]
+
+
+def long_conversation(rng: random.Random) -> dict:
+    """A question of 8-16 sentences and an answer of 20-40: about 500 to 1,000 tokens with the template."""
+    question = paragraph(rng, rng.randint(8, 16)) + " What do you make of this?"
+    answer = paragraph(rng, rng.randint(20, 40))
+    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
+
+
+def write_long_set(folder: Path, counts: dict[str, int], seed: int = 1) -> dict[str, Path]:
+    """Write one file of long conversations per name in `counts` (e.g. train, val, heldout)."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, count in counts.items():
+        paths[name] = folder / f"long_{name}.jsonl"
+        paths[name].write_text("".join(json.dumps(long_conversation(rng)) + "\n" for _ in range(count)))
+    return paths

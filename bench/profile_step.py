@@ -1,6 +1,6 @@
 """Where does a training step's time go? torch.profiler over a few steps of a config's run.
 
-    python bench/profile_step.py examples/quickstart/config.yaml [--steps 3]
+    python bench/profile_step.py examples/quickstart/config.yaml [--steps 3] [--set lora.dropout_mask=per_module]
 
 Prints the operators by self CPU time and the share of matrix products (the work that counts).
 """
@@ -22,8 +22,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("config")
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--set", action="append", default=[], help="a config override, as on `tunery train`")
     args = parser.parse_args()
-    cfg = load_config(args.config, ["training.preflight=false"]).config
+    cfg = load_config(args.config, ["training.preflight=false", *args.set]).config
     s = prepare(cfg, log=lambda t: print(t, file=sys.stderr))
     loop.accumulate(s, 0)  # warm-up
     s.optimizer.zero_grad(set_to_none=True)
@@ -34,7 +35,10 @@ def main() -> None:
     total = sum(e.self_cpu_time_total for e in events)
     matmul = sum(e.self_cpu_time_total for e in events if e.key in ("aten::mm", "aten::addmm", "aten::bmm"))
     print(events.table(sort_by="self_cpu_time_total", row_limit=15))
+    masks = sum(e.self_cpu_time_total for e in events if e.key == "aten::bernoulli_")
     print(f"matrix products: {100 * matmul / total:.0f}% of self CPU time")
+    print(f"dropout masks (aten::bernoulli_): {100 * masks / total:.0f}% of self CPU time")
+    print(f"self CPU time per step: {total / 1e6 / args.steps:.2f} s")
 
 
 if __name__ == "__main__":

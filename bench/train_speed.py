@@ -80,7 +80,7 @@ def run_tunery_row(train: Path, steps: int, out: Path, overrides: list[str] = ()
             "peak_rss_mb": peak_rss_mb(), "steps": st.step}
 
 
-def run_trl_row(row: str, train: Path, steps: int, out: Path) -> dict:
+def run_trl_row(row: str, train: Path, steps: int, out: Path, settings: dict = SETTINGS) -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -89,11 +89,11 @@ def run_trl_row(row: str, train: Path, steps: int, out: Path) -> dict:
 
     from tunery.models.load import load_model, load_tokenizer
 
-    s_ = SETTINGS
+    s_ = settings
     records = lines_of(train, steps * s_["batch_size"])
     dataset = Dataset.from_list([{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in records])
     options = dict(output_dir=str(out / "trl"), max_steps=steps, per_device_train_batch_size=s_["batch_size"],
-                   learning_rate=s_["lr"], lr_scheduler_type="cosine", warmup_steps=0,
+                   learning_rate=s_["lr"], lr_scheduler_type="cosine", warmup_steps=s_.get("warmup_steps", 0),
                    max_length=s_["max_length"], logging_steps=1, save_strategy="no", report_to="none",
                    seed=s_["seed"], dataloader_drop_last=False)
     if not torch.cuda.is_available():
@@ -126,7 +126,7 @@ def run_trl_row(row: str, train: Path, steps: int, out: Path) -> dict:
             "peak_rss_mb": peak_rss_mb(), "steps": steps}
 
 
-def dataset_tokens(train: Path, n: int) -> tuple[int, int]:
+def dataset_tokens(train: Path, n: int, max_length: int = SETTINGS["max_length"]) -> tuple[int, int]:
     """Real tokens and trained tokens of the first n examples, as tunery renders them."""
     from tunery.data.dataset import load_examples
     from tunery.data.render import render_example
@@ -134,13 +134,13 @@ def dataset_tokens(train: Path, n: int) -> tuple[int, int]:
 
     tokenizer = load_tokenizer(MODEL)
     examples, _ = load_examples([str(train)])
-    rendered = [render_example(e, tokenizer, "assistant", SETTINGS["max_length"]) for e in examples[:n]]
+    rendered = [render_example(e, tokenizer, "assistant", max_length) for e in examples[:n]]
     if any(r.truncated for r in rendered):
         raise SystemExit("an example reaches max_length: the trl-best row (no max_length) would train other tokens")
     return sum(len(r.ids) for r in rendered), sum(r.num_trained for r in rendered)
 
 
-def heldout_loss(adapter: str, heldout: Path) -> float:
+def heldout_loss(adapter: str, heldout: Path, max_length: int = SETTINGS["max_length"]) -> float:
     """Mean loss per trained token on the held-out file, the same code for every row."""
     from peft import PeftModel
 
@@ -152,7 +152,7 @@ def heldout_loss(adapter: str, heldout: Path) -> float:
     tokenizer = load_tokenizer(MODEL)
     model = PeftModel.from_pretrained(load_model(MODEL), adapter).eval()
     examples, _ = load_examples([str(heldout)])
-    rows = [render_example(e, tokenizer, "assistant", SETTINGS["max_length"]) for e in examples]
+    rows = [render_example(e, tokenizer, "assistant", max_length) for e in examples]
     return mean_loss(model, rows, tokenizer.pad_token_id)[0]
 
 

@@ -16,6 +16,7 @@ from tunery.errors import TuneryError
 from tunery.models.load import DTYPES, load_model, load_tokenizer
 from tunery.runfolder import RunFolder, is_run_folder, read_run_info  # noqa: F401 (read_run_info re-exported)
 from tunery.runfolder import unfinished_error as _unfinished
+from tunery.shared_prefix import shared_prefix
 
 
 def load_run(run_dir: Path, dtype: str = "float32"):
@@ -148,12 +149,15 @@ def generate_ids(
     batch_size: int = 8,
     streamer=None,
     constraint=None,
+    share_prefix: bool = True,
 ) -> list[list[int]]:
     """The answer token ids of each conversation, cut before the first stop token, in input order.
 
     Greedy when temperature is 0, else sampling seeded by `seed` (the same seed gives the same answers).
     `streamer` (e.g. transformers' TextStreamer) prints tokens as they come and needs one conversation.
     `constraint` (`tunery.constrain.Constraint`) limits answers to its choices or JSON schema.
+    `share_prefix`: the tokens every prompt starts with (system prompt, few-shot examples) are computed
+    once for the whole call (`tunery.shared_prefix`), not once per row.
     """
     if streamer is not None and len(conversations) != 1:
         raise ValueError("a streamer can follow one conversation at a time")
@@ -164,12 +168,16 @@ def generate_ids(
     rows = [prompt_ids(tokenizer, conv) for conv in conversations]
     device = next(model.parameters()).device
     answers: list[list[int]] = []
+    prefix = shared_prefix(model, rows, device) if share_prefix and batch_size > 1 else None
     # fork_rng keeps the caller's global RNG untouched while making sampling repeatable per call.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for start in range(0, len(rows), batch_size):
-            ids, mask = left_pad(rows[start : start + batch_size], tokenizer.pad_token_id)
-            extra = {}
+            batch = rows[start : start + batch_size]
+            if prefix is not None and len(batch) > 1:
+                ids, mask, extra = prefix.batch(batch, tokenizer.pad_token_id)
+            else:
+                (ids, mask), extra = left_pad(batch, tokenizer.pad_token_id), {}
             if constraint is not None:
                 from transformers import LogitsProcessorList
 

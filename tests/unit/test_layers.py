@@ -7,6 +7,7 @@ layer or one below, and no two packages import each other (directly or round a l
     inference                            load a run (or a base model) and answer with it
     runfolder, runlist, runcard, data,   run folders and their list, records to tokens, model loading
     models, losses, grammar, constrain,  and forward passes, loss functions, constrained decoding,
+    shared_prefix                        a shared prompt prefix computed once,
     vision                               image-text records and models
     config                               the typed schema: every setting and its default
     graders                              scoring answers (pure functions of strings)
@@ -25,7 +26,7 @@ LAYERS = [
     {"errors", "_deps", "atomic", "faults", "failures", "__init__"},
     {"graders"},
     {"config"},
-    {"runfolder", "runlist", "runcard", "data", "models", "losses", "grammar", "constrain", "vision"},
+    {"runfolder", "runlist", "runcard", "data", "models", "losses", "grammar", "constrain", "shared_prefix", "vision"},
     {"inference"},
     {"trainers", "eval", "export", "serve", "tracking", "sweep", "studio"},
     {"cli"},

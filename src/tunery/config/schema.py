@@ -30,6 +30,12 @@ class LoraSection(Section):
         32.0, gt=0, description="Scaling numerator: the update is scaled by alpha / rank."
     )
     dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the adapter's input.")
+    dropout_mask: Literal["shared", "per_module"] = Field(
+        "shared",
+        description="`shared`: adapters that read the same input (q, k, v; gate, up) share one "
+        "dropout mask, drawn once (fewer random numbers: faster on CPUs); `per_module`: each adapter "
+        "draws its own, as PEFT does.",
+    )
     target_modules: list[str] | str = Field(
         "all-linear",
         description="Module names to adapt (e.g. [q_proj, v_proj]) or `all-linear` for every "

@@ -35,7 +35,7 @@ def prepare_trainable(model, cfg: TrainConfig, task_type: str = "CAUSAL_LM", ext
 
     torch.manual_seed(cfg.training.seed)
     try:
-        return get_peft_model(model, peft_lora_config(cfg.lora, task_type, extra_modules))
+        peft_model = get_peft_model(model, peft_lora_config(cfg.lora, task_type, extra_modules))
     except ValueError as exc:
         raise TuneryError(
             "the LoRA target modules do not match this model",
@@ -43,6 +43,11 @@ def prepare_trainable(model, cfg: TrainConfig, task_type: str = "CAUSAL_LM", ext
             fix="use lora.target_modules=all-linear, names such as [q_proj, v_proj], or a regular "
             "expression over whole module names",
         ) from exc
+    if cfg.lora.dropout_mask == "shared":
+        from tunery.models.shared_dropout import share_lora_dropout
+
+        share_lora_dropout(peft_model)
+    return peft_model
 
 
 def peft_lora_config(lora: LoraSection, task_type: str = "CAUSAL_LM", extra_modules: list[str] = ()):

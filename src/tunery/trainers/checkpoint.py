@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -73,34 +74,64 @@ def restore_rng(tensors: dict[str, torch.Tensor], meta: dict, rank: int = 0) -> 
     random.setstate((version, tuple(internal), gauss))
 
 
-def save_checkpoint(root: Path, step: int, weights: dict[str, torch.Tensor],
-                    optimizer: torch.optim.Optimizer | dict, loop_state: dict,
-                    rank_rng: list[torch.Tensor] | None = None,
-                    method_state: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write checkpoint `step` atomically and return its folder.
+@dataclass
+class Snapshot:
+    """A checkpoint's tensors copied off the live model and optimizer, ready to be written while the
+    loop goes on changing the originals."""
+
+    step: int
+    weights: dict[str, torch.Tensor]
+    optimizer_and_rng: dict[str, torch.Tensor]
+    method_state: dict[str, torch.Tensor]
+    state: dict
+
+
+def snapshot(step: int, weights: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer | dict,
+             loop_state: dict, rank_rng: list[torch.Tensor] | None = None,
+             method_state: dict[str, torch.Tensor] | None = None) -> Snapshot:
+    """Copy everything checkpoint `step` holds (on the CPU), after checking it is finite.
 
     `optimizer`: the optimizer, or its state dict with full tensors (a sharded run gathers it first).
     `rank_rng`: each rank's torch RNG state in a multi-process run (rank 0's own is saved anyway).
     `method_state`: tensors the training method carries between steps (none for most methods)."""
     assert_finite_state(weights, f"checkpoint step {step}")
-    final = step_dir(root, step)
+    if method_state:
+        assert_finite_state(method_state, f"checkpoint step {step} (method state)")
     opt_tensors, opt_meta = optimizer_tensors(optimizer)
     rng_tensors, rng_meta = rng_snapshot()
     for rank, state in enumerate(rank_rng or []):
         rng_tensors[f"rank{rank}.torch_cpu"] = state
     rng_meta["world"] = len(rank_rng) if rank_rng else 1
     both = {f"opt.{k}": v for k, v in opt_tensors.items()} | {f"rng.{k}": v for k, v in rng_tensors.items()}
-    state = {"step": step, "loop": loop_state, "optimizer": opt_meta, "rng": rng_meta}
+    return Snapshot(step, _cpu_copies(weights), {k: v.cpu() for k, v in both.items()},
+                    _cpu_copies(method_state or {}),
+                    json.loads(json.dumps({"step": step, "loop": loop_state, "optimizer": opt_meta, "rng": rng_meta})))
+
+
+def _cpu_copies(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
+
+
+def write_snapshot(root: Path, snap: Snapshot) -> Path:
+    """Write a snapshot as checkpoint folder `step-N` atomically and return the folder."""
+    final = step_dir(root, snap.step)
     with atomic_dir(final) as tmp:
-        save_file({k: v.detach().contiguous() for k, v in weights.items()}, str(tmp / WEIGHTS))
+        save_file(snap.weights, str(tmp / WEIGHTS))
         faults.reached("checkpoint")  # between two files of one checkpoint
-        save_file(both, str(tmp / OPTIMIZER))
-        if method_state:
-            assert_finite_state(method_state, f"checkpoint step {step} (method state)")
-            save_file({k: v.detach().contiguous() for k, v in method_state.items()}, str(tmp / METHOD))
-        write_text_atomic(tmp / STATE, json.dumps(state, indent=1))
-        write_text_atomic(tmp / COMPLETE, f"{step}\n")  # last: the folder is complete
+        save_file(snap.optimizer_and_rng, str(tmp / OPTIMIZER))
+        if snap.method_state:
+            save_file(snap.method_state, str(tmp / METHOD))
+        write_text_atomic(tmp / STATE, json.dumps(snap.state, indent=1))
+        write_text_atomic(tmp / COMPLETE, f"{snap.step}\n")  # last: the folder is complete
     return final
+
+
+def save_checkpoint(root: Path, step: int, weights: dict[str, torch.Tensor],
+                    optimizer: torch.optim.Optimizer | dict, loop_state: dict,
+                    rank_rng: list[torch.Tensor] | None = None,
+                    method_state: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write checkpoint `step` atomically, now, and return its folder (arguments as `snapshot`)."""
+    return write_snapshot(root, snapshot(step, weights, optimizer, loop_state, rank_rng, method_state))
 
 
 def complete_checkpoints(root: Path) -> list[Path]:

@@ -10,6 +10,7 @@ sees exactly what an uninterrupted one would.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -22,6 +23,7 @@ from tunery.data.render import Datasets
 from tunery.errors import TuneryError
 from tunery.runfolder import RunFolder
 from tunery.trainers import checkpoint as ckpt
+from tunery.trainers.ckpt_writer import CheckpointWriter
 from tunery.trainers.common import lr_factor
 from tunery.trainers.method import LossOut, Method
 from tunery.trainers.progress import Progress
@@ -72,6 +74,7 @@ class Loop:
     # The method's name of each optimizer group, in order (kept here: a resumed optimizer's groups hold
     # what the checkpoint saved).
     group_names: list[str] = field(default_factory=lambda: ["all"])
+    writer: CheckpointWriter = field(default_factory=CheckpointWriter)  # checkpoints go to disk in the background
 
     @property
     def total_steps(self) -> int:
@@ -216,17 +219,23 @@ def resume(loop: Loop, folder: Path) -> LoopState:
     return LoopState(**state["loop"])
 
 
-def save(loop: Loop, run: RunFolder, st: LoopState) -> None:
+def save(loop: Loop, run: RunFolder, st: LoopState, background: bool = True) -> None:
     """Write a checkpoint for the current step and drop old ones (never the best, never the newest).
 
     Every process takes part (RNG streams and sharded tensors are gathered); the main one writes."""
+    start = time.perf_counter()
     weights, optimizer, rank_rng = loop.strategy.checkpoint_tensors(loop.model, loop.optimizer)
     method_state = loop.strategy.gather_tensors(loop.method.state_tensors())  # every process's own
     if loop.strategy.is_main:
-        ckpt.save_checkpoint(run.checkpoints, st.step, weights, optimizer, asdict(st), rank_rng=rank_rng,
-                             method_state=method_state)
+        snap = ckpt.snapshot(st.step, weights, optimizer, asdict(st), rank_rng, method_state)
         protect = {st.best_step} if st.best_step is not None else set()
-        ckpt.rotate(run.checkpoints, loop.cfg.training.keep_checkpoints, protect)
+        keep = loop.cfg.training.keep_checkpoints
+
+        def write() -> None:
+            ckpt.write_snapshot(run.checkpoints, snap)
+            ckpt.rotate(run.checkpoints, keep, protect)
+
+        loop.writer.submit(st.step, time.perf_counter() - start, write, background)
     loop.strategy.barrier()
 
 
@@ -290,16 +299,33 @@ def train(loop: Loop, run: RunFolder, st: LoopState, should_stop: Callable[[], b
                 log_step(run, progress, st, result, lr, grad_norm, loop.method.unit)
             stop_early = _evaluate_and_watch(loop, run, st, progress.write)
             interrupted = loop.strategy.any(should_stop())
+            ending = interrupted or stop_early or st.step == total
             if st.step % loop.save_every == 0 or st.best_step == st.step or interrupted or stop_early:
-                save(loop, run, st)
+                save(loop, run, st, background=not ending)  # the last one is written before the loop ends
             if stop_early:
                 progress.write(f"early stopping at step {st.step}: {loop.watch.describe_best(st, since=True)}")
-                return st, "early_stopped"
+                reason = "early_stopped"
+                break
             if interrupted:
-                return st, "interrupted"
+                reason = "interrupted"
+                break
+    except BaseException:
+        _drain(loop.writer)  # the checkpoint being written still lands; the loop's own error wins
+        raise
     finally:
         progress.close()
+    loop.writer.wait()  # every checkpoint is on disk (restore_best and resume read them) or its error raised
+    loop.strategy.barrier()  # and no process reads one before the main process has written it
+    if main and loop.writer.summary():
+        progress.write(loop.writer.summary())
     return st, reason
+
+
+def _drain(writer: CheckpointWriter) -> None:
+    try:
+        writer.wait()
+    except Exception:  # noqa: BLE001 - an error of the loop itself is already on its way
+        pass
 
 
 def log_step(run: RunFolder, progress: Progress, st: LoopState, result: StepResult, lr: float,
