@@ -16,7 +16,7 @@ from tunery.errors import TuneryError
 from tunery.models.load import DTYPES, load_model, load_tokenizer
 from tunery.runfolder import RunFolder, is_run_folder, read_run_info  # noqa: F401 (read_run_info re-exported)
 from tunery.runfolder import unfinished_error as _unfinished
-from tunery.shared_prefix import shared_prefix
+from tunery.shared_prefix import left_pad, shared_prefix  # noqa: F401 (left_pad re-exported)
 
 
 def load_run(run_dir: Path, dtype: str = "float32"):
@@ -107,17 +107,6 @@ def _end_of_turn(tokenizer) -> list[int]:
         i for i, tok in tokenizer.added_tokens_decoder.items() if tok.special
     }
     return [i for i in full[len(head) :] if i in special][:1]
-
-
-def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask) with pads on the left, so that every row's last prompt token aligns."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-        mask[i, width - len(row) :] = 1
-    return ids, mask
 
 
 def _generation_config(tokenizer, stop_ids, max_new_tokens: int, temperature: float):

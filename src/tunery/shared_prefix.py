@@ -27,18 +27,23 @@ class SharedPrefix:
     def batch(self, rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """(input_ids, attention_mask, generate keywords) for rows that all start with the prefix."""
         n = len(self.ids)
-        width = max(len(r) for r in rows) - n
-        ids = torch.full((len(rows), n + width), pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        ids[:, :n] = torch.tensor(self.ids, dtype=torch.long)
-        mask[:, :n] = 1
-        for i, row in enumerate(rows):
-            rest = row[n:]
-            ids[i, n + width - len(rest):] = torch.tensor(rest, dtype=torch.long)
-            mask[i, n + width - len(rest):] = 1
+        rest, rest_mask = left_pad([row[n:] for row in rows], pad_id)
+        ids = torch.cat([torch.tensor([self.ids] * len(rows), dtype=torch.long), rest], dim=1)
+        mask = torch.cat([torch.ones(len(rows), n, dtype=torch.long), rest_mask], dim=1)
         cache = copy.deepcopy(self.cache)
         cache.batch_repeat_interleave(len(rows))
         return ids, mask, {self.cache_name: cache}
+
+
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) with pads on the left, so that every row's last prompt token aligns."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row) :] = 1
+    return ids, mask
 
 
 def common_prefix(rows: list[list[int]]) -> list[int]:

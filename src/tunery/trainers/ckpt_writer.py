@@ -34,11 +34,6 @@ class CheckpointWriter:
         self.wait()
         timing = Timing(step, pause_s)
         self.timings.append(timing)
-        if not background:
-            start = time.perf_counter()
-            write()
-            timing.write_s = time.perf_counter() - start
-            return
 
         def run() -> None:
             start = time.perf_counter()
@@ -48,6 +43,10 @@ class CheckpointWriter:
                 self._error = exc
             timing.write_s = time.perf_counter() - start
 
+        if not background:
+            run()
+            self.wait()  # no thread: raises the write's error, if any, here and now
+            return
         # Not a daemon: a process that is ending still finishes the checkpoint it started.
         self._thread = threading.Thread(target=run, name="tunery-checkpoint")
         self._thread.start()
