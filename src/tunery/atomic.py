@@ -57,7 +57,8 @@ def fsync_tree(folder: Path) -> None:
         fsync_dir(Path(parent))
 
 
-def _remove(path: Path) -> None:
+def remove_path(path: Path) -> None:
+    """Delete a file or folder tree if it exists (a temporary of ours: callers name only those)."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     elif path.exists() or path.is_symlink():
@@ -70,7 +71,7 @@ def atomic_file(target: str | Path) -> Iterator[Path]:
     is fsynced and renamed over `target`, on error removed."""
     target = Path(target)
     tmp = temp_path(target)
-    _remove(tmp)
+    remove_path(tmp)
     try:
         yield tmp
         fsync_file(tmp)
@@ -78,7 +79,7 @@ def atomic_file(target: str | Path) -> Iterator[Path]:
         os.replace(tmp, target)
         fsync_dir(target.parent)
     except BaseException:
-        _remove(tmp)
+        remove_path(tmp)
         raise
 
 
@@ -110,7 +111,7 @@ def swap_in(tmp: Path, target: Path) -> None:
     deleted last, so one complete version is always on disk."""
     old = aside_path(target)
     recover(target)
-    _remove(old)
+    remove_path(old)
     replacing = target.exists()
     if replacing:
         os.replace(target, old)
@@ -122,7 +123,7 @@ def swap_in(tmp: Path, target: Path) -> None:
         recover(target)  # the previous output back in place before the error goes on
         raise
     fsync_dir(target.parent)
-    _remove(old)
+    remove_path(old)
 
 
 @contextmanager
@@ -132,7 +133,7 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(target)
-    _remove(tmp)
+    remove_path(tmp)
     tmp.mkdir()
     try:
         yield tmp
@@ -140,7 +141,7 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
         faults.reached("atomic-dir")
         swap_in(tmp, target)
     except BaseException:
-        _remove(tmp)
+        remove_path(tmp)
         raise
 
 
@@ -154,5 +155,5 @@ def remove_leftovers(folder: str | Path) -> list[Path]:
         recover(folder / old.name[len(OLD_PREFIX):])
     gone = sorted(p for p in folder.iterdir() if p.name.startswith((TMP_PREFIX, OLD_PREFIX)))
     for path in gone:
-        _remove(path)
+        remove_path(path)
     return gone

@@ -1,4 +1,5 @@
-"""Checkpoints written in the background: the loop does not wait for the disk, every checkpoint is
+"""Checkpoints written in the background: the loop does not wait for the disk, only the loop's thread
+marks a checkpoint complete (so a second Ctrl-C leaves one in progress incomplete), every checkpoint is
 complete when the loop returns, and a write error reaches the loop's thread."""
 
 from __future__ import annotations
@@ -6,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import threading
+import time
 
 import pytest
 import torch
@@ -17,33 +19,59 @@ from tunery.trainers import loop
 from tunery.trainers.ckpt_writer import CheckpointWriter
 
 
-def test_submit_returns_before_the_write_ends_and_wait_blocks_until_it_has():
-    writer, release, written = CheckpointWriter(), threading.Event(), []
-    writer.submit(5, 0.01, lambda: (release.wait(5), written.append(5)))
-    assert written == []  # the loop goes on while the write waits for the disk
+def record(log: list, name: str, release: threading.Event | None = None):
+    """A stage or commit callable that logs (name, thread) and, for a stage, waits for `release`."""
+    def call(*_):
+        if release is not None:
+            release.wait(5)
+        log.append((name, threading.current_thread()))
+        return name
+    return call
+
+
+def test_staging_runs_in_the_background_and_only_the_loops_thread_commits():
+    writer, release, log = CheckpointWriter(), threading.Event(), []
+    writer.submit(5, 0.01, record(log, "stage", release), record(log, "commit"))
+    writer.poll()
+    assert log == []  # staging still waits for the disk: poll neither blocks nor commits
     release.set()
     writer.wait()
-    assert written == [5] and writer.timings[0].step == 5 and writer.timings[0].write_s > 0
+    me = threading.current_thread()
+    assert [name for name, _ in log] == ["stage", "commit"]
+    assert log[0][1] is not me and log[1][1] is me
+    assert writer.timings[0].step == 5 and writer.timings[0].write_s > 0
 
 
-def test_the_next_submit_waits_for_the_previous_write():
-    writer, order = CheckpointWriter(), []
-    writer.submit(1, 0.0, lambda: (threading.Event().wait(0.2), order.append(1)))
-    writer.submit(2, 0.0, lambda: order.append(2))
+def test_poll_commits_a_finished_staging_without_waiting():
+    writer, log = CheckpointWriter(), []
+    writer.submit(1, 0.0, record(log, "stage"), lambda staged: log.append(("commit", staged)))
+    deadline = time.monotonic() + 5
+    while ("commit", "stage") not in log and time.monotonic() < deadline:
+        writer.poll()
+        time.sleep(0.01)
+    assert log[-1] == ("commit", "stage")  # the commit receives what staging returned
+
+
+def test_the_next_submit_commits_the_previous_checkpoint_first():
+    writer, log = CheckpointWriter(), []
+    writer.submit(1, 0.0, lambda _: (threading.Event().wait(0.2), log.append("stage 1")),
+                  lambda _: log.append("commit 1"))
+    writer.submit(2, 0.0, lambda _: log.append("stage 2"), lambda _: log.append("commit 2"))
     writer.wait()
-    assert order == [1, 2]
+    assert log == ["stage 1", "commit 1", "stage 2", "commit 2"]
 
 
-def test_an_error_while_writing_is_raised_in_the_loops_thread_once():
-    writer = CheckpointWriter()
+def test_an_error_while_writing_is_raised_in_the_loops_thread_once_and_nothing_is_committed():
+    writer, committed = CheckpointWriter(), []
 
-    def full_disk():
+    def full_disk(_abandoned):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    writer.submit(3, 0.0, full_disk)
+    writer.submit(3, 0.0, full_disk, committed.append)
     with pytest.raises(OSError, match="No space left"):
         writer.wait()
     writer.wait()  # raised once, then cleared
+    assert committed == []
 
 
 def test_a_snapshot_is_not_changed_by_later_updates(tmp_path):
@@ -88,9 +116,54 @@ def test_a_full_disk_during_a_background_write_fails_the_run_and_keeps_the_previ
 
 
 def test_a_write_when_the_loop_ends_runs_in_the_callers_thread():
-    writer, threads = CheckpointWriter(), []
-    writer.submit(1, 0.0, lambda: threads.append(threading.current_thread()))
-    writer.submit(2, 0.0, lambda: threads.append(threading.current_thread()), background=False)
-    assert threads[0] is not threading.current_thread()  # periodic: the writer thread
-    assert threads[1] is threading.current_thread()  # stopping: now, so a second Ctrl-C interrupts it
+    writer, log = CheckpointWriter(), []
+    writer.submit(1, 0.0, record(log, "stage 1"), record(log, "commit 1"))
+    writer.submit(2, 0.0, record(log, "stage 2"), record(log, "commit 2"), background=False)
+    me = threading.current_thread()
+    assert [name for name, _ in log] == ["stage 1", "commit 1", "stage 2", "commit 2"]
+    assert log[0][1] is not me  # periodic: the writer thread
+    assert all(thread is me for _, thread in log[1:])  # stopping: now, so a second Ctrl-C interrupts it
     assert [t.step for t in writer.timings] == [1, 2]
+
+
+def test_a_second_ctrl_c_while_a_checkpoint_is_staged_leaves_it_incomplete(smol_tokenizer, tmp_path, monkeypatch):
+    """The race a background write once lost: the second signal reaches the loop's thread while the
+    writer thread is still writing files; that checkpoint must never be marked complete, and its
+    staging stops and removes its temporary folder."""
+    release, outcome = threading.Event(), []
+    real_stage = ckpt.stage_snapshot
+
+    def slow_stage(root, snap, abandoned):
+        release.wait(10)
+        try:
+            outcome.append(real_stage(root, snap, abandoned))
+        except ckpt.Abandoned as exc:
+            outcome.append(exc)
+            raise
+
+    monkeypatch.setattr(ckpt, "stage_snapshot", slow_stage)
+    cfg = tiny_config(max_steps=8, save_every=2, eval_every=100)
+    lp = make_loop(smol_tokenizer, cfg, synthetic_rows(16))
+    calls = []
+
+    def second_ctrl_c():  # read after every step: at step 3 the step-2 checkpoint is still being staged
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return False
+
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(lp, RunFolder(tmp_path / "run"), loop.LoopState(), second_ctrl_c)
+    release.set()  # the abandoned staging goes on after the loop has gone...
+    deadline = time.monotonic() + 10
+    while not outcome and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert outcome and isinstance(outcome[0], ckpt.Abandoned)  # ...and stops at its next file
+    assert str(outcome[0]) == "checkpoint step 2 abandoned"
+    for thread in threading.enumerate():
+        if thread.name == "tunery-checkpoint":
+            thread.join(10)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert ckpt.complete_checkpoints(checkpoints) == []  # never marked complete
+    assert list(checkpoints.iterdir()) == []  # and its temporary folder is gone
+    assert [t.step for t in lp.writer.timings] == [2] and lp.writer.timings[0].commit_s == 0.0

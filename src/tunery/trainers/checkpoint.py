@@ -1,8 +1,8 @@
 """Resumable checkpoints: trainable weights, optimizer moments, RNG states and loop state.
 
 Everything is written as safetensors plus JSON (nothing that loading would execute), into a temporary
-folder that is fsynced and renamed into place (`tunery.atomic.atomic_dir`), with a completeness marker
-written last inside it. A folder without the marker is never read, so a `kill -9` or a full disk during
+folder that is fsynced (`stage_snapshot`, which a background thread may do), then marked complete and
+renamed into place (`commit_staged`, always in the loop's thread), as `tunery.atomic.atomic_dir` does. A folder without the marker is never read, so a `kill -9` or a full disk during
 a write costs at most that checkpoint.
 """
 
@@ -20,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from tunery import faults
-from tunery.atomic import atomic_dir, remove_leftovers, write_text_atomic
+from tunery.atomic import fsync_dir, fsync_file, fsync_tree, remove_leftovers, remove_path, swap_in, temp_path, write_text_atomic
 from tunery.trainers.common import assert_finite_state
 
 COMPLETE = "COMPLETE"
@@ -114,15 +114,57 @@ def _cpu_copies(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def write_snapshot(root: Path, snap: Snapshot) -> Path:
     """Write a snapshot as checkpoint folder `step-N` atomically and return the folder."""
+    return commit_staged(root, snap.step, stage_snapshot(root, snap))
+
+
+class Abandoned(Exception):
+    """Staging stopped because the loop abandoned the checkpoint (a second Ctrl-C)."""
+
+
+def stage_snapshot(root: Path, snap: Snapshot, abandoned: Callable[[], bool] = lambda: False) -> Path:
+    """Write and fsync every file of checkpoint `snap` in its temporary folder, not yet marked complete
+    nor renamed into place: the part of a checkpoint a background thread may do. Returns the folder.
+    Between two files, stops (its folder removed) once `abandoned()` is true."""
+
+    def go_on() -> None:
+        if abandoned():
+            raise Abandoned(f"checkpoint step {snap.step} abandoned")
+
     final = step_dir(root, snap.step)
-    with atomic_dir(final) as tmp:
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(final)
+    remove_path(tmp)
+    tmp.mkdir()
+    try:
         save_file(snap.weights, str(tmp / WEIGHTS))
         faults.reached("checkpoint")  # between two files of one checkpoint
+        go_on()
         save_file(snap.optimizer_and_rng, str(tmp / OPTIMIZER))
+        go_on()
         if snap.method_state:
             save_file(snap.method_state, str(tmp / METHOD))
         write_text_atomic(tmp / STATE, json.dumps(snap.state, indent=1))
-        write_text_atomic(tmp / COMPLETE, f"{snap.step}\n")  # last: the folder is complete
+        go_on()
+        fsync_tree(tmp)
+    except BaseException:
+        remove_path(tmp)
+        raise
+    return tmp
+
+
+def commit_staged(root: Path, step: int, tmp: Path) -> Path:
+    """Mark a staged checkpoint complete and rename it into place: always the loop's own thread, so a
+    second Ctrl-C, which interrupts that thread, leaves a checkpoint in progress incomplete."""
+    final = step_dir(root, step)
+    try:
+        (tmp / COMPLETE).write_text(f"{step}\n")  # last: the folder is complete (still under its temporary name)
+        fsync_file(tmp / COMPLETE)
+        fsync_dir(tmp)
+        faults.reached("atomic-dir")
+        swap_in(tmp, final)
+    except BaseException:
+        remove_path(tmp)
+        raise
     return final
 
 

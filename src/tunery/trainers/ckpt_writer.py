@@ -1,9 +1,18 @@
 """Checkpoints written on a background thread, so the loop trains on while one goes to disk.
 
-The loop pauses only to copy the checkpoint's tensors (`checkpoint.snapshot`); the files are written,
-fsynced and renamed into place (still atomically) by one writer thread, one checkpoint at a time. The
-next save, the end of the loop and anything that reads checkpoints wait for the write in progress, and
-an error raised while writing (a full disk) is raised again there, in the loop's thread.
+A checkpoint is written in two halves (`checkpoint.stage_snapshot` / `commit_staged`):
+
+1. staging, on the writer thread: every file written and fsynced in a temporary folder;
+2. committing, always in the loop's thread: the completeness marker written and the folder renamed
+   into place, then old checkpoints rotated.
+
+The loop commits a finished write at its next step (`poll`), before the next checkpoint (`submit`)
+and at its end (`wait`). Because only the loop's thread can make a checkpoint complete, a second
+Ctrl-C, which interrupts that thread, always leaves a checkpoint in progress incomplete. The loop then
+calls `abandon`: staging stops before its next file and removes its temporary folder, so the process
+exits after at most one file's write (the thread is not a daemon: a daemon thread still writing at
+interpreter shutdown can abort the process). An error raised while staging (a full disk) is raised
+again in the loop's thread.
 """
 
 from __future__ import annotations
@@ -11,60 +20,89 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 
 @dataclass
 class Timing:
     step: int
     pause_s: float  # the loop stopped for this long (copying the tensors)
-    write_s: float = 0.0  # writing took this long, in the background
+    write_s: float = 0.0  # staging took this long (in the background when submitted so)
+    commit_s: float = 0.0  # the marker, the rename and the rotation, in the loop's thread
+
+
+@dataclass
+class _Pending:
+    timing: Timing
+    commit: Callable[[Any], object]
+    abandoned: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+    staged: Any = None
+    error: BaseException | None = None
 
 
 @dataclass
 class CheckpointWriter:
     timings: list[Timing] = field(default_factory=list)
-    _thread: threading.Thread | None = None
-    _error: BaseException | None = None
+    _pending: _Pending | None = None
 
-    def submit(self, step: int, pause_s: float, write: Callable[[], object], background: bool = True) -> None:
-        """Start `write` on the writer thread, after the previous write has finished; with
-        `background=False`, write in this thread now (the loop is stopping: nothing to overlap with, and a
-        second Ctrl-C during that write must stop the process at once, the checkpoint left incomplete)."""
+    def submit(self, step: int, pause_s: float, stage: Callable[[Callable[[], bool]], Any],
+               commit: Callable[[Any], object], background: bool = True) -> None:
+        """Commit the previous checkpoint (waiting for its staging), then stage this one on the writer
+        thread; with `background=False` stage and commit it here and now (the loop is ending: nothing is
+        left to overlap with). `stage(abandoned)` should stop early once `abandoned()` is true."""
         self.wait()
-        timing = Timing(step, pause_s)
-        self.timings.append(timing)
+        pending = _Pending(Timing(step, pause_s), commit)
+        self.timings.append(pending.timing)
 
         def run() -> None:
             start = time.perf_counter()
             try:
-                write()
+                pending.staged = stage(pending.abandoned.is_set)
             except BaseException as exc:  # noqa: BLE001 - handed to the loop's thread by wait()
-                self._error = exc
-            timing.write_s = time.perf_counter() - start
+                pending.error = exc
+            pending.timing.write_s = time.perf_counter() - start
 
+        self._pending = pending
         if not background:
             run()
-            self.wait()  # no thread: raises the write's error, if any, here and now
+            self.wait()  # commits, or raises the staging error, here and now
             return
-        # Not a daemon: a process that is ending still finishes the checkpoint it started.
-        self._thread = threading.Thread(target=run, name="tunery-checkpoint")
-        self._thread.start()
+        pending.thread = threading.Thread(target=run, name="tunery-checkpoint")
+        pending.thread.start()
+
+    def poll(self) -> None:
+        """Commit the pending checkpoint if its staging has finished; never blocks on the disk."""
+        pending = self._pending
+        if pending is not None and (pending.thread is None or not pending.thread.is_alive()):
+            self.wait()
 
     def wait(self) -> None:
-        """Block until no write is in progress; raise the error the last write hit, if any."""
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        error, self._error = self._error, None
-        if error is not None:
-            raise error
+        """Wait for the pending checkpoint's staging and commit it here; raise the error staging hit, if
+        any (once)."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        if pending.thread is not None:
+            pending.thread.join()
+        if pending.error is not None:
+            raise pending.error
+        start = time.perf_counter()
+        pending.commit(pending.staged)
+        pending.timing.commit_s = time.perf_counter() - start
+
+    def abandon(self) -> None:
+        """Never commit the pending checkpoint, and tell its staging to stop (a second Ctrl-C: the process
+        is going, and what it was writing must stay incomplete). Does not wait."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.abandoned.set()
 
     def summary(self) -> str | None:
         if not self.timings:
             return None
         done = [t for t in self.timings if t.write_s]
-        paused = sum(t.pause_s for t in self.timings) / len(self.timings)
+        paused = sum(t.pause_s + t.commit_s for t in self.timings) / len(self.timings)
         written = sum(t.write_s for t in done) / max(len(done), 1)
         return (f"checkpoints: {len(self.timings)}, the loop paused {paused:.3f} s for each, "
                 f"written in {written:.3f} s each in the background")

@@ -231,11 +231,12 @@ def save(loop: Loop, run: RunFolder, st: LoopState, background: bool = True) -> 
         protect = {st.best_step} if st.best_step is not None else set()
         keep = loop.cfg.training.keep_checkpoints
 
-        def write() -> None:
-            ckpt.write_snapshot(run.checkpoints, snap)
+        def commit(staged) -> None:
+            ckpt.commit_staged(run.checkpoints, snap.step, staged)
             ckpt.rotate(run.checkpoints, keep, protect)
 
-        loop.writer.submit(st.step, time.perf_counter() - start, write, background)
+        loop.writer.submit(st.step, time.perf_counter() - start,
+                           lambda abandoned: ckpt.stage_snapshot(run.checkpoints, snap, abandoned), commit, background)
     loop.strategy.barrier()
 
 
@@ -299,10 +300,13 @@ def train(loop: Loop, run: RunFolder, st: LoopState, should_stop: Callable[[], b
                 log_step(run, progress, st, result, lr, grad_norm, loop.method.unit)
             stop_early = _evaluate_and_watch(loop, run, st, progress.write)
             interrupted = loop.strategy.any(should_stop())
-            if st.step % loop.save_every == 0 or st.best_step == st.step or interrupted or stop_early:
-                # In the loop's thread for now: a background write racing a second Ctrl-C can complete the
-                # checkpoint the signal should have stopped (test_train_promises saw it 1 run in 4).
-                save(loop, run, st, background=False)
+            ending = interrupted or stop_early or st.step == total
+            if st.step % loop.save_every == 0 or st.best_step == st.step or ending:
+                # The checkpoint that ends the loop is written in its own thread: nothing is left to
+                # overlap with, and a second Ctrl-C during that write must leave it incomplete.
+                save(loop, run, st, background=not ending)
+            else:
+                loop.writer.poll()  # a checkpoint whose files are on disk is marked complete now
             if stop_early:
                 progress.write(f"early stopping at step {st.step}: {loop.watch.describe_best(st, since=True)}")
                 reason = "early_stopped"
@@ -310,12 +314,15 @@ def train(loop: Loop, run: RunFolder, st: LoopState, should_stop: Callable[[], b
             if interrupted:
                 reason = "interrupted"
                 break
+        loop.writer.wait()  # every checkpoint is on disk (restore_best and resume read them) or its error raised
+    except KeyboardInterrupt:
+        loop.writer.abandon()  # a second Ctrl-C: the checkpoint in progress is never marked complete
+        raise
     except BaseException:
         _drain(loop.writer)  # the checkpoint being written still lands; the loop's own error wins
         raise
     finally:
         progress.close()
-    loop.writer.wait()  # every checkpoint is on disk (restore_best and resume read them) or its error raised
     loop.strategy.barrier()  # and no process reads one before the main process has written it
     if main and loop.writer.summary():
         progress.write(loop.writer.summary())
