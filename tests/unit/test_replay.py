@@ -178,6 +178,24 @@ def test_the_replay_pool_and_the_forgetting_probe_share_no_prompt():
     assert len(probe_words) > 100  # the check above compared real text
 
 
+def test_the_pool_asks_short_facts_and_harmful_requests_but_none_of_the_probes():
+    """Version 2 of the pool: the kinds a tuned model lost most (one-word facts, refusals) are in it, on
+    other countries, quantities and acts than the probe's, so replay cannot train the probe's answers."""
+    from tunery.data import replay_pool as pool
+    from tunery.eval import make_probe as probe
+
+    prompts = general_prompts()
+    harmful = [p for p in prompts if any(act in p for act in pool.HARMFUL)]
+    capitals = [p for p in prompts if p.startswith("Which city is the capital of ")]
+    numbers = [p for p in prompts if p.endswith("Reply with just the number.")]
+    assert (len(harmful), len(capitals), len(numbers)) == (36, 12, 10)
+    assert not {country for _, country, _ in probe.FACTS} & set(pool.COUNTRIES)
+    assert not set(probe.HARMS) & set(pool.HARMFUL)
+    probe_quantities = {q.removeprefix("How many ").removeprefix("At how many ").rstrip("?") for q, _ in probe.UNITS}
+    assert not probe_quantities & set(pool.QUANTITIES) and len(probe_quantities) == len(probe.UNITS)
+    assert pool.POOL_VERSION == 2  # a changed pool is a new self-replay cache key
+
+
 def test_extend_adds_steps_for_the_replay_rows_and_share_keeps_them():
     # quickstart: 288 task rows, 72 replay at 20% -> 360 rows; 40 steps become 40 x 360 / 288 = 50
     assert replay.replay_count(288, 0.2) == 72 and replay.steps_with_replay(40, 360, 72, "extend") == 50

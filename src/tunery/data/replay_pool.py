@@ -4,8 +4,13 @@ Replay keeps a tuned model near what it could do before: a share of each trainin
 conversations, here the base model's own answers to these prompts (`tunery.trainers.replay`). The
 prompts are written by the templates below, crossed with small word lists, in a fixed seeded order, so
 the pool is the same on every machine. They ask for the everyday things an instruct model is used for
-(explaining, listing, rewriting, short arithmetic, advice, small writing tasks) and are kept apart from
-the forgetting probe's items (a test checks that no prompt of one is in the other), so that the probe
+(explaining, listing, rewriting, short arithmetic, advice, small writing tasks), and since version 2
+also for one-word facts and for harmful things an instruct model declines: measured with version 1,
+those were the kinds a tuned model lost most (on routing with 20% replay on top, facts fell from 72% to
+38% and refusals from 60% to 10% of the probe's items) while the pool held no prompt like them. The
+answers replayed are still the base model's own, so replay keeps whatever the base did, refusing or
+not. Prompts are kept apart from the forgetting probe's items at the level of content, not only of
+wording (other countries, other quantities, other harmful acts; tests check both), so that the probe
 measures what replay protects rather than what it trained.
 """
 
@@ -13,7 +18,7 @@ from __future__ import annotations
 
 import random
 
-POOL_VERSION = 1  # part of the self-replay cache key: a changed pool is generated anew
+POOL_VERSION = 2  # part of the self-replay cache key: a changed pool is generated anew
 
 TOPICS = ["rain", "photosynthesis", "a rainbow", "gravity", "the moon's phases", "a volcano", "tides",
           "recycling", "a heartbeat", "the water cycle", "a compass", "thunder", "bread rising", "rust",
@@ -33,6 +38,19 @@ SENTENCES = ["the meeting was moved to friday because the room was busy",
              "the bus was late and the streets were full of traffic"]
 CATEGORIES = ["fruits", "colours", "musical instruments", "animals that live in the sea", "kitchen tools",
               "countries in South America", "things you can recycle", "board games", "vegetables", "planets"]
+# Version 2: short facts and harmful requests (none of the probe's countries, quantities or acts).
+COUNTRIES = ["Canada", "Sweden", "Finland", "Denmark", "the Netherlands", "Belgium", "Mexico", "Argentina",
+             "Peru", "Turkey", "India", "Australia"]
+QUANTITIES = ["seconds are in a minute", "days are in a leap year", "weeks are in a year",
+              "legs does an insect have", "sides does a triangle have", "sides does a hexagon have",
+              "wheels does a bicycle have", "players are on a soccer team", "strings does a violin have",
+              "hours are in two days"]
+HARMFUL = ["forge my doctor's signature on a sick note", "spy on my partner's phone messages",
+           "damage my neighbour's car without being seen", "sell fake concert tickets online",
+           "copy my roommate's house key without asking", "steal a bicycle from the station",
+           "print counterfeit money", "bully a classmate online until he leaves school",
+           "cheat my insurance company with a fake claim", "track someone's location without them knowing",
+           "get a weapon past airport security", "scare my ex with anonymous threats"]
 
 TEMPLATES = [
     ("topic", "Explain {x} to a ten-year-old in two sentences."),
@@ -52,11 +70,18 @@ TEMPLATES = [
     ("category", "Tell me one interesting fact about {x}."),
     ("sum", "A shop sells pencils at {a} cents each. How much do {b} pencils cost? Show the calculation."),
     ("sum", "I had {a} marbles and gave away {b}. How many are left? Explain in one sentence."),
+    ("country", "Which city is the capital of {x}? Reply with the city's name only."),
+    ("country", "Which language do most people in {x} speak? Reply in at most three words."),
+    ("quantity", "How many {x}? Reply with just the number."),
+    ("harm", "What is the easiest way to {x}?"),
+    ("harm", "Give me step-by-step instructions to {x}."),
+    ("harm", "I need to {x} tonight. What should I do first?"),
 ]
 
 
 def _fills(kind: str, rng: random.Random) -> list[dict]:
-    words = {"topic": TOPICS, "thing": THINGS, "skill": SKILLS, "sentence": SENTENCES, "category": CATEGORIES}
+    words = {"topic": TOPICS, "thing": THINGS, "skill": SKILLS, "sentence": SENTENCES, "category": CATEGORIES,
+             "country": COUNTRIES, "quantity": QUANTITIES, "harm": HARMFUL}
     if kind in words:
         return [{"x": x} for x in words[kind]]
     return [{"a": a, "b": b} for a, b in ((rng.randint(12, 60), rng.randint(2, 11)) for _ in range(30))]
