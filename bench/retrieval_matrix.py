@@ -3,6 +3,7 @@ against base retrieval on held-out examples.
 
     OMP_NUM_THREADS=1 python bench/retrieval_matrix.py [--tasks intents,quickstart] [--settings default,rag,...]
                                                        [--stage all|train|eval] [--out bench/results/retrieval_matrix.json]
+    OMP_NUM_THREADS=1 python bench/retrieval_matrix.py --tasks intents --confirm lr-high
 
 For every task (an example of this repository, its config as shipped) and every setting (overrides on
 top of it), one `tunery train` process with the same seed and `training.threads=1`. Then one
@@ -44,6 +45,9 @@ TASKS = {  # name: (config, held-out file, training file, grader, extra eval opt
     "quickstart": ("examples/quickstart/config.yaml", "examples/quickstart/heldout.jsonl",
                    "examples/quickstart/train.jsonl", "json_match", ["--max-new-tokens", "40"]),
 }
+# A second held-out set per task, used once: `--confirm SETTING` tests the setting the matrix chose (on
+# the held-out set, among many rows) against base retrieval on examples that played no part in choosing.
+CONFIRM = {"intents": "examples/intents/confirm.jsonl"}
 RAG = ["data.retrieval={k: 3, method: bm25}", "data.max_length=512"]
 SETTINGS = {  # one factor at a time around the task's config; SCALE=f multiplies its training budget
     "default": [],
@@ -115,13 +119,14 @@ def train(task: str, setting: str, work: Path) -> dict:
             "wall_s": round(time.monotonic() - started, 1)}
 
 
-def evaluate(task: str, targets: list[str], baselines: str, out: str, work: Path) -> dict:
-    """One `tunery eval` call; its eval.json is kept in `work/out` (reused when there)."""
+def evaluate(task: str, targets: list[str], baselines: str, out: str, work: Path, data: str | None = None) -> dict:
+    """One `tunery eval` call on the task's held-out file (or `data`); its eval.json is kept in
+    `work/out` (reused when there)."""
     cached = work / out / "eval.json"
     if cached.is_file():
         return json.loads(cached.read_text())
     _, heldout, train_file, grader, extra = TASKS[task]
-    proc = tunery("eval", *targets, "--data", str(REPO / heldout), "--train", str(REPO / train_file),
+    proc = tunery("eval", *targets, "--data", str(REPO / (data or heldout)), "--train", str(REPO / train_file),
                   "--graders", grader, "--baselines", baselines, "--probe", "none", *extra, "--json",
                   "--out", out, cwd=work)
     if proc.returncode != 0:
@@ -148,6 +153,31 @@ def collect_rows(task: str, runs: list[dict], work: Path) -> list[dict]:
                          "tokens": run.get("tokens"), "overrides": run.get("overrides"),
                          "per_example": [e["scores"].get(grader) for e in system["per_example"]]})
     return rows
+
+
+def confirm(task: str, setting: str, trained: dict, work: Path) -> dict:
+    """The chosen setting's tuned row against base retrieval on the task's confirmation set."""
+    from tunery.eval.stats import compare_paired
+
+    run = next(r for r in trained[task] if r["setting"] == setting)
+    grader, data = TASKS[task][3], CONFIRM[task]
+    print(f"confirming {task} / {setting} on {data} ...", flush=True)
+    base = evaluate(task, [BASE_MODEL], "rag", f"confirm-{task}-base-rag", work, data)
+    tuned = evaluate(task, [run["run"]], "none", f"confirm-{task}-{setting}", work, data)
+    pick = lambda result, prompting: next(s for s in result["systems"]  # noqa: E731
+                                          if s["system"]["prompting"] == prompting)
+    mine, theirs = pick(tuned, "zero-shot"), pick(base, "retrieval")
+    per = lambda system: [e["scores"].get(grader) for e in system["per_example"]]  # noqa: E731
+    test = compare_paired(per(mine), per(theirs), seed=0)
+    return {"task": task, "setting": setting, "data": data, "overrides": run["overrides"],
+            "tuned": mine["scores"][grader], "base_retrieval": theirs["scores"][grader], **test}
+
+
+def fmt_confirmation(c: dict) -> str:
+    return (f"{c['task']}: confirmed on {c['data']} ({c['tuned']['n']} examples never used to choose): "
+            f"{c['setting']} {fmt_ci(c['tuned'])} vs base retrieval {fmt_ci(c['base_retrieval'])}: "
+            f"{c['diff']:+.1%} [{c['diff_low']:+.1%}, {c['diff_high']:+.1%}], {c['test']} p={c['p']:.3g} "
+            f"({c.get('wins_a', '?')} won, {c.get('wins_b', '?')} lost)")
 
 
 def verdict(task: str, rows: list[dict]) -> dict | None:
@@ -237,6 +267,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/tunery-retrieval-matrix"))
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "retrieval_matrix.json")
     parser.add_argument("--stage", choices=["all", "train", "eval"], default="all")
+    parser.add_argument("--confirm", default=None, metavar="SETTING",
+                        help="only test SETTING's trained run against base retrieval on each task's confirmation "
+                        "set (CONFIRM), and add the result to --out")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     tasks, settings = args.tasks.split(","), args.settings.split(",")
@@ -245,6 +278,15 @@ def main() -> None:
     if args.stage == "train":
         return
     trained = json.loads((args.work / "runs.json").read_text())
+    if args.confirm:
+        found = [confirm(task, args.confirm, trained, args.work) for task in tasks if task in CONFIRM]
+        for c in found:
+            print(fmt_confirmation(c))
+        earlier = json.loads(args.out.read_text()) if args.out.is_file() else {}
+        kept = [c for c in earlier.get("confirmations", []) if (c["task"], c["setting"]) not in
+                {(f["task"], f["setting"]) for f in found}]
+        write_json(args.out, earlier | {"confirmations": kept + found})
+        return
     rows, verdicts = [], []
     for task in tasks:
         runs = [r for r in trained.get(task, []) if r["setting"] in settings]
@@ -256,7 +298,9 @@ def main() -> None:
     print(table(rows, verdicts))
     print()
     print(markdown(rows, verdicts))
-    write_json(args.out, {"rows": rows, "verdicts": verdicts, "common": COMMON, "settings": SETTINGS})
+    earlier = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    write_json(args.out, {"rows": rows, "verdicts": verdicts, "common": COMMON, "settings": SETTINGS,
+                          "confirmations": earlier.get("confirmations", [])})
     print(f"\nwrote {args.out}")
 
 

@@ -229,9 +229,12 @@ def test_routing_messages_are_labelled_by_their_template_and_held_out_words_are_
 
 def test_intents_are_balanced_and_no_held_out_message_is_a_near_duplicate_of_a_training_one():
     make_data = _load_script(EXAMPLES / "intents" / "make_data.py")
-    train, held = (_records(EXAMPLES / "intents" / f"{name}.jsonl") for name in ("train", "heldout"))
-    assert (len(train), len(held)) == (240, 180)
-    for records in (train, held):
+    train, held, confirm = (_records(EXAMPLES / "intents" / f"{name}.jsonl") for name in ("train", "heldout", "confirm"))
+    assert (len(train), len(held), len(confirm)) == (240, 180, 180)
+    earlier = [make_data.word_set(r[1]["content"]) for r in train + held]
+    assert max(max(make_data.jaccard(make_data.word_set(r[1]["content"]), t) for t in earlier)
+               for r in confirm) < make_data.NEAR_DUPLICATE  # the confirmation set is new to both
+    for records in (train, held, confirm):
         labels = [r[2]["content"] for r in records]
         assert {labels.count(i) for i in make_data.INTENTS} == {len(records) // 6}  # balanced
     trained = [make_data.word_set(r[1]["content"]) for r in train]
