@@ -273,7 +273,7 @@ def main() -> None:
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     tasks, settings = args.tasks.split(","), args.settings.split(",")
-    if args.stage != "eval":
+    if args.stage != "eval" and not args.confirm:  # a confirmation only evaluates runs trained before
         train_all(tasks, settings, args.work)
     if args.stage == "train":
         return
