@@ -229,12 +229,14 @@ def test_routing_messages_are_labelled_by_their_template_and_held_out_words_are_
 
 def test_intents_are_balanced_and_no_held_out_message_is_a_near_duplicate_of_a_training_one():
     make_data = _load_script(EXAMPLES / "intents" / "make_data.py")
-    train, held, confirm = (_records(EXAMPLES / "intents" / f"{name}.jsonl") for name in ("train", "heldout", "confirm"))
-    assert (len(train), len(held), len(confirm)) == (240, 180, 180)
-    earlier = [make_data.word_set(r[1]["content"]) for r in train + held]
-    assert max(max(make_data.jaccard(make_data.word_set(r[1]["content"]), t) for t in earlier)
-               for r in confirm) < make_data.NEAR_DUPLICATE  # the confirmation set is new to both
-    for records in (train, held, confirm):
+    train, held, confirm, confirm2 = (_records(EXAMPLES / "intents" / f"{name}.jsonl")
+                                      for name in ("train", "heldout", "confirm", "confirm2"))
+    assert (len(train), len(held), len(confirm), len(confirm2)) == (240, 180, 180, 360)
+    for new, earlier_sets in ((confirm, train + held), (confirm2, train + held + confirm)):
+        earlier = [make_data.word_set(r[1]["content"]) for r in earlier_sets]
+        assert max(max(make_data.jaccard(make_data.word_set(r[1]["content"]), t) for t in earlier)
+                   for r in new) < make_data.NEAR_DUPLICATE  # each confirmation set is new to all before it
+    for records in (train, held, confirm, confirm2):
         labels = [r[2]["content"] for r in records]
         assert {labels.count(i) for i in make_data.INTENTS} == {len(records) // 6}  # balanced
     trained = [make_data.word_set(r[1]["content"]) for r in train]
