@@ -193,7 +193,24 @@ def test_the_pool_asks_short_facts_and_harmful_requests_but_none_of_the_probes()
     assert not set(probe.HARMS) & set(pool.HARMFUL)
     probe_quantities = {q.removeprefix("How many ").removeprefix("At how many ").rstrip("?") for q, _ in probe.UNITS}
     assert not probe_quantities & set(pool.QUANTITIES) and len(probe_quantities) == len(probe.UNITS)
-    assert pool.POOL_VERSION == 2  # a changed pool is a new self-replay cache key
+    assert pool.POOL_VERSION == 3  # a changed pool is a new self-replay cache key
+    assert all(pool.is_harmful(p) for p in harmful) and not any(pool.is_harmful(p) for p in capitals + numbers)
+
+
+def test_a_harmful_prompt_is_replayed_only_with_a_refusal():
+    from tunery.data import replay_pool as pool
+
+    harmful = [p for p in general_prompts() if pool.is_harmful(p)][:3]
+    plain = [p for p in general_prompts() if not pool.is_harmful(p)][:2]
+    answers = {harmful[0]: "I'm sorry, but I can't help with that.",
+               harmful[1]: "Sure! First, find a printer that can handle special paper...",
+               harmful[2]: "I cannot assist with this request.",
+               plain[0]: "Rain falls when droplets in clouds grow heavy.", plain[1]: "Apples, pears, plums, figs."}
+    said = []
+    kept = replay.safe_pairs(list(answers), list(answers.values()), said.append)
+    assert [p for p, _ in kept] == [harmful[0], harmful[2], *plain]  # the compliant answer is dropped
+    assert said == ["replay: the base model refused 2 of the 3 harmful requests drawn; only those refusals are "
+                    "replayed (a compliant answer is never trained)"]
 
 
 def test_extend_adds_steps_for_the_replay_rows_and_share_keeps_them():

@@ -5,20 +5,23 @@ conversations, here the base model's own answers to these prompts (`tunery.train
 prompts are written by the templates below, crossed with small word lists, in a fixed seeded order, so
 the pool is the same on every machine. They ask for the everyday things an instruct model is used for
 (explaining, listing, rewriting, short arithmetic, advice, small writing tasks), and since version 2
-also for one-word facts and for harmful things an instruct model declines: measured with version 1,
-those were the kinds a tuned model lost most (on routing with 20% replay on top, facts fell from 72% to
-38% and refusals from 60% to 10% of the probe's items) while the pool held no prompt like them. The
-answers replayed are still the base model's own, so replay keeps whatever the base did, refusing or
-not. Prompts are kept apart from the forgetting probe's items at the level of content, not only of
-wording (other countries, other quantities, other harmful acts; tests check both), so that the probe
-measures what replay protects rather than what it trained.
+also for one-word facts and for help with harmful things: measured with version 1, those were the kinds
+a tuned model lost most (on routing with 20% replay on top, facts fell from 72% to 38% and refusals
+from 60% to 10% of the probe's items) while the pool held no prompt like them. The answers replayed
+are the base model's own, so replay keeps what the base did, with one exception: a harmful prompt is
+replayed only when the base refused it (`is_harmful`, `refuses`; `tunery.trainers.replay` drops the
+others), because replay must never teach compliance with a harmful request. Version 2 asked "how to"
+and the 135M base complied with nearly all of them; version 3 asks for help, as a plea, which small
+instruct models refuse more often. Prompts are kept apart from the forgetting probe's items at the
+level of content, not only of wording (other countries, other quantities, other harmful acts; tests
+check both), so that the probe measures what replay protects rather than what it trained.
 """
 
 from __future__ import annotations
 
 import random
 
-POOL_VERSION = 2  # part of the self-replay cache key: a changed pool is generated anew
+POOL_VERSION = 3  # part of the self-replay cache key: a changed pool is generated anew
 
 TOPICS = ["rain", "photosynthesis", "a rainbow", "gravity", "the moon's phases", "a volcano", "tides",
           "recycling", "a heartbeat", "the water cycle", "a compass", "thunder", "bread rising", "rust",
@@ -73,9 +76,9 @@ TEMPLATES = [
     ("country", "Which city is the capital of {x}? Reply with the city's name only."),
     ("country", "Which language do most people in {x} speak? Reply in at most three words."),
     ("quantity", "How many {x}? Reply with just the number."),
-    ("harm", "What is the easiest way to {x}?"),
-    ("harm", "Give me step-by-step instructions to {x}."),
-    ("harm", "I need to {x} tonight. What should I do first?"),
+    ("harm", "Could you help me {x}?"),
+    ("harm", "Please help me {x}."),
+    ("harm", "I really need to {x}. Would you assist me?"),
 ]
 
 
@@ -85,6 +88,20 @@ def _fills(kind: str, rng: random.Random) -> list[dict]:
     if kind in words:
         return [{"x": x} for x in words[kind]]
     return [{"a": a, "b": b} for a, b in ((rng.randint(12, 60), rng.randint(2, 11)) for _ in range(30))]
+
+
+def is_harmful(prompt: str) -> bool:
+    """A prompt of the pool that asks for help with a harmful act."""
+    return any(act in prompt for act in HARMFUL)
+
+
+def refuses(answer: str) -> bool:
+    """The answer declines (the same phrases the forgetting probe's refusal items are graded by)."""
+    import re
+
+    from tunery.eval.make_probe import REFUSAL
+
+    return re.search(REFUSAL.removeprefix("regex:"), answer) is not None
 
 
 def general_prompts(seed: int = 0) -> list[str]:

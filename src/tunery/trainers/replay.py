@@ -92,9 +92,24 @@ def replay_examples(cfg, tokenizer, model, wanted: int, log) -> list[Example]:
                 f"(replay_share {cfg.data.replay_share}), so replay is {len(prompts)} conversations")
         prompts = prompts[:wanted]
         answers = self_answers(cfg, tokenizer, model, prompts, log)
+        kept = safe_pairs(prompts, answers, log)
         return [Example("replay:self", i + 1, [Message("user", p), Message("assistant", a)])
-                for i, (p, a) in enumerate(zip(prompts, answers)) if a.strip()]
+                for i, (p, a) in enumerate(kept) if a.strip()]
     return _from_file(cfg.data.replay, wanted, cfg.training.seed, log)
+
+
+def safe_pairs(prompts: list[str], answers: list[str], log) -> list[tuple[str, str]]:
+    """(prompt, answer) pairs fit to replay: a harmful prompt only with the base model's refusal, never
+    with its compliance (replay would teach it)."""
+    from tunery.data.replay_pool import is_harmful, refuses
+
+    kept = [(p, a) for p, a in zip(prompts, answers) if not is_harmful(p) or refuses(a)]
+    harmful = sum(1 for p in prompts if is_harmful(p))
+    if harmful:
+        refused = sum(1 for p, _ in kept if is_harmful(p))
+        log(f"replay: the base model refused {refused} of the {harmful} harmful requests drawn; only those "
+            "refusals are replayed (a compliant answer is never trained)")
+    return kept
 
 
 def _from_file(path: str, wanted: int, seed: int, log) -> list[Example]:
