@@ -18,7 +18,8 @@ Equal compute: what is held equal is steps x tokens, the tokens that go through 
 Every plain setting trains the same steps on the same examples in the same order; the retrieval-trained
 setting (`rag`) carries three shots per example, about 4x the tokens each, so it trains a quarter of the
 steps (a quarter epoch); `rag-same-steps` (4x the tokens, not in the default matrix) gives it the
-default's steps. `epochs-half` / `epochs-double` change the budget on purpose (0.5x / 2x): that is the
+default's steps. `epochs-half` / `epochs-double` / `epochs-triple` change the budget on purpose (0.5x / 2x / 3x, the last
+tunery's own default of 3 epochs): that is the
 factor they test. The table reports each run's trained tokens, so the cost is in view.
 A run already trained with the same overrides (runs.json in --work) is reused: the bench can be run a
 setting at a time.
@@ -57,6 +58,7 @@ SETTINGS = {  # one factor at a time around the task's config; SCALE=f multiplie
     "lr-high": ["training.lr=5e-4"],
     "epochs-half": ["SCALE=0.5"],
     "epochs-double": ["SCALE=2"],
+    "epochs-triple": ["SCALE=3"],  # tunery's own default budget (training.epochs 3) where the task runs one epoch
     "rank4": ["lora.rank=4", "lora.alpha=8"],  # alpha / rank = 2 as at rank 16 (alpha 32)
     "dropout0": ["lora.dropout=0"],
     "rag": [*RAG, "SCALE=0.25"],  # ~4x the tokens per example, a quarter of the steps: equal tokens
