@@ -50,25 +50,33 @@ def test_data_size_changes_the_advice():
     assert keys(few)["data"] == "more than 30 examples"
     assert "20 examples" in few[0].why and few[0].basis == "rule"
     middle = keys(suggestions(profile(["yes", "no"] * 200)))
-    assert "data" not in middle and "training.epochs" not in middle
+    assert "data" not in middle and middle["training.epochs"] == "2 or more (the default is 3)"  # measured, not the size rule
     many = suggestions(profile(["yes", "no"] * 1500))
     assert keys(many)["training.epochs"] == "1"
 
 
 def test_measured_suggestions_reach_only_the_kinds_they_were_measured_on(monkeypatch):
-    monkeypatch.setattr(recommend, "MEASURED", [("training.lr", "5e-4", "beat 2e-4", (CLASSIFICATION,))])
+    monkeypatch.setattr(recommend, "MEASURED", [("training.lr", "5e-4", "beat 2e-4", (CLASSIFICATION,), 2000)])
     on_labels = [s for s in suggestions(profile(["a", "b"] * 50)) if s.basis == "measured"]
     assert [(s.key, s.value) for s in on_labels] == [("training.lr", "5e-4")]
     assert recommend.EVIDENCE in on_labels[0].why
     assert not [s for s in suggestions(profile([json.dumps({"x": i}) for i in range(100)])) if s.basis == "measured"]
 
 
-def test_the_measured_learning_rate_is_suggested_for_label_sets_only():
-    on_labels = [s for s in suggestions(profile(["a", "b", "c"] * 40)) if s.basis == "measured"]
-    assert [(s.key, s.value) for s in on_labels] == [("training.lr", "5e-4")]
-    assert "78.9% against 66.1% at the default 2e-4" in on_labels[0].why
-    for answers in ([json.dumps({"x": i % 3}) for i in range(120)], [f"Line number {i} of text" for i in range(120)]):
-        assert not [s for s in suggestions(profile(answers)) if s.basis == "measured"]
+def test_the_measured_budget_reaches_every_kind_and_the_learning_rate_labels_and_free_text():
+    def measured(answers):
+        return {s.key: s for s in suggestions(profile(answers)) if s.basis == "measured"}
+
+    labels = measured(["a", "b", "c"] * 40)
+    assert {k: s.value for k, s in labels.items()} == {"training.epochs": "2 or more (the default is 3)",
+                                                       "training.lr": "5e-4 if the budget must stay at one epoch"}
+    assert "85.6% against 66.1%" in labels["training.epochs"].why and "78.9% against 66.1%" in labels["training.lr"].why
+    free = measured([f"Line number {i} of text" for i in range(120)])
+    assert set(free) == {"training.epochs", "training.lr"} and "74.4% against 53.8%" in free["training.lr"].why
+    assert set(measured([json.dumps({"x": i % 3}) for i in range(120)])) == {"training.epochs"}  # lr not measured
+    many = suggestions(profile([f"Line number {i} of text" for i in range(3000)]))
+    assert not [s for s in many if s.basis == "measured"]  # measured on 216-288 examples: the size rule applies
+    assert {s.key: s.value for s in many}["training.epochs"] == "1"
 
 
 def test_the_printed_block_names_the_task_and_each_basis():
