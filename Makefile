@@ -75,7 +75,7 @@ bench-gpu:
 bench-forgetting: install-dev
 	$(BIN)/python bench/forgetting.py
 
-## make bench-retrieval: the setting matrix vs base retrieval on examples/intents (docs/retrieval.md; about 1.5 hours on one core)
+## make bench-retrieval: the setting matrix vs base retrieval on intents, rewrite and quickstart (docs/retrieval.md; about 4 hours on one core)
 bench-retrieval: install-dev
 	OMP_NUM_THREADS=1 $(BIN)/python bench/retrieval_matrix.py
 
