@@ -126,23 +126,40 @@ def swap_in(tmp: Path, target: Path) -> None:
     remove_path(old)
 
 
-@contextmanager
-def atomic_dir(target: str | Path) -> Iterator[Path]:
-    """Yield an empty temporary folder to fill; on success it is fsynced and swapped in as `target`
-    (see `swap_in`), on error removed."""
-    target = Path(target)
+def begin_dir(target: Path) -> Path:
+    """An empty temporary folder beside `target` to fill: the first half of `atomic_dir`, for a writer
+    that fills it in one place (a background thread) and finishes it in another."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(target)
     remove_path(tmp)
     tmp.mkdir()
+    return tmp
+
+
+def finish_dir(tmp: Path, target: Path) -> None:
+    """fsync the filled temporary folder and swap it in as `target` (see `swap_in`); on error it is
+    removed. The second half of `atomic_dir`."""
     try:
-        yield tmp
         fsync_tree(tmp)
         faults.reached("atomic-dir")
         swap_in(tmp, target)
     except BaseException:
         remove_path(tmp)
         raise
+
+
+@contextmanager
+def atomic_dir(target: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary folder to fill; on success it is fsynced and swapped in as `target`
+    (see `swap_in`), on error removed."""
+    target = Path(target)
+    tmp = begin_dir(target)
+    try:
+        yield tmp
+    except BaseException:
+        remove_path(tmp)
+        raise
+    finish_dir(tmp, target)
 
 
 def remove_leftovers(folder: str | Path) -> list[Path]:

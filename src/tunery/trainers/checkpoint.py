@@ -20,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from tunery import faults
-from tunery.atomic import fsync_dir, fsync_file, fsync_tree, remove_leftovers, remove_path, swap_in, temp_path, write_text_atomic
+from tunery.atomic import begin_dir, finish_dir, fsync_tree, remove_leftovers, remove_path, write_text_atomic
 from tunery.trainers.common import assert_finite_state
 
 COMPLETE = "COMPLETE"
@@ -130,11 +130,7 @@ def stage_snapshot(root: Path, snap: Snapshot, abandoned: Callable[[], bool] = l
         if abandoned():
             raise Abandoned(f"checkpoint step {snap.step} abandoned")
 
-    final = step_dir(root, snap.step)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(final)
-    remove_path(tmp)
-    tmp.mkdir()
+    tmp = begin_dir(step_dir(root, snap.step))
     try:
         save_file(snap.weights, str(tmp / WEIGHTS))
         faults.reached("checkpoint")  # between two files of one checkpoint
@@ -145,7 +141,7 @@ def stage_snapshot(root: Path, snap: Snapshot, abandoned: Callable[[], bool] = l
             save_file(snap.method_state, str(tmp / METHOD))
         write_text_atomic(tmp / STATE, json.dumps(snap.state, indent=1))
         go_on()
-        fsync_tree(tmp)
+        fsync_tree(tmp)  # the slow part, here: the commit's fsync finds these files already clean
     except BaseException:
         remove_path(tmp)
         raise
@@ -158,13 +154,10 @@ def commit_staged(root: Path, step: int, tmp: Path) -> Path:
     final = step_dir(root, step)
     try:
         (tmp / COMPLETE).write_text(f"{step}\n")  # last: the folder is complete (still under its temporary name)
-        fsync_file(tmp / COMPLETE)
-        fsync_dir(tmp)
-        faults.reached("atomic-dir")
-        swap_in(tmp, final)
     except BaseException:
         remove_path(tmp)
         raise
+    finish_dir(tmp, final)
     return final
 
 
