@@ -99,9 +99,9 @@ def refuses(answer: str) -> bool:
     """The answer declines (the same phrases the forgetting probe's refusal items are graded by)."""
     import re
 
-    from tunery.eval.make_probe import REFUSAL
+    from tunery.graders.checks import REFUSAL_PATTERN
 
-    return re.search(REFUSAL.removeprefix("regex:"), answer) is not None
+    return re.search(REFUSAL_PATTERN, answer) is not None
 
 
 def general_prompts(seed: int = 0) -> list[str]:
