@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import json
+import signal
 import threading
 import time
 
@@ -113,6 +114,36 @@ def test_a_full_disk_during_a_background_write_fails_the_run_and_keeps_the_previ
     complete = ckpt.complete_checkpoints(tmp_path / "run" / "checkpoints")
     assert [c.name for c in complete] == ["step-0000002"]
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-0000002"]
+
+
+def test_a_ctrl_c_while_waiting_for_a_staging_still_lets_abandon_stop_it():
+    """The likeliest moment for a second Ctrl-C: the loop waits for a periodic staging before writing the
+    interrupt's own checkpoint. That staging must still be reachable by `abandon`."""
+    writer, release, seen, committed = CheckpointWriter(), threading.Event(), [], []
+
+    def stage(abandoned):
+        release.wait(10)
+        seen.append(abandoned())
+
+    def interrupt(_signum, _frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        writer.submit(4, 0.0, stage, committed.append)
+        signal.setitimer(signal.ITIMER_REAL, 0.2)  # arrives while wait() joins the staging thread
+        with pytest.raises(KeyboardInterrupt):
+            writer.wait()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    writer.abandon()
+    release.set()
+    deadline = time.monotonic() + 10  # not join(): an interrupted join can leave the thread looking stopped
+    while not seen and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert seen == [True] and committed == []  # told to stop, and never committed
+    writer.wait()  # nothing left pending
 
 
 def test_a_write_when_the_loop_ends_runs_in_the_callers_thread():

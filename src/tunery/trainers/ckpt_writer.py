@@ -80,11 +80,12 @@ class CheckpointWriter:
     def wait(self) -> None:
         """Wait for the pending checkpoint's staging and commit it here; raise the error staging hit, if
         any (once)."""
-        pending, self._pending = self._pending, None
+        pending = self._pending
         if pending is None:
             return
         if pending.thread is not None:
-            pending.thread.join()
+            pending.thread.join()  # a second Ctrl-C can land here: still pending, so `abandon` reaches it
+        self._pending = None
         if pending.error is not None:
             raise pending.error
         start = time.perf_counter()
