@@ -91,13 +91,10 @@ def overrides_for(task: str, setting: str) -> list[str]:
 
 
 def write_json(path: Path, data) -> None:
-    """Atomically: a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(json.dumps(data, indent=2) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Atomically (`tunery.atomic`): a reader never sees half a file."""
+    from tunery.atomic import write_text_atomic
+
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def trained_tokens(steps: list[dict]) -> int:
@@ -189,10 +186,15 @@ def _confirmation(task: str, setting: str, data: str, run: dict, mine: list, the
             **compare_paired(mine, theirs, seed=0)}
 
 
+def fmt_diff(t: dict) -> str:
+    """A paired test's difference with its interval: `+8.3% [+0.6%, +16.7%]`."""
+    return f"{t['diff']:+.1%} [{t['diff_low']:+.1%}, {t['diff_high']:+.1%}]"
+
+
 def fmt_confirmation(c: dict) -> str:
     return (f"{c['task']}: confirmed on {c['data']} ({c['tuned']['n']} examples never used to choose): "
             f"{c['setting']} {fmt_ci(c['tuned'])} vs base retrieval {fmt_ci(c['base_retrieval'])}: "
-            f"{c['diff']:+.1%} [{c['diff_low']:+.1%}, {c['diff_high']:+.1%}], {c['test']} p={c['p']:.3g} "
+            f"{fmt_diff(c)}, {c['test']} p={c['p']:.3g} "
             f"({c.get('wins_a', '?')} won, {c.get('wins_b', '?')} lost)")
 
 
@@ -239,7 +241,7 @@ def table(rows: list[dict], verdicts: list[dict]) -> str:
                      f"{fmt_test(r.get('vs_default')):<18} {invalid!s:>7} {r['tokens'] or '':>7}")
     for v in verdicts:
         lines.append(f"\n{v['task']}: best tuned ({v['best']}) {fmt_ci(v['best_score'])} vs base retrieval "
-                     f"{fmt_ci(v['base_retrieval'])}: {v['diff']:+.1%} [{v['diff_low']:+.1%}, {v['diff_high']:+.1%}], "
+                     f"{fmt_ci(v['base_retrieval'])}: {fmt_diff(v)}, "
                      f"{v['test']} p={v['p']:.3g}{' (significant)' if v['significant'] else ' (not significant)'}")
     return "\n".join(lines)
 
@@ -256,7 +258,7 @@ def markdown(rows: list[dict], verdicts: list[dict]) -> str:
                      f"{r['steps'] or ''} | {r['tokens'] or ''} |")
     for v in verdicts:
         lines.append(f"\n{v['task']}: best tuned row ({v['best']}) {fmt_ci(v['best_score'])} against base retrieval "
-                     f"{fmt_ci(v['base_retrieval'])}: {v['diff']:+.1%} [{v['diff_low']:+.1%}, {v['diff_high']:+.1%}], "
+                     f"{fmt_ci(v['base_retrieval'])}: {fmt_diff(v)}, "
                      f"{v['test']} p={v['p']:.3g} ({v.get('wins_a', '?')} won, {v.get('wins_b', '?')} lost).")
     return "\n".join(lines)
 
