@@ -2,8 +2,9 @@
 
 Everything is written as safetensors plus JSON (nothing that loading would execute), into a temporary
 folder that is fsynced (`stage_snapshot`, which a background thread may do), then marked complete and
-renamed into place (`commit_staged`, always in the loop's thread), as `tunery.atomic.atomic_dir` does. A folder without the marker is never read, so a `kill -9` or a full disk during
-a write costs at most that checkpoint.
+renamed into place (`commit_staged`, always in the loop's thread), the two halves of
+`tunery.atomic.atomic_dir`. A folder without the marker is never read, so a `kill -9` or a full disk
+during a write costs at most that checkpoint.
 """
 
 from __future__ import annotations
