@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from tunery.config.defaults import GENERATE_TOKENS
+from tunery.data.batching import bounded_batches
 from tunery.data.chat_template import cut_at_stop, prompt_ids  # noqa: F401 (re-exported)
 from tunery.errors import TuneryError
 from tunery.models.load import DTYPES, load_model, load_tokenizer
@@ -161,8 +163,8 @@ def generate_ids(
     # fork_rng keeps the caller's global RNG untouched while making sampling repeatable per call.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        for start in range(0, len(rows), batch_size):
-            batch = rows[start : start + batch_size]
+        for batch in bounded_batches(rows, batch_size, GENERATE_TOKENS, padded=True,
+                                     size_of=lambda row: len(row) + max_new_tokens):
             if prefix is not None and len(batch) > 1:
                 ids, mask, extra = prefix.batch(batch, tokenizer.pad_token_id)
             else:

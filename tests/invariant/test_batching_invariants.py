@@ -63,6 +63,42 @@ def test_split_by_tokens_keeps_order_and_the_limit():
     assert common.split_by_tokens(rows, None) == [rows]
 
 
+def test_bounded_batches_keep_order_rows_and_the_token_budget():
+    rows = synthetic_rows(12, seed=7)
+    sizes = [len(r.ids) for r in rows]
+    for padded in (True, False):
+        batches = common.bounded_batches(rows, 4, 60, padded)
+        assert [r for b in batches for r in b] == rows  # every row once, in order
+        assert all(len(b) <= 4 for b in batches)
+        held = [len(b) * max(len(r.ids) for r in b) if padded else sum(len(r.ids) for r in b) for b in batches]
+        assert all(h <= 60 for h in held)
+    # Padded rows cost rows x the longest: a long row forces the next ones out of its batch.
+    assert common.bounded_batches([5, 5, 30, 5, 5], 8, 40, True, size_of=int) == [[5, 5], [30], [5, 5]]
+    assert common.bounded_batches([5, 5, 30, 5, 5], 8, 40, False, size_of=int) == [[5, 5, 30], [5, 5]]
+    # A row over the budget goes alone; without a binding budget the rows cap the batch.
+    assert common.bounded_batches([90, 1], 8, 40, False, size_of=int) == [[90], [1]]
+    assert common.bounded_batches(sizes, 5, 10 ** 6, True, size_of=int) == [sizes[:5], sizes[5:10], sizes[10:]]
+
+
+def test_a_loss_pass_gives_the_same_loss_in_budgeted_batches(smol_tokenizer, monkeypatch):
+    """`mean_loss` cuts its rows by LOSS_PASS_TOKENS whatever the batch size: the loss and the count
+    are those of one row at a time."""
+    from tunery.models import forward
+
+    torch.manual_seed(0)
+    model = make_tiny_model(len(smol_tokenizer))
+    model.eval()
+    rows = synthetic_rows(10, seed=3)
+    alone = forward.mean_loss(model, rows, smol_tokenizer.pad_token_id, batch_size=1, packed=False)
+    seen = []
+    real = forward.make_batch
+    monkeypatch.setattr(forward, "make_batch", lambda b, *a: seen.append(len(b)) or real(b, *a))
+    monkeypatch.setattr(forward, "LOSS_PASS_TOKENS", 48)
+    cut = forward.mean_loss(model, rows, smol_tokenizer.pad_token_id, batch_size=32, packed=False)
+    assert cut[1] == alone[1] and cut[0] == pytest.approx(alone[0], rel=1e-5)
+    assert sum(seen) == 10 and len(seen) > 2 and max(seen) < 10  # the budget, not batch 32, cut the rows
+
+
 @pytest.mark.parametrize("adapter", ["lora", "full"])
 def test_a_step_in_token_pieces_equals_the_step_in_one_piece(smol_tokenizer, adapter):
     from tunery.trainers import loop

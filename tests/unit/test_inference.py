@@ -121,6 +121,21 @@ def test_batched_greedy_equals_one_at_a_time(smol_tokenizer, tiny_model):
     assert [generate_ids(model, smol_tokenizer, [c], max_new_tokens=10)[0] for c in convs(PROMPTS)] == golden
 
 
+def test_the_token_budget_splits_a_batch_and_keeps_the_answers(smol_tokenizer, tiny_model, monkeypatch):
+    """Batch 32 is the default; GENERATE_TOKENS keeps long prompts a few at a time. The answers are
+    the one-at-a-time answers however the budget cuts the batch."""
+    import tunery.inference as inference
+
+    model = scrambled(tiny_model)
+    calls = []
+    real = model.generate
+    monkeypatch.setattr(model, "generate", lambda **kw: calls.append(kw["input_ids"].shape[0]) or real(**kw))
+    monkeypatch.setattr(inference, "GENERATE_TOKENS", 60)  # about two of these prompts and their 10 new tokens
+    got = generate_ids(model, smol_tokenizer, convs(PROMPTS), max_new_tokens=10, batch_size=32, share_prefix=False)
+    assert got == [GOLDEN_IDS[p] for p in PROMPTS]
+    assert sum(calls) == 4 and max(calls) < 4 and len(calls) >= 2
+
+
 def test_golden_ids_are_plain_transformers_greedy(smol_tokenizer, tiny_model):
     """The pinned ids are what transformers' own generate gives today (the golden is not stale)."""
     model = scrambled(tiny_model)

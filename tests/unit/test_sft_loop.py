@@ -133,3 +133,36 @@ def test_early_stopping_keeps_the_best_weights(smol_tokenizer, tmp_path):
     assert f"step-{st.best_step:07d}" in names and f"step-{st.step:07d}" in names
     sft.restore_best(s, RunFolder(tmp_path), st)
     assert sft.evaluate(s)[0] == pytest.approx(st.best_val, rel=1e-6)
+
+
+def test_the_optimizer_is_fused_adamw_for_plain_tensors_and_the_loop_for_others(smol_tokenizer):
+    """Fused AdamW is torch's one-kernel form of the same update: after five steps its weights match
+    the per-tensor loop's within float rounding; a tensor subclass (as FSDP's DTensors are) keeps the loop."""
+    cfg = tiny_config(weight_decay=0.1)
+    s = fresh_setup(smol_tokenizer, cfg)
+    assert s.optimizer.defaults["fused"] is True and s.optimizer.defaults["foreach"] is None
+
+    def five_steps(optimizer_of):
+        torch.manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(64, 16)), torch.nn.Parameter(torch.randn(16))]
+        start = [p.detach().clone() for p in params]
+        optimizer = optimizer_of([("all", params)])
+        for step in range(5):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=torch.Generator().manual_seed(step))
+            optimizer.step()
+        assert all((p - s).abs().max() > 1e-4 for p, s in zip(params, start))  # the weights moved
+        return params
+
+    fused = five_steps(lambda groups: sft.make_optimizer(groups, cfg))
+    loop = five_steps(lambda groups: torch.optim.AdamW([{"params": g} for _, g in groups], lr=cfg.peak_lr(),
+                                                       weight_decay=0.1, foreach=False))
+    for a, b in zip(fused, loop):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+    class Subclass(torch.Tensor):
+        pass
+
+    odd = torch.nn.Parameter(torch.zeros(4).as_subclass(Subclass))
+    kept = sft.make_optimizer([("all", [odd])], cfg)
+    assert kept.defaults["fused"] is None and kept.defaults["foreach"] is False

@@ -9,7 +9,13 @@ BASE_MODEL = "smollm2-135m-instruct"  # the embedded default model (models/embed
 MAX_LENGTH = 1024  # data.max_length: longest example in tokens
 MAX_NEW_TOKENS = 64  # eval.max_new_tokens: most tokens generated per answer
 TRAIN_ON = "assistant"  # data.train_on
-EVAL_BATCH_SIZE = 8  # prompts generated together by `tunery eval`
+EVAL_BATCH_SIZE = 32  # prompts generated together by `tunery eval` and graders during training
+# Tokens one evaluation batch may hold, whatever its batch size, so that 32 short prompts go together
+# and long ones a few at a time. Generating: rows x (the longest prompt + the new tokens), at most 16
+# rows of max_length. A loss pass: its rows (padded: rows x the longest), at most the 8 rows of
+# max_length that the batch of 8 held before.
+GENERATE_TOKENS = 16 * MAX_LENGTH
+LOSS_PASS_TOKENS = 8 * MAX_LENGTH
 SHOTS = 3  # examples in few-shot and retrieval prompts
 RETRIEVAL = "bm25"  # retrieval method of the baselines
 INCLUDE = ("**/*.txt", "**/*.md")  # data.include: the files of a folder that are read

@@ -76,6 +76,24 @@ def split_by_tokens(rows, limit: int | None, size_of=lambda row: len(row.ids)) -
     return pieces + ([current] if current else [])
 
 
+def bounded_batches(rows, max_rows: int, max_tokens: int, padded: bool,
+                    size_of=lambda row: len(row.ids)) -> list[list]:
+    """Consecutive batches of `rows`, in order, of at most `max_rows` rows and at most `max_tokens`
+    tokens as the pass holds them: the rows' sum when packed, rows x the longest when `padded` (a row
+    over the budget goes alone). What bounds an evaluation pass's memory whatever its batch size: many
+    short rows go together, a few long ones at a time."""
+    batches, current, longest, total = [], [], 0, 0
+    for row in rows:
+        tokens = size_of(row)
+        held = (len(current) + 1) * max(longest, tokens) if padded else total + tokens
+        if current and (len(current) == max_rows or held > max_tokens):
+            batches.append(current)
+            current, longest, total = [], 0, 0
+        current.append(row)
+        longest, total = max(longest, tokens), total + tokens
+    return batches + ([current] if current else [])
+
+
 def collate(rows, pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad rendered examples into `input_ids`, `attention_mask` and `labels` (IGNORE where untrained)."""
     width = max(len(r.ids) for r in rows)

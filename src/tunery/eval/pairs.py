@@ -88,10 +88,12 @@ def render_pairs(pairs: list, tokenizer, max_length: int) -> tuple[list, list[st
 
 
 def _batches(rows: list, pad_id: int, batch_size: int):
-    from tunery.data.batching import make_sequence_batch
+    from tunery.config.defaults import LOSS_PASS_TOKENS
+    from tunery.data.batching import bounded_batches, make_sequence_batch
 
-    for start in range(0, len(rows), batch_size):
-        sides = [side for row in rows[start:start + batch_size] for side in (row.chosen, row.rejected)]
+    for batch in bounded_batches(rows, batch_size, LOSS_PASS_TOKENS, padded=False,
+                                 size_of=lambda row: len(row.chosen.ids) + len(row.rejected.ids)):
+        sides = [side for row in batch for side in (row.chosen, row.rejected)]
         yield make_sequence_batch(sides, pad_id, packed=True)
 
 

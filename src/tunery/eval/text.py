@@ -53,7 +53,8 @@ def read_texts(path: str, limit: int | None = None) -> list:
 def document_losses(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 8
                     ) -> tuple[list[float], list[int]]:
     """(summed loss, scored tokens) of each document, over the windows training would cut it into."""
-    from tunery.data.batching import make_sequence_batch
+    from tunery.config.defaults import LOSS_PASS_TOKENS
+    from tunery.data.batching import bounded_batches, make_sequence_batch
     from tunery.data.render import Rendered, render_texts
     from tunery.data.windows import split_windows
     from tunery.models.forward import sequence_logps
@@ -66,10 +67,11 @@ def document_losses(model, tokenizer, texts: list[str], max_length: int, batch_s
     losses, counts = [0.0] * len(texts), [0] * len(texts)
     was_training = model.training
     model.eval()
-    for start in range(0, len(windows), batch_size):
-        batch = make_sequence_batch(windows[start:start + batch_size], tokenizer.pad_token_id, packed=True)
-        sums, n = sequence_logps(model, batch)
-        for doc, s, c in zip(owner[start:start + batch_size], sums.tolist(), n.tolist()):
+    for batch in bounded_batches(list(range(len(windows))), batch_size, LOSS_PASS_TOKENS, padded=False,
+                                 size_of=lambda i: len(windows[i].ids)):
+        sums, n = sequence_logps(model, make_sequence_batch([windows[i] for i in batch], tokenizer.pad_token_id,
+                                                            packed=True))
+        for doc, s, c in zip([owner[i] for i in batch], sums.tolist(), n.tolist()):
             losses[doc] -= s
             counts[doc] += int(c)
     model.train(was_training)

@@ -18,7 +18,8 @@ from typing import Callable
 
 import torch
 
-from tunery.data.batching import IGNORE, make_batch
+from tunery.config.defaults import LOSS_PASS_TOKENS
+from tunery.data.batching import IGNORE, bounded_batches, make_batch
 from tunery.losses.head_ce import head_ce_sum
 from tunery.losses.lm import token_ce_sum
 
@@ -159,7 +160,7 @@ def mean_loss(model, rows, pad_id: int, batch_size: int = 8, packed: bool = True
     """Mean loss per trained token over rendered rows, `batch_size` rows at a time, and the token count
     (nan without any). What held-out and answer losses are, wherever they are measured."""
     total, count = 0.0, 0
-    for start in range(0, len(rows), batch_size):
-        loss_sum, n = forward_loss(model, make_batch(rows[start:start + batch_size], pad_id, packed))
+    for batch in bounded_batches(rows, batch_size, LOSS_PASS_TOKENS, padded=not packed):
+        loss_sum, n = forward_loss(model, make_batch(batch, pad_id, packed))
         total, count = total + float(loss_sum), count + int(n)
     return (total / count if count else math.nan), count

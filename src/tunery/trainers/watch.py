@@ -17,6 +17,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from tunery.config.defaults import EVAL_BATCH_SIZE
 from tunery.config.schema import TrainConfig
 from tunery.data.messages import Example
 from tunery.errors import TuneryError
@@ -176,7 +177,7 @@ class Watch:
         try:
             answers = generate_batch(model, tokenizer, [i.prompt for i in self.items],
                                      max_new_tokens=self.cfg.eval.max_new_tokens,
-                                     batch_size=self.cfg.training.batch_size, **self._constrained())
+                                     batch_size=EVAL_BATCH_SIZE, **self._constrained())
         finally:
             model.train(was_training)
         n = len(self.items)
