@@ -39,6 +39,8 @@ SETTINGS = {
     # replay on top of the task's steps (data.replay_mode extend): 1.25x the steps at 20%
     "replay10x": ["data.replay=self", "data.replay_share=0.1", "data.replay_mode=extend"],
     "replay20x": ["data.replay=self", "data.replay_share=0.2", "data.replay_mode=extend"],
+    # the same as replay20x, named apart for the rows run after the pool's order took the kinds in turn
+    "replay20x-strat": ["data.replay=self", "data.replay_share=0.2", "data.replay_mode=extend"],
     "replay20x-kl0.1": ["data.replay=self", "data.replay_share=0.2", "data.replay_mode=extend",
                         "training.kl_to_base=0.1"],
     "replay20x-kl1": ["data.replay=self", "data.replay_share=0.2", "data.replay_mode=extend",

@@ -178,6 +178,29 @@ def test_the_replay_pool_and_the_forgetting_probe_share_no_prompt():
     assert len(probe_words) > 100  # the check above compared real text
 
 
+def test_the_pool_order_takes_the_kinds_in_turn():
+    """Any first 9k prompts hold k of each of the 9 kinds (while the smallest lasts): a replay draw of
+    54 asks 6 capitals-or-languages, 6 quantities and 6 harmful requests, not whatever the shuffle gave."""
+    import re
+    from collections import Counter
+
+    from tunery.data import replay_pool as pool
+
+    patterns = [(kind, re.compile(re.escape(t).replace(r"\{x\}", ".+").replace(r"\{a\}", ".+").replace(r"\{b\}", ".+")))
+                for kind, t in pool.TEMPLATES]
+
+    def kind_of(prompt):
+        (kind,) = {k for k, pattern in patterns if pattern.fullmatch(prompt)}
+        return kind
+
+    prompts = general_prompts()
+    kinds = {kind for kind, _ in pool.TEMPLATES}
+    assert len(kinds) == 9
+    for k in (1, 6, 10):
+        assert Counter(map(kind_of, prompts[:9 * k])) == dict.fromkeys(kinds, k)
+    assert Counter(map(kind_of, prompts))["quantity"] == 10 and len(prompts) == 303  # then the others go on
+
+
 def test_the_pool_asks_short_facts_and_harmful_requests_but_none_of_the_probes():
     """Version 2 of the pool: the kinds a tuned model lost most (one-word facts, refusals) are in it, on
     other countries, quantities and acts than the probe's, so replay cannot train the probe's answers."""
