@@ -50,6 +50,10 @@ SETTINGS = {
     "rank4-replay20x-kl1": ["lora.rank=4", "lora.alpha=8", "data.replay=self", "data.replay_share=0.2",
                             "data.replay_mode=extend", "training.kl_to_base=1.0"],
 }
+# The plain run's adapter with its update scaled afterwards (LoRA B x s: the weights s of the way from
+# the base to the tuned model), no training of its own: weight interpolation as a guard.
+for _scale in ("0.75", "0.5", "0.25"):
+    SETTINGS[f"plain-scale{_scale}"] = [f"SCALE={_scale}"]
 COMMON = ["eval.graders=[]", "training.eval_every=1000"]  # no grader scoring inside training: eval does it
 
 
@@ -64,7 +68,33 @@ def half_steps(config: str) -> str:
     return str(max(1, load_config(REPO / config).config.training.max_steps // 2))
 
 
+def scaled_copy(task: str, setting: str, work: Path) -> dict:
+    """The plain run of `task` (trained before, in `work`) copied with its LoRA update scaled by the
+    setting's factor; its training time and tokens are the plain run's."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    factor = float(SETTINGS[setting][0].removeprefix("SCALE="))
+    plain, name = work / "runs" / f"{task}-plain", f"{task}-{setting}"
+    if not (plain / "run.json").is_file():
+        raise SystemExit(f"{setting} scales the plain run of {task}: train `plain` first")
+    target = work / "runs" / name
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(plain, target, ignore=shutil.ignore_patterns("checkpoints", "cache"))
+    weights = target / "adapter" / "adapter_model.safetensors"
+    tensors = {k: v * factor if "lora_B" in k else v for k, v in load_file(str(weights)).items()}
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    metrics = [json.loads(line) for line in (plain / "metrics.jsonl").read_text().splitlines()]
+    info = json.loads((plain / "run.json").read_text())
+    return {"run": f"runs/{name}", "task": task, "setting": setting, "overrides": SETTINGS[setting],
+            "wall_s": 0.0, "train_s": [m for m in metrics if m.get("kind") == "train"][-1]["elapsed_s"],
+            "steps": info["total_steps"], "tokens": info["tokens"]}
+
+
 def train(task: str, setting: str, work: Path) -> dict:
+    if SETTINGS[setting][:1] and SETTINGS[setting][0].startswith("SCALE="):
+        return scaled_copy(task, setting, work)
     config, _, _ = TASKS[task]
     overrides = [o.replace("HALF", half_steps(config)) for o in SETTINGS[setting]]
     name = f"{task}-{setting}"

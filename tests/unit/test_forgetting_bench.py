@@ -58,3 +58,23 @@ def test_rows_without_tokens_get_them_from_their_run_folders(tmp_path):
     bench.with_tokens(rows, tmp_path)
     assert rows[1]["tokens"] == 1160 and rows[1]["tokens_ratio"] == 1.16
     assert "tokens" not in rows[0] and "tokens_ratio" not in rows[2]  # the base, and a run folder no longer there
+
+
+def test_a_scale_setting_copies_the_plain_run_with_its_lora_update_scaled(tmp_path):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    bench = _bench()
+    plain = tmp_path / "runs" / "routing-plain"
+    (plain / "adapter").mkdir(parents=True)
+    (plain / "checkpoints" / "step-0000030").mkdir(parents=True)
+    a, b = torch.randn(4, 8), torch.randn(8, 4)
+    save_file({"x.lora_A.weight": a, "x.lora_B.weight": b}, str(plain / "adapter" / "adapter_model.safetensors"))
+    (plain / "run.json").write_text(json.dumps({"total_steps": 30, "tokens": 1000}))
+    (plain / "metrics.jsonl").write_text(json.dumps({"kind": "train", "elapsed_s": 59.0}) + "\n")
+    got = bench.train("routing", "plain-scale0.25", tmp_path)
+    scaled = load_file(str(tmp_path / "runs" / "routing-plain-scale0.25" / "adapter" / "adapter_model.safetensors"))
+    assert torch.equal(scaled["x.lora_A.weight"], a) and torch.equal(scaled["x.lora_B.weight"], b * 0.25)
+    assert not (tmp_path / "runs" / "routing-plain-scale0.25" / "checkpoints").exists()
+    assert (got["train_s"], got["tokens"], got["run"]) == (59.0, 1000, "runs/routing-plain-scale0.25")
+    torch.testing.assert_close(load_file(str(plain / "adapter" / "adapter_model.safetensors"))["x.lora_B.weight"], b)
