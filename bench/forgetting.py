@@ -41,6 +41,13 @@ SETTINGS = {
     "replay20x": ["data.replay=self", "data.replay_share=0.2", "data.replay_mode=extend"],
     # the same as replay20x, named apart for the rows run after the pool's order took the kinds in turn
     "replay20x-strat": ["data.replay=self", "data.replay_share=0.2", "data.replay_mode=extend"],
+    # replay weighed per example in the loss (data.replay_weight: example) instead of per token
+    "replay20x-ex": ["data.replay=self", "data.replay_share=0.2", "data.replay_mode=extend",
+                     "data.replay_weight=example"],
+    "replay10x-ex": ["data.replay=self", "data.replay_share=0.1", "data.replay_mode=extend",
+                     "data.replay_weight=example"],
+    "replay20x-ex-kl1": ["data.replay=self", "data.replay_share=0.2", "data.replay_mode=extend",
+                         "data.replay_weight=example", "training.kl_to_base=1.0"],
     "replay20x-kl0.1": ["data.replay=self", "data.replay_share=0.2", "data.replay_mode=extend",
                         "training.kl_to_base=0.1"],
     "replay20x-kl1": ["data.replay=self", "data.replay_share=0.2", "data.replay_mode=extend",

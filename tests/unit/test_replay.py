@@ -270,3 +270,87 @@ def test_an_extended_run_takes_the_added_steps_logs_them_and_resumes_bitwise(tmp
 def test_an_unknown_replay_mode_is_refused(tmp_path, tiny_model_dir):
     with pytest.raises(Exception, match="data.replay_mode: Input should be 'share' or 'extend'"):
         config(tiny_model_dir, tmp_path, data={"replay": "self", "replay_mode": "add"})
+
+
+def test_weighted_losses_by_hand():
+    from tunery.losses.lm import token_ce_sum, weighted_ce_sum
+
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.5], [0.3, 0.2, 0.1]])
+    targets = torch.tensor([0, 2, 1])
+    weight = torch.tensor([1.0, 0.25, 4.0])
+    ce = -torch.log_softmax(logits, -1)[torch.arange(3), targets]
+    total, n = weighted_ce_sum(logits, targets, weight)
+    assert n == 3 and float(total) == pytest.approx(float((ce * weight).sum()), rel=1e-6)
+    assert float(weighted_ce_sum(logits, targets)[0]) == float(token_ce_sum(logits, targets)[0])
+    ref = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 2.0]])
+    q, logp = torch.softmax(ref, -1), torch.log_softmax(logits, -1)
+    per_position = (q * (q.log() - logp)).sum(-1)
+    got = float(kl_from_reference_sum(logits, ref, weight))
+    assert got == pytest.approx(float((per_position * weight).sum()), rel=1e-6)
+
+
+def test_example_weight_makes_a_replay_conversation_count_as_one_task_example(tmp_path, tiny_model_dir, monkeypatch):
+    """Task answers of a few tokens, replay answers of many: under `replay_weight: example` each replay
+    token weighs task tokens per example / replay tokens per example, so replay's share of the loss
+    weight is its share of the examples; the step divides by the weighted count."""
+    from tunery.data import batching
+    from tunery.trainers import loop
+
+    long_answer = " ".join(["a long general answer"] * 6)
+    general = write_jsonl(tmp_path / "general.jsonl", [chat(f"General {i}?", f"{long_answer} {i}.") for i in range(10)])
+    cfg = config(tiny_model_dir, tmp_path, data={"replay": general, "replay_share": 0.25, "replay_weight": "example"})
+    s = prepare(cfg, **QUIET)
+    task = [r for r in s.train if not r.replay]
+    rep = [r for r in s.train if r.replay]
+    per_task = sum(sum(r.trained[1:]) for r in task) / len(task)
+    per_replay = sum(sum(r.trained[1:]) for r in rep) / len(rep)
+    assert per_replay > 3 * per_task and len(rep) == 4
+    assert all(r.loss_weight == pytest.approx(per_task / per_replay) for r in rep)
+    assert all(r.loss_weight == 1.0 for r in task)
+    weighted = sum(sum(r.trained[1:]) * r.loss_weight for r in rep)
+    assert weighted / (weighted + sum(sum(r.trained[1:]) for r in task)) == pytest.approx(0.25)  # the row share
+
+    # One step of rows: the loss is the weighted mean, its gradient that of the weighted mean by hand.
+    from tunery.models.forward import head_logits, next_token_targets
+
+    rows = [task[0], rep[0], task[1], rep[1]]
+    batch = s.method.collate(rows)
+    assert s.method.loss_units(batch) == pytest.approx(sum(sum(r.trained[1:]) * r.loss_weight for r in rows))
+    for p in s.model.parameters():  # move the adapter off zero so the gradients are not trivial
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.05, generator=torch.Generator().manual_seed(p.numel()))
+    out = s.method.loss(s.model, batch, head_logits)
+    positions, targets = next_token_targets(batch["labels"])
+    logits = head_logits(s.model, batch, positions)
+    per_token = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+    w = torch.cat([torch.full((sum(r.trained[1:]),), r.loss_weight) for r in rows])
+    assert float(out.total.detach()) == pytest.approx(float((per_token * w).sum().detach()), rel=1e-5)
+    s.model.zero_grad(set_to_none=True)
+    ((per_token * w).sum() / w.sum()).backward()
+    by_hand = {n: p.grad.clone() for n, p in s.model.named_parameters() if p.requires_grad}
+    s.model.zero_grad(set_to_none=True)
+    s.train[:4] = rows  # step 0 made of exactly these rows, in one piece
+    monkeypatch.setattr(batching, "micro_batches_for_step", lambda plan, step: [[0, 1, 2, 3]])
+    result = loop.accumulate(s, 0)
+    assert result.units == len(targets)  # trained tokens are still counted as tokens
+    assert result.loss == pytest.approx(float((per_token * w).sum() / w.sum()), rel=1e-5)
+    for name, p in s.model.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, by_hand[name], rtol=1e-4, atol=1e-7)
+
+
+def test_token_weight_is_the_default_and_leaves_every_row_at_one(tmp_path, tiny_model_dir):
+    general = write_jsonl(tmp_path / "general.jsonl", [chat(f"General {i}?", f"Answer {i}.") for i in range(10)])
+    s = prepare(config(tiny_model_dir, tmp_path, data={"replay": general, "replay_share": 0.25}), **QUIET)
+    assert s.cfg.data.replay_weight == "token" and {r.loss_weight for r in s.train} == {1.0}
+    assert "target_weight" not in s.method.collate(s.train[:6])
+
+
+def test_an_example_weighted_run_with_kl_resumes_bitwise(tmp_path, tiny_model_dir, monkeypatch):
+    monkeypatch.setattr(replay, "_generate", fake_answers([]))
+    cfg = config(tiny_model_dir, tmp_path, data={"replay": "self", "replay_share": 0.3, "replay_weight": "example"},
+                 training={"kl_to_base": 0.1, "max_steps": 5})
+    whole, resumed, reason = straight_and_resumed(lambda: prepare(cfg, **QUIET), tmp_path / "resume", stop_after=2)
+    assert reason == "finished" and same_trainable_weights(whole, resumed)
+    weights = {r.loss_weight for r in whole.train if r.replay}
+    assert len(weights) == 1 and weights != {1.0}

@@ -183,6 +183,13 @@ class DataSection(Section):
         "rows, rounded up: 1.25x at replay_share 0.2), so the task keeps every step it had. With `epochs` "
         "instead of `max_steps` both are the same: an epoch covers the replay rows too.",
     )
+    replay_weight: Literal["token", "example"] = Field(
+        "token",
+        description="How much a replay conversation weighs in the loss: `token`, every trained token the same "
+        "as a task token (a replay answer of 80 tokens then outweighs 40 one-word task answers); `example`, "
+        "each replay conversation as much as an average task example (its tokens' loss scaled by the task's "
+        "trained tokens per example over replay's), so `replay_share` is also replay's share of the loss.",
+    )
     retrieval: RetrievalSection | None = Field(
         None,
         description="Retrieval-augmented fine-tuning, e.g. `{k: 3, method: bm25}`: each training and validation "

@@ -50,6 +50,7 @@ class Rendered:
     truncated: bool  # True when cut at max_length
     answer_cut: bool  # True when a trained token was cut off by truncation
     replay: bool = False  # a general conversation mixed in by data.replay (where kl_to_base applies)
+    loss_weight: float = 1.0  # each trained token's loss is multiplied by this (replay under replay_weight: example)
 
     @property
     def num_trained(self) -> int:

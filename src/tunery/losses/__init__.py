@@ -15,19 +15,19 @@ from __future__ import annotations
 
 from typing import Callable
 
-from tunery.losses.lm import causal_lm_sum, kl_from_reference_sum, token_ce_sum
+from tunery.losses.lm import causal_lm_sum, kl_from_reference_sum, token_ce_sum, weighted_ce_sum
 from tunery.losses.preference import (PREFERENCE_LOSSES, PreferenceLoss, bradley_terry, kto_loss, orpo_loss,
                                       preference_figures)
 from tunery.losses.rl import clipped_policy_loss, grpo_advantages, kl_k3, rloo_advantages
 
 LossFn = Callable[..., object]
 
-LOSSES: dict[str, LossFn] = {"causal_lm": causal_lm_sum, "token_ce": token_ce_sum}
+LOSSES: dict[str, LossFn] = {"causal_lm": causal_lm_sum, "token_ce": token_ce_sum, "weighted_ce": weighted_ce_sum}
 ADVANTAGES: dict[str, LossFn] = {"grpo": grpo_advantages, "rloo": rloo_advantages}
 
 __all__ = ["ADVANTAGES", "LOSSES", "PREFERENCE_LOSSES", "PreferenceLoss", "bradley_terry", "causal_lm_sum",
            "clipped_policy_loss", "get_loss", "kl_from_reference_sum", "kl_k3", "kto_loss", "orpo_loss", "preference_figures",
-           "rloo_advantages", "token_ce_sum"]
+           "rloo_advantages", "token_ce_sum", "weighted_ce_sum"]
 
 
 def get_loss(name: str, registry: dict = LOSSES):

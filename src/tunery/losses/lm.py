@@ -36,7 +36,18 @@ def token_ce_sum(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Ten
     return F.cross_entropy(logits.float(), targets, reduction="sum"), n
 
 
-def kl_from_reference_sum(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
+def weighted_ce_sum(logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, int]:
+    """`token_ce_sum`, each position's loss multiplied by `weight` [n] when given:
+    loss = - sum_i w_i log softmax(logits[i])[targets[i]]."""
+    if weight is None or targets.numel() == 0:
+        return token_ce_sum(logits, targets)
+    per_token = F.cross_entropy(logits.float(), targets, reduction="none")
+    return (per_token * weight.float()).sum(), int(targets.numel())
+
+
+def kl_from_reference_sum(logits: torch.Tensor, ref_logits: torch.Tensor, weight: torch.Tensor | None = None
+                          ) -> torch.Tensor:
     """KL(reference || model) of the next-token distributions, summed over positions: logits and
     ref_logits [n, vocab] at the same positions.
 
@@ -47,4 +58,7 @@ def kl_from_reference_sum(logits: torch.Tensor, ref_logits: torch.Tensor) -> tor
     """
     log_p = F.log_softmax(logits.float(), dim=-1)
     log_ref = F.log_softmax(ref_logits.float(), dim=-1)
-    return F.kl_div(log_p, log_ref, log_target=True, reduction="sum")
+    if weight is None:
+        return F.kl_div(log_p, log_ref, log_target=True, reduction="sum")
+    per_position = F.kl_div(log_p, log_ref, log_target=True, reduction="none").sum(-1)
+    return (per_position * weight.float()).sum()  # each position's KL at its weight

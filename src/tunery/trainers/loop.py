@@ -146,13 +146,15 @@ def accumulate(loop: Loop, step: int) -> StepResult:
     the whole step (every piece, every process), so 1 x 8 and 8 x 1 give the same update."""
     method, strategy = loop.method, loop.strategy
     batches = [method.collate(piece) for piece in step_pieces(loop, step)]
-    units = int(strategy.sum(sum(method.units(b) for b in batches)))
+    units, divisor = strategy.sum_all([sum(method.units(b) for b in batches),
+                                       sum(method.loss_units(b) for b in batches)])
+    units, divisor = int(units), divisor if divisor > 0 else 1.0  # weighted units may sum below 1
     fillers = _fillers(loop, len(batches))  # agreed on before any pass: the agreement is a collective too
     loss_total, tokens = 0.0, 0
     figures = dict.fromkeys(method.figures, 0.0)
     for batch in batches:
         out = pass_loss(loop, batch)
-        (out.total / max(units, 1)).backward()
+        (out.total / divisor).backward()
         loss_total += float(out.total.detach())
         tokens += method.batch_tokens(batch)
         for key in figures:
@@ -160,7 +162,7 @@ def accumulate(loop: Loop, step: int) -> StepResult:
     for batch in fillers:
         (pass_loss(loop, batch).total * 0.0).backward()  # gradients of exactly zero: only the collectives matter
     loss_total, tokens, *sums = strategy.sum_all([loss_total, tokens, *figures.values()])
-    return StepResult(loss_total / max(units, 1), units, int(tokens), means_of(method, dict(zip(figures, sums)), units))
+    return StepResult(loss_total / divisor, units, int(tokens), means_of(method, dict(zip(figures, sums)), units))
 
 
 def means_of(method: Method, sums: dict[str, float], units: int) -> dict[str, float]:

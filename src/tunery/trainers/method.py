@@ -127,6 +127,11 @@ class Method:
         """The units a batch's loss is summed over, known before its forward pass (trained tokens)."""
         return count_trained(batch)
 
+    def loss_units(self, batch: dict[str, torch.Tensor]) -> float:
+        """What the batch's summed loss is divided by (summed over the step): its units, unless the
+        method weighs some units more than others (SFT's replay under `data.replay_weight: example`)."""
+        return self.units(batch)
+
     def loss(self, model, batch: dict[str, torch.Tensor], logits_at: LogitsAt) -> LossOut:
         raise NotImplementedError
 

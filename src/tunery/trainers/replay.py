@@ -66,15 +66,33 @@ def mix_replay(data: Datasets, cfg, tokenizer, model, log: Callable[[str], None]
         from tunery.data.problems import raise_if_errors
 
         raise_if_errors(problems, what=f"data.replay ({cfg.data.replay})")
-    rows = [replace(row, replay=True) for row in rows]
+    weight = example_weight(data.train, rows) if cfg.data.replay_weight == "example" else 1.0
+    rows = [replace(row, replay=True, loss_weight=weight) for row in rows]
     task_tokens, replay_tokens = sum(len(r.ids) for r in data.train), sum(len(r.ids) for r in rows)
     log(f"replay ({_what(cfg.data.replay)}): {len(rows)} conversations, {len(rows) / (len(rows) + len(data.train)):.0%} "
         f"of the training examples and {replay_tokens / max(task_tokens + replay_tokens, 1):.0%} of their tokens")
+    if cfg.data.replay_weight == "example":
+        log(f"replay_weight example: each replay conversation weighs as much in the loss as an average task "
+            f"example (its trained tokens x {weight:.3g})")
     steps = steps_with_replay(cfg.training.max_steps, len(data.train) + len(rows), len(rows), cfg.data.replay_mode)
     if steps != cfg.training.max_steps:
         log(f"replay_mode extend: {steps} steps instead of training.max_steps {cfg.training.max_steps}, so the "
             f"task keeps its steps and replay is added on top")
     return replace(data, train=data.train + rows, warnings=data.warnings + warnings)
+
+
+def trained_targets(rows) -> int:
+    """Trained tokens as the loss counts them (next-token targets: the first token predicts nothing)."""
+    return sum(sum(r.trained[1:]) for r in rows)
+
+
+def example_weight(task_rows, replay_rows) -> float:
+    """The weight of a replay token that makes a replay conversation count as much as an average task
+    example: the task's trained tokens per example over replay's (1 when either has none)."""
+    task, replay = trained_targets(task_rows), trained_targets(replay_rows)
+    if not task or not replay:
+        return 1.0
+    return (task / len(task_rows)) / (replay / len(replay_rows))
 
 
 def _what(replay: str) -> str:

@@ -15,7 +15,7 @@ import torch
 
 from tunery.data.batching import make_batch
 from tunery.data.dataset import build_datasets
-from tunery.losses.lm import kl_from_reference_sum, token_ce_sum
+from tunery.losses.lm import kl_from_reference_sum, weighted_ce_sum
 from tunery.models.forward import forward_loss, next_token_targets
 from tunery.trainers.method import LossOut, Method
 
@@ -52,8 +52,11 @@ class SFT(Method):
 
     def collate(self, rows):
         batch = make_batch(rows, self.tokenizer.pad_token_id, self.cfg.training.packing)
+        counts = torch.tensor([sum(r.trained[1:]) for r in rows], dtype=torch.long)
+        if any(getattr(r, "loss_weight", 1.0) != 1.0 for r in rows):
+            weights = torch.tensor([getattr(r, "loss_weight", 1.0) for r in rows], dtype=torch.float32)
+            batch["target_weight"] = torch.repeat_interleave(weights, counts)  # per trained token, in target order
         if self.kl_beta is not None:
-            counts = torch.tensor([sum(r.trained[1:]) for r in rows], dtype=torch.long)
             flags = torch.tensor([getattr(r, "replay", False) for r in rows], dtype=torch.bool)
             batch["replay_target"] = torch.repeat_interleave(flags, counts)  # per trained token, in target order
             replay = [r for r in rows if getattr(r, "replay", False)]
@@ -61,13 +64,20 @@ class SFT(Method):
                 batch["replay_batch"] = make_batch(replay, self.tokenizer.pad_token_id, self.cfg.training.packing)
         return batch
 
+    def loss_units(self, batch):
+        """Trained tokens, each counted at its weight (replay under `data.replay_weight: example`)."""
+        return float(batch["target_weight"].sum()) if "target_weight" in batch else self.units(batch)
+
     def loss(self, model, batch, logits_at):
-        if self.kl_beta is None:
+        if self.kl_beta is None and "target_weight" not in batch:
             total, count = forward_loss(model, batch, logits_at=logits_at)
             return LossOut(total, count)
         positions, targets = next_token_targets(batch["labels"])
         logits = logits_at(model, batch, positions)
-        total, count = token_ce_sum(logits, targets.to(logits.device))
+        weight = batch["target_weight"].to(logits.device) if "target_weight" in batch else None
+        total, count = weighted_ce_sum(logits, targets.to(logits.device), weight)
+        if self.kl_beta is None:
+            return LossOut(total, count)
         replay = batch["replay_target"].to(logits.device)
         if "replay_batch" not in batch:
             return LossOut(total, count, {"kl_to_base": 0.0, "replay_share": 0.0})
@@ -76,7 +86,8 @@ class SFT(Method):
         with reference_mode(model):  # the base: the adapter switched off, no gradients
             sub = batch["replay_batch"]
             base_logits = logits_at(model, sub, next_token_targets(sub["labels"])[0])
-        kl = kl_from_reference_sum(logits[replay], base_logits.to(logits.device))
+        kl = kl_from_reference_sum(logits[replay], base_logits.to(logits.device),
+                                   weight[replay] if weight is not None else None)
         return LossOut(total + self.kl_beta * kl, count,
                        {"kl_to_base": float(kl.detach()), "replay_share": float(replay.sum())})
 
