@@ -101,6 +101,13 @@ def test_the_base_answers_greedily(tiny_model_dir):
                                                           for i in ids]
 
 
+def move_off_base(model):
+    """Random trainable weights (LoRA's B starts at 0, where the tuned model is the base)."""
+    for p in model.parameters():
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.05, generator=torch.Generator().manual_seed(p.numel()))
+
+
 def test_the_kl_term_by_hand_and_zero_against_itself():
     logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
     ref = torch.tensor([[0.0, 0.0], [1.0, 0.0]])
@@ -123,9 +130,7 @@ def test_the_loss_with_kl_is_the_task_loss_plus_beta_kl_on_replay_tokens(tmp_pat
     batch = s.method.collate(rows)
     first = s.method.loss(s.model, batch, head_logits)
     assert first.figures["kl_to_base"] == pytest.approx(0.0, abs=1e-6)  # LoRA's B is 0: tuned == base
-    for p in s.model.parameters():  # move the adapter off the base
-        if p.requires_grad:
-            torch.nn.init.normal_(p, std=0.05, generator=torch.Generator().manual_seed(p.numel()))
+    move_off_base(s.model)
     out = s.method.loss(s.model, batch, head_logits)
     positions, targets = next_token_targets(batch["labels"])
     logits = head_logits(s.model, batch, positions)
@@ -316,9 +321,7 @@ def test_example_weight_makes_a_replay_conversation_count_as_one_task_example(tm
     rows = [task[0], rep[0], task[1], rep[1]]
     batch = s.method.collate(rows)
     assert s.method.loss_units(batch) == pytest.approx(sum(sum(r.trained[1:]) * r.loss_weight for r in rows))
-    for p in s.model.parameters():  # move the adapter off zero so the gradients are not trivial
-        if p.requires_grad:
-            torch.nn.init.normal_(p, std=0.05, generator=torch.Generator().manual_seed(p.numel()))
+    move_off_base(s.model)  # so the gradients are not trivial
     out = s.method.loss(s.model, batch, head_logits)
     positions, targets = next_token_targets(batch["labels"])
     logits = head_logits(s.model, batch, positions)
