@@ -357,3 +357,7 @@ def test_an_example_weighted_run_with_kl_resumes_bitwise(tmp_path, tiny_model_di
     assert reason == "finished" and same_trainable_weights(whole, resumed)
     weights = {r.loss_weight for r in whole.train if r.replay}
     assert len(weights) == 1 and weights != {1.0}
+    from tunery.config.guards import guard_label, guard_of
+
+    assert guard_label(guard_of(cfg.model_dump(mode="json"))) == (
+        "replay self 30%, each conversation weighed as one task example, KL to base 0.1")

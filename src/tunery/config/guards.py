@@ -5,7 +5,8 @@ Guards: `data.replay` (None, "self" or a file of general examples mixed into tra
 model's predictions). Both work on a plain config dict, so that `tunery eval` can label a run folder
 written by another tunery version (its config.yaml may hold keys this one does not know) and training
 can label itself from its typed config: one label everywhere ("replay self 20%, KL to base 0.1";
-"replay self 20% on top of the task's steps" with `replay_mode: extend`).
+"replay self 20% on top of the task's steps" with `replay_mode: extend`, and ", each conversation
+weighed as one task example" after it with `replay_weight: example`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ def guard_of(config: dict) -> dict | None:
     guard = {"replay": replay, "replay_share": share, "kl_to_base": kl}
     if replay is not None and data.get("replay_mode") == "extend":
         guard["replay_mode"] = "extend"  # only when on: a share-mode run keeps the label it always had
+    if replay is not None and data.get("replay_weight") == "example":
+        guard["replay_weight"] = "example"  # likewise: a token-weighted run keeps its label
     return guard
 
 
@@ -47,7 +50,9 @@ def guard_label(guard: dict | None) -> str:
         share = guard.get("replay_share")
         source = "self" if guard["replay"] == "self" else Path(guard["replay"]).name
         parts.append(f"replay {source}" + (f" {share:.0%}" if share is not None else "")
-                     + (" on top of the task's steps" if guard.get("replay_mode") == "extend" else ""))
+                     + (" on top of the task's steps" if guard.get("replay_mode") == "extend" else "")
+                     + (", each conversation weighed as one task example" if guard.get("replay_weight") == "example"
+                        else ""))
     if guard.get("kl_to_base") is not None:
         parts.append(f"KL to base {guard['kl_to_base']:g}")
     return ", ".join(parts)
