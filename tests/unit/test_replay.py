@@ -342,6 +342,22 @@ def test_example_weight_makes_a_replay_conversation_count_as_one_task_example(tm
             torch.testing.assert_close(p.grad, by_hand[name], rtol=1e-4, atol=1e-7)
 
 
+def test_a_number_weighs_a_replay_conversation_as_that_many_task_examples(tmp_path, tiny_model_dir):
+    from tunery.config.guards import guard_label, guard_of
+
+    general = write_jsonl(tmp_path / "general.jsonl", [chat(f"General {i}?", f"Answer number {i} is long.")
+                                                        for i in range(10)])
+    loops = {w: prepare(config(tiny_model_dir, tmp_path, data={"replay": general, "replay_share": 0.25,
+                                                               "replay_weight": w}), **QUIET)
+             for w in ("example", 4)}
+    one, four = ({r.loss_weight for r in s.train if r.replay} for s in loops.values())
+    assert len(one) == len(four) == 1 and four.pop() == pytest.approx(4 * one.pop())
+    assert guard_label(guard_of(loops[4].cfg.model_dump(mode="json"))) == (
+        "replay self 25%, each conversation weighed as 4 task examples".replace("self", "general.jsonl"))
+    with pytest.raises(Exception, match="replay_weight must be token, example or a number above 0"):
+        config(tiny_model_dir, tmp_path, data={"replay": general, "replay_weight": 0})
+
+
 def test_token_weight_is_the_default_and_leaves_every_row_at_one(tmp_path, tiny_model_dir):
     general = write_jsonl(tmp_path / "general.jsonl", [chat(f"General {i}?", f"Answer {i}.") for i in range(10)])
     s = prepare(config(tiny_model_dir, tmp_path, data={"replay": general, "replay_share": 0.25}), **QUIET)

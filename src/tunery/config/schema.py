@@ -183,12 +183,13 @@ class DataSection(Section):
         "rows, rounded up: 1.25x at replay_share 0.2), so the task keeps every step it had. With `epochs` "
         "instead of `max_steps` both are the same: an epoch covers the replay rows too.",
     )
-    replay_weight: Literal["token", "example"] = Field(
+    replay_weight: Literal["token", "example"] | float = Field(
         "token",
         description="How much a replay conversation weighs in the loss: `token`, every trained token the same "
         "as a task token (a replay answer of 80 tokens then outweighs 40 one-word task answers); `example`, "
         "each replay conversation as much as an average task example (its tokens' loss scaled by the task's "
-        "trained tokens per example over replay's), so `replay_share` is also replay's share of the loss.",
+        "trained tokens per example over replay's), so `replay_share` is also replay's share of the loss; a "
+        "number k, as much as k average task examples.",
     )
     retrieval: RetrievalSection | None = Field(
         None,
@@ -197,6 +198,12 @@ class DataSection(Section):
         "earlier turns, whose answers are not trained; the index is saved in the run folder and `generate`, "
         "`chat` and `eval` retrieve the same way (see docs/retrieval.md). Empty: off.",
     )
+
+    @model_validator(mode="after")
+    def _replay_weight_positive(self):
+        if isinstance(self.replay_weight, float) and not self.replay_weight > 0:
+            raise ValueError(f"data.replay_weight must be token, example or a number above 0, not {self.replay_weight}")
+        return self
 
     @model_validator(mode="after")
     def _overlap_leaves_room(self):

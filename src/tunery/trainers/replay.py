@@ -66,14 +66,15 @@ def mix_replay(data: Datasets, cfg, tokenizer, model, log: Callable[[str], None]
         from tunery.data.problems import raise_if_errors
 
         raise_if_errors(problems, what=f"data.replay ({cfg.data.replay})")
-    weight = example_weight(data.train, rows) if cfg.data.replay_weight == "example" else 1.0
+    examples = examples_per_replay(cfg.data.replay_weight)
+    weight = examples * example_weight(data.train, rows) if examples is not None else 1.0
     rows = [replace(row, replay=True, loss_weight=weight) for row in rows]
     task_tokens, replay_tokens = sum(len(r.ids) for r in data.train), sum(len(r.ids) for r in rows)
     log(f"replay ({_what(cfg.data.replay)}): {len(rows)} conversations, {len(rows) / (len(rows) + len(data.train)):.0%} "
         f"of the training examples and {replay_tokens / max(task_tokens + replay_tokens, 1):.0%} of their tokens")
-    if cfg.data.replay_weight == "example":
-        log(f"replay_weight example: each replay conversation weighs as much in the loss as an average task "
-            f"example (its trained tokens x {weight:.3g})")
+    if examples is not None:
+        log(f"replay_weight {cfg.data.replay_weight}: each replay conversation weighs as much in the loss as "
+            f"{examples:g} average task example{'s' if examples != 1 else ''} (its trained tokens x {weight:.3g})")
     steps = steps_with_replay(cfg.training.max_steps, len(data.train) + len(rows), len(rows), cfg.data.replay_mode)
     if steps != cfg.training.max_steps:
         log(f"replay_mode extend: {steps} steps instead of training.max_steps {cfg.training.max_steps}, so the "
@@ -84,6 +85,14 @@ def mix_replay(data: Datasets, cfg, tokenizer, model, log: Callable[[str], None]
 def trained_targets(rows) -> int:
     """Trained tokens as the loss counts them (next-token targets: the first token predicts nothing)."""
     return sum(sum(r.trained[1:]) for r in rows)
+
+
+def examples_per_replay(replay_weight) -> float | None:
+    """How many average task examples one replay conversation weighs as (`data.replay_weight`), or None
+    for `token` (every trained token the same)."""
+    if replay_weight == "token":
+        return None
+    return 1.0 if replay_weight == "example" else float(replay_weight)
 
 
 def example_weight(task_rows, replay_rows) -> float:
