@@ -304,7 +304,8 @@ def test_example_weight_makes_a_replay_conversation_count_as_one_task_example(tm
     long_answer = " ".join(["a long general answer"] * 6)
     general = write_jsonl(tmp_path / "general.jsonl", [chat(f"General {i}?", f"{long_answer} {i}.") for i in range(10)])
     cfg = config(tiny_model_dir, tmp_path, data={"replay": general, "replay_share": 0.25, "replay_weight": "example"})
-    s = prepare(cfg, **QUIET)
+    logs = []
+    s = prepare(cfg, log=logs.append)
     task = [r for r in s.train if not r.replay]
     rep = [r for r in s.train if r.replay]
     per_task = sum(sum(r.trained[1:]) for r in task) / len(task)
@@ -312,6 +313,9 @@ def test_example_weight_makes_a_replay_conversation_count_as_one_task_example(tm
     assert per_replay > 3 * per_task and len(rep) == 4
     assert all(r.loss_weight == pytest.approx(per_task / per_replay) for r in rep)
     assert all(r.loss_weight == 1.0 for r in task)
+    factor = f"{per_task / per_replay:.3g}"
+    assert ("replay_weight example: each replay conversation weighs as much in the loss as an average task "
+            f"example (its trained tokens x {factor})") in logs
     weighted = sum(sum(r.trained[1:]) * r.loss_weight for r in rep)
     assert weighted / (weighted + sum(sum(r.trained[1:]) for r in task)) == pytest.approx(0.25)  # the row share
 

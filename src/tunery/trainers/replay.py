@@ -73,8 +73,9 @@ def mix_replay(data: Datasets, cfg, tokenizer, model, log: Callable[[str], None]
     log(f"replay ({_what(cfg.data.replay)}): {len(rows)} conversations, {len(rows) / (len(rows) + len(data.train)):.0%} "
         f"of the training examples and {replay_tokens / max(task_tokens + replay_tokens, 1):.0%} of their tokens")
     if examples is not None:
+        many = "an average task example" if examples == 1 else f"{examples:g} average task examples"
         log(f"replay_weight {cfg.data.replay_weight}: each replay conversation weighs as much in the loss as "
-            f"{examples:g} average task example{'s' if examples != 1 else ''} (its trained tokens x {weight:.3g})")
+            f"{many} (its trained tokens x {weight:.3g})")
     steps = steps_with_replay(cfg.training.max_steps, len(data.train) + len(rows), len(rows), cfg.data.replay_mode)
     if steps != cfg.training.max_steps:
         log(f"replay_mode extend: {steps} steps instead of training.max_steps {cfg.training.max_steps}, so the "
