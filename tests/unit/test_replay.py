@@ -381,3 +381,16 @@ def test_an_example_weighted_run_with_kl_resumes_bitwise(tmp_path, tiny_model_di
 
     assert guard_label(guard_of(cfg.model_dump(mode="json"))) == (
         "replay self 30%, each conversation weighed as one task example, KL to base 0.1")
+
+
+def test_replay_conversations_cut_at_max_length_are_counted_in_one_warning(tmp_path, tiny_model_dir):
+    long_answer = " ".join(["word"] * 120)
+    general = write_jsonl(tmp_path / "general.jsonl",
+                          [chat(f"General {i}?", long_answer if i % 2 else "Short.") for i in range(10)])
+    s = prepare(config(tiny_model_dir, tmp_path, data={"replay": general, "replay_share": 0.25}), **QUIET)
+    rep = [r for r in s.train if r.replay]
+    cut = sum(r.answer_cut for r in rep)
+    assert 0 < cut < len(rep)
+    lines = [w for w in s.data.warnings if "general.jsonl" in w or w.startswith("replay:")]
+    assert lines == [f"replay: {cut} of {len(rep)} conversations are longer than data.max_length 96; "
+                     "their answers are trained up to the cut"]

@@ -80,7 +80,18 @@ def mix_replay(data: Datasets, cfg, tokenizer, model, log: Callable[[str], None]
     if steps != cfg.training.max_steps:
         log(f"replay_mode extend: {steps} steps instead of training.max_steps {cfg.training.max_steps}, so the "
             f"task keeps its steps and replay is added on top")
-    return replace(data, train=data.train + rows, warnings=data.warnings + warnings)
+    return replace(data, train=data.train + rows, warnings=data.warnings + replay_warnings(rows, warnings, cfg))
+
+
+def replay_warnings(rows, warnings: list[str], cfg) -> list[str]:
+    """The rendering warnings of replay rows in one line: they are tunery's own conversations (or the
+    user's general file), so the count matters, not a line per record."""
+    cut = sum(1 for r in rows if r.answer_cut)
+    other = [w for w in warnings if "cut at max_length" not in w]
+    if cut:
+        other.append(f"replay: {cut} of {len(rows)} conversations are longer than data.max_length "
+                     f"{cfg.data.max_length}; their answers are trained up to the cut")
+    return other
 
 
 def trained_targets(rows) -> int:
