@@ -54,7 +54,8 @@ def test_too_few_examples_lean_and_say_so_and_forgetting_is_a_cost():
     assert sentence == ("The evidence leans to fine-tuning: tuned 75% (95% CI 25%-100%) exact on 4 examples against "
                         "base few-shot (k=3) 25% (95% CI 0%-75%), but the difference is not significant "
                         "(McNemar p=0.5); evaluate more examples to be sure; but it cost general ability: the "
-                        "probe fell from 60% to 30% (McNemar p=0.004); to keep it, train with data.replay: self or "
+                        "probe fell from 60% to 30% (McNemar p=0.004); to keep it, train with data.replay: self "
+                        "(replay_share 0.15, replay_mode extend, replay_weight 4: docs/forgetting.md) or "
                         "training.kl_to_base.")
 
 

@@ -135,11 +135,12 @@ def test_advice_names_the_kinds_that_fell_and_the_guards():
     kinds = {"refusal": (0.8, 0.2, 0.0039), "fact": (0.7, 0.6, 0.5), "format": (0.6, 0.1, 0.012)}
     assert forgetting_clause(_forgetting(kinds, 0.2)) == (
         "; but it cost general ability in refusal 80% to 20% (McNemar p=0.0039), format 60% to 10% (McNemar "
-        "p=0.012) on the probe; to keep it, train with data.replay: self or training.kl_to_base")
+        "p=0.012) on the probe; to keep it, train with data.replay: self (replay_share 0.15, replay_mode "
+        "extend, replay_weight 4: docs/forgetting.md) or training.kl_to_base")
     assert forgetting_clause(_forgetting(kinds, 0.01)).startswith(
         "; but it cost general ability: the probe fell from 50% to 40% (McNemar p=0.01), most in refusal 80% to 20%")
     guarded = forgetting_clause(_forgetting(kinds, 0.2, "replay self 20%"))
-    assert guarded.endswith("even with its guard (replay self 20%): raise the replay share or the KL weight")
+    assert guarded.endswith("even with its guard (replay self 20%): raise the replay share or weight, or the KL weight")
     assert forgetting_clause(_forgetting({"fact": (0.7, 0.6, 0.5)}, 0.3)) == ""
 
 
