@@ -106,11 +106,11 @@ def setup(cfg: TrainConfig, method: Method, model, data: Datasets, strategy: Sin
 
 
 def make_optimizer(groups: list[tuple[str, list]], cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW over the method's parameter groups: torch's fused kernel (one pass over every tensor;
-    on this CPU 6x faster than the per-tensor loop for a full fine-tune of the 135M model, 57 against
-    336 ms a step; 3.6 against 13.3 ms for its LoRA r16) where every parameter is a plain float tensor on a CPU or CUDA
-    device, else the per-tensor loop (sharded DTensors). Either is deterministic, and a checkpoint
-    keeps which one its optimizer used, so a resumed run continues bit for bit."""
+    """AdamW over the method's parameter groups: torch's fused kernel (one pass over every tensor; on
+    this CPU 57 against 336 ms a step for a full fine-tune of the 135M model, 3.6 against 13.3 ms for
+    its LoRA r16) where every parameter is a plain float tensor on a CPU or CUDA device, else the
+    per-tensor loop (sharded DTensors). Either is deterministic, and a checkpoint keeps which one its
+    optimizer used, so a resumed run continues bit for bit."""
     params = [p for _, group in groups for p in group]
     fused = all(type(p.data) is torch.Tensor and p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point
                 for p in params)
