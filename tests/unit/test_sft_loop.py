@@ -166,3 +166,21 @@ def test_the_optimizer_is_fused_adamw_for_plain_tensors_and_the_loop_for_others(
     odd = torch.nn.Parameter(torch.zeros(4).as_subclass(Subclass))
     kept = sft.make_optimizer([("all", [odd])], cfg)
     assert kept.defaults["fused"] is None and kept.defaults["foreach"] is False
+
+
+def test_a_checkpoint_keeps_the_optimizer_state_not_its_kernel(smol_tokenizer, tmp_path):
+    """The fused kernel (one process) and the loop (FSDP's DTensors) hold the same state: a checkpoint
+    leaves out which one wrote it, and a resumed run keeps its own optimizer's kernel."""
+    import json
+
+    cfg = tiny_config(save_every=2)
+    first = fresh_setup(smol_tokenizer, cfg)
+    run_loop(first, tmp_path / "run", stop_after=2)
+    latest = ckpt.latest_checkpoint(tmp_path / "run" / "checkpoints")
+    groups = json.loads((latest / "state.json").read_text())["optimizer"]["param_groups"]
+    assert groups and all("fused" not in g and "foreach" not in g for g in groups)
+    assert all(g["lr"] > 0 and g["betas"] == [0.9, 0.999] for g in groups)  # the rest of the group is kept
+    second = fresh_setup(smol_tokenizer, cfg)
+    sft.resume(second, latest)
+    assert [g["fused"] for g in second.optimizer.param_groups] == [True] * len(groups)
+    assert second.optimizer.state  # the moments came back

@@ -35,6 +35,12 @@ def step_dir(root: Path, step: int) -> Path:
     return root / f"step-{step:07d}"
 
 
+# How an optimizer computes its update (one fused kernel, or a loop over tensors), not what it holds:
+# left out of a checkpoint and taken from the resuming optimizer, so a run saved by one process (fused)
+# resumes under FSDP (the loop over DTensors) and back, and its checkpoints are the same files.
+KERNEL_KEYS = ("foreach", "fused")
+
+
 def optimizer_tensors(optimizer: torch.optim.Optimizer | dict) -> tuple[dict[str, torch.Tensor], dict]:
     """Split an optimizer's state (or its state dict, gathered from shards) into flat tensors (for
     safetensors) and JSON-able metadata."""
@@ -44,7 +50,8 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer | dict) -> tuple[dict[str
         for slot, value in slots.items():
             tensor = value if torch.is_tensor(value) else torch.tensor(value)
             tensors[f"{index}.{slot}"] = tensor.detach().contiguous().clone()
-    return tensors, {"param_groups": state["param_groups"]}
+    groups = [{k: v for k, v in group.items() if k not in KERNEL_KEYS} for group in state["param_groups"]]
+    return tensors, {"param_groups": groups}
 
 
 def saved_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
@@ -213,7 +220,10 @@ def restore_training_state(folder: Path, optimizer: torch.optim.Optimizer, extra
     correctly but draws new dropout masks, so it is exact only on the process count it was saved with."""
     opt = {k[len("opt."):]: v for k, v in extra.items() if k.startswith("opt.")}
     rng = {k[len("rng."):]: v for k, v in extra.items() if k.startswith("rng.")}
-    (load_optimizer or optimizer.load_state_dict)(saved_optimizer_state(opt, state["optimizer"]))
+    saved = saved_optimizer_state(opt, state["optimizer"])
+    saved["param_groups"] = [group | {k: live[k] for k in KERNEL_KEYS if k in live}  # this optimizer's kernel
+                             for group, live in zip(saved["param_groups"], optimizer.param_groups)]
+    (load_optimizer or optimizer.load_state_dict)(saved)
     restore_rng(rng, state["rng"], rank)
 
 
