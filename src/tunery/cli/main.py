@@ -271,7 +271,9 @@ def eval_(
     max_new_tokens: int = typer.Option(defaults.MAX_NEW_TOKENS, "--max-new-tokens", min=1, help="Most tokens per answer."),
     temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0: greedy; above 0: seeded sampling."),
     seed: int = typer.Option(0, "--seed", help="Seed for sampling, few-shot draws and bootstrap intervals."),
-    batch_size: int = typer.Option(defaults.EVAL_BATCH_SIZE, "--batch-size", min=1, help="Prompts generated together."),
+    batch_size: int = typer.Option(defaults.EVAL_BATCH_SIZE, "--batch-size", min=1,
+                                   help="Prompts generated together (fewer when long: a batch holds at most "
+                                   f"{defaults.GENERATE_TOKENS:,} tokens)."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate only the first N examples."),
     max_length: int = typer.Option(defaults.MAX_LENGTH, "--max-length", min=8, help="Longest sequence scored: "
                                    "preference pairs are cut there, raw text is scored in windows of this size."),
