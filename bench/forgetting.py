@@ -171,16 +171,17 @@ def fmt_ci(s: dict | None) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    lines = [f"{'task':<11} {'setting':<15} {'task score [95% CI]':<26} {'probe [95% CI]':<26} "
+    width = max([15] + [len(r["setting"]) for r in rows])  # the setting column fits the longest name
+    lines = [f"{'task':<11} {'setting':<{width}} {'task score [95% CI]':<26} {'probe [95% CI]':<26} "
              f"{'probe change (p)':<20} {'train s':>7} {'x plain':>7} {'tokens x plain':>14}"]
     for r in rows:
         if r["setting"] == "base":
             before = next((x["probe_before"] for x in rows if x["task"] == r["task"] and x.get("probe_before")), None)
-            lines.append(f"{r['task']:<11} {'base':<15} {fmt_ci(r['score']):<26} {fmt_ci(before):<26}")
+            lines.append(f"{r['task']:<11} {'base':<{width}} {fmt_ci(r['score']):<26} {fmt_ci(before):<26}")
             continue
         test = r["probe_test"]
         change = f"{test['diff']:+.1%} (p={test['p']:.2g})"
-        lines.append(f"{r['task']:<11} {r['setting']:<15} {fmt_ci(r['score']):<26} {fmt_ci(r['probe']):<26} "
+        lines.append(f"{r['task']:<11} {r['setting']:<{width}} {fmt_ci(r['score']):<26} {fmt_ci(r['probe']):<26} "
                      f"{change:<20} {r['train_s']:>7.0f} {_ratio(r.get('time_ratio')):>7} "
                      f"{_ratio(r.get('tokens_ratio')):>14}")
     return "\n".join(lines)
