@@ -54,6 +54,8 @@ SETTINGS = {
     "plain-seed2": ["training.seed=2"],
     "replay15x-w4-seed2": ["data.replay=self", "data.replay_share=0.15", "data.replay_mode=extend",
                            "data.replay_weight=4", "training.seed=2"],
+    "replay20x-w4-seed2": ["data.replay=self", "data.replay_share=0.2", "data.replay_mode=extend",
+                           "data.replay_weight=4", "training.seed=2"],
     "replay10x-w8": ["data.replay=self", "data.replay_share=0.1", "data.replay_mode=extend",
                      "data.replay_weight=8"],
     "replay20x-ex-kl1": ["data.replay=self", "data.replay_share=0.2", "data.replay_mode=extend",
