@@ -89,21 +89,26 @@ def half_steps(config: str) -> str:
 
 def scaled_copy(task: str, setting: str, work: Path) -> dict:
     """The plain run of `task` (trained before, in `work`) copied with its LoRA update scaled by the
-    setting's factor; its training time and tokens are the plain run's."""
+    setting's factor; its training time and tokens are the plain run's. Written whole in one rename;
+    what it replaces must be a run folder tunery made (its marker), never anything else."""
     import shutil
 
     from safetensors.torch import load_file, save_file
+
+    from tunery.atomic import atomic_dir
+    from tunery.runfolder import check_run_target
 
     factor = float(SETTINGS[setting][0].removeprefix("SCALE="))
     plain, name = work / "runs" / f"{task}-plain", f"{task}-{setting}"
     if not (plain / "run.json").is_file():
         raise SystemExit(f"{setting} scales the plain run of {task}: train `plain` first")
     target = work / "runs" / name
-    shutil.rmtree(target, ignore_errors=True)
-    shutil.copytree(plain, target, ignore=shutil.ignore_patterns("checkpoints", "cache"))
-    weights = target / "adapter" / "adapter_model.safetensors"
-    tensors = {k: v * factor if "lora_B" in k else v for k, v in load_file(str(weights)).items()}
-    save_file(tensors, str(weights), metadata={"format": "pt"})
+    check_run_target(target, resume=False, overwrite=True)  # a foreign folder there is refused, untouched
+    with atomic_dir(target) as tmp:
+        shutil.copytree(plain, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns("checkpoints", "cache"))
+        weights = tmp / "adapter" / "adapter_model.safetensors"
+        tensors = {k: v * factor if "lora_B" in k else v for k, v in load_file(str(weights)).items()}
+        save_file(tensors, str(weights), metadata={"format": "pt"})
     metrics = [json.loads(line) for line in (plain / "metrics.jsonl").read_text().splitlines()]
     info = json.loads((plain / "run.json").read_text())
     return {"run": f"runs/{name}", "task": task, "setting": setting, "overrides": SETTINGS[setting],

@@ -7,6 +7,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "forgetting.py"
 
 
@@ -72,9 +74,22 @@ def test_a_scale_setting_copies_the_plain_run_with_its_lora_update_scaled(tmp_pa
     save_file({"x.lora_A.weight": a, "x.lora_B.weight": b}, str(plain / "adapter" / "adapter_model.safetensors"))
     (plain / "run.json").write_text(json.dumps({"total_steps": 30, "tokens": 1000}))
     (plain / "metrics.jsonl").write_text(json.dumps({"kind": "train", "elapsed_s": 59.0}) + "\n")
-    got = bench.train("routing", "plain-scale0.25", tmp_path)
+    from tunery.errors import TuneryError
+    from tunery.runfolder import write_marker
+
+    write_marker(plain, "train")
+    foreign = tmp_path / "runs" / "routing-plain-scale0.5"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(TuneryError, match="tunery did not write"):
+        bench.train("routing", "plain-scale0.5", tmp_path)
+    assert (foreign / "notes.txt").read_text() == "mine"  # a folder tunery did not make is left as it was
+    bench.train("routing", "plain-scale0.25", tmp_path)
+    got = bench.train("routing", "plain-scale0.25", tmp_path)  # again: its own earlier copy is replaced
     scaled = load_file(str(tmp_path / "runs" / "routing-plain-scale0.25" / "adapter" / "adapter_model.safetensors"))
     assert torch.equal(scaled["x.lora_A.weight"], a) and torch.equal(scaled["x.lora_B.weight"], b * 0.25)
     assert not (tmp_path / "runs" / "routing-plain-scale0.25" / "checkpoints").exists()
     assert (got["train_s"], got["tokens"], got["run"]) == (59.0, 1000, "runs/routing-plain-scale0.25")
     torch.testing.assert_close(load_file(str(plain / "adapter" / "adapter_model.safetensors"))["x.lora_B.weight"], b)
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [  # nothing half-written left behind
+        "routing-plain", "routing-plain-scale0.25", "routing-plain-scale0.5"]
