@@ -57,6 +57,11 @@ class Rendered:
         """How many tokens carry loss."""
         return sum(self.trained)
 
+    @property
+    def num_targets(self) -> int:
+        """How many trained tokens are next-token targets (the loss's count: position 0 predicts nothing)."""
+        return sum(self.trained[1:])
+
 
 @dataclass
 class Datasets:

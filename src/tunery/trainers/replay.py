@@ -94,11 +94,6 @@ def replay_warnings(rows, warnings: list[str], cfg) -> list[str]:
     return other
 
 
-def trained_targets(rows) -> int:
-    """Trained tokens as the loss counts them (next-token targets: the first token predicts nothing)."""
-    return sum(sum(r.trained[1:]) for r in rows)
-
-
 def examples_per_replay(replay_weight) -> float | None:
     """How many average task examples one replay conversation weighs as (`data.replay_weight`), or None
     for `token` (every trained token the same)."""
@@ -110,7 +105,7 @@ def examples_per_replay(replay_weight) -> float | None:
 def example_weight(task_rows, replay_rows) -> float:
     """The weight of a replay token that makes a replay conversation count as much as an average task
     example: the task's trained tokens per example over replay's (1 when either has none)."""
-    task, replay = trained_targets(task_rows), trained_targets(replay_rows)
+    task, replay = (sum(r.num_targets for r in rows) for rows in (task_rows, replay_rows))
     if not task or not replay:
         return 1.0
     return (task / len(task_rows)) / (replay / len(replay_rows))

@@ -52,8 +52,11 @@ class SFT(Method):
 
     def collate(self, rows):
         batch = make_batch(rows, self.tokenizer.pad_token_id, self.cfg.training.packing)
-        counts = torch.tensor([sum(r.trained[1:]) for r in rows], dtype=torch.long)
-        if any(getattr(r, "loss_weight", 1.0) != 1.0 for r in rows):
+        weighted = any(getattr(r, "loss_weight", 1.0) != 1.0 for r in rows)
+        if not weighted and self.kl_beta is None:
+            return batch  # the plain path: no per-token tensors to build
+        counts = torch.tensor([r.num_targets for r in rows], dtype=torch.long)
+        if weighted:
             weights = torch.tensor([getattr(r, "loss_weight", 1.0) for r in rows], dtype=torch.float32)
             batch["target_weight"] = torch.repeat_interleave(weights, counts)  # per trained token, in target order
         if self.kl_beta is not None:
