@@ -20,8 +20,9 @@ Workloads:
   validation examples, batch 4, max length 1,024, 6 steps (half an epoch; over 2 minutes a row).
 
 Figures per row: real tokens per second (the data's tokens over the loop's wall time), peak resident
-memory, held-out loss (the same code for both), and for tunery on the long workload the share of the
-fp32 matmul peak (measured in the same run) spent on useful FLOPs.
+memory, held-out loss (the same code for both), and for tunery the share of the fp32 matmul peak
+(measured in the same run) spent on useful FLOPs: those of the tokens it put through the model (a
+prefix that rows share counted once, as `training.share_prefix` runs it; its log line says how many).
 """
 
 from __future__ import annotations
@@ -82,9 +83,17 @@ def run_tunery(files: dict, folder: Path) -> dict:
         raise SystemExit(f"tunery failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
     info = json.loads((folder / "run" / "run.json").read_text())
     rss = next(int(l.split()[1]) for l in proc.stderr.splitlines() if l.startswith("MAXRSS "))
-    checkpoints = [l for l in proc.stderr.splitlines() + proc.stdout.splitlines() if l.startswith("checkpoints: ")]
+    lines = proc.stderr.splitlines() + proc.stdout.splitlines()
+    checkpoints = [l for l in lines if l.startswith("checkpoints: ")]
+    # "share_prefix: A of B tokens go through the model ...": the share of the data's tokens computed
+    shared = [l for l in lines if l.startswith("share_prefix: ")]
+    through = 1.0
+    if shared:
+        a, b = shared[-1].split(" tokens")[0][len("share_prefix: "):].split(" of ")
+        through = int(a.replace(",", "")) / int(b.replace(",", ""))
     return {"loop_s": info["elapsed_s"], "steps": info["step"], "peak_rss_mb": rss / 1024,
-            "adapter": str(folder / "run" / "adapter"), "checkpoints": checkpoints[-1:] or None}
+            "adapter": str(folder / "run" / "adapter"), "checkpoints": checkpoints[-1:] or None,
+            "share_prefix": shared[-1] if shared else None, "computed_share": through}
 
 
 def run_trl(name: str, files: dict, folder: Path) -> dict:
@@ -117,7 +126,8 @@ def measure(name: str, root: Path, peak: float) -> list[dict]:
     trl, ours = rows
     ours |= {"speedup": ours["real_tok_s"] / trl["real_tok_s"], "memory_ratio": ours["peak_rss_mb"] / trl["peak_rss_mb"],
              "heldout_change": ours["heldout_loss"] / trl["heldout_loss"] - 1,
-             "share_of_peak": useful_flops(real, trained) / ours["loop_s"] / 1e9 / peak}
+             # FLOPs the model ran: a shared prefix's tokens count once (`computed_share` of the data's)
+             "share_of_peak": useful_flops(real * ours["computed_share"], trained) / ours["loop_s"] / 1e9 / peak}
     return rows
 
 
@@ -152,6 +162,8 @@ def main() -> None:
     for r in rows:
         if r["row"] == "tunery" and r.get("checkpoints"):
             print(f"{r['workload']}: {r['checkpoints'][0]}")
+        if r["row"] == "tunery" and r.get("share_prefix"):
+            print(f"{r['workload']}: {r['share_prefix']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"matmul_peak_gflops": peak, "workloads": WORKLOADS, "rows": rows}, indent=2))
     print(f"wrote {args.out}")

@@ -25,6 +25,29 @@ def synthetic_rows(n: int, seed: int = 0, vocab: int = 400) -> list[Row]:
     return rows
 
 
+def prefixed_rows(seed: int = 11) -> list[Row]:
+    """Rows as a task's chat examples are: three with one 20-token system prompt, two with another
+    that train from their first own token (the prefix's last position predicts a trained token of each),
+    one row alone, and two conversations sharing a system prompt and a first exchange whose answer is
+    trained, inside the 38 tokens they share."""
+    rng = random.Random(seed)
+    prompt_a = [rng.randrange(3, 400) for _ in range(20)]
+    prompt_b = [rng.randrange(3, 400) for _ in range(24)]
+    prompt_c = [rng.randrange(3, 400) for _ in range(20)]
+    turn = [rng.randrange(3, 400) for _ in range(18)]
+
+    def row(prefix, own, answer_from, trained_prefix=()):
+        ids = prefix + [rng.randrange(3, 400) for _ in range(own)]
+        return Row(ids, [i >= answer_from or i in trained_prefix for i in range(len(ids))])
+
+    return [
+        row(prompt_a, 9, 24), row(prompt_b, 6, 24), row(prompt_a, 12, 26), row([5, 6, 7], 10, 8),
+        row(prompt_a, 5, 22), row(prompt_b, 8, 24),  # prompt_b's rows train from their first own token
+        row(prompt_c + turn, 7, 40, trained_prefix=range(30, 38)),  # an earlier answer inside the prefix
+        row(prompt_c + turn, 4, 40, trained_prefix=range(30, 38)),
+    ]
+
+
 def tiny_config(**training) -> object:
     data = {
         "base_model": "unused",

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import make_tiny_model
-from loop_helpers import make_loop, synthetic_rows, tiny_config
+from loop_helpers import make_loop, prefixed_rows, synthetic_rows, tiny_config
 from tunery.data import batching as common
 from tunery.models.adapters import prepare_trainable
 from tunery.models.forward import forward_loss
@@ -120,3 +120,59 @@ def test_a_step_in_token_pieces_equals_the_step_in_one_piece(smol_tokenizer, ada
     assert split[1] == pytest.approx(whole[1], rel=1e-5)
     for name, grad in whole[4].items():
         torch.testing.assert_close(split[4][name], grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("adapter", ["lora", "full"])
+def test_a_shared_prefix_gives_the_loss_and_gradients_of_every_row_whole(smol_tokenizer, adapter):
+    cfg = tiny_config().model_copy(update={"adapter": adapter})
+    cfg = cfg.model_copy(update={"lora": cfg.lora.model_copy(update={"dropout": 0.0})})
+    model = prepare_trainable(make_tiny_model(len(smol_tokenizer)), cfg).train()
+    rows = prefixed_rows()
+    shared = common.pack_shared(rows)
+    whole = sum(len(r.ids) for r in rows)
+    groups = common.prefix_groups(rows)
+    assert [(g.rows, g.shared) for g in groups] == [([0, 2, 4], 20), ([1, 5], 24), ([3], 0), ([6, 7], 38)]
+    assert shared["input_ids"].shape == (1, whole - 2 * 20 - 24 - 38) == (1, common.shared_length(rows))
+    assert common.count_trained(shared) == common.count_trained(common.pack(rows)) > 0
+    assert common.count_tokens(shared) == whole  # throughput counts the data's tokens
+
+    reference = loss_and_grads(model, common.collate(rows, pad_id=2), trained_only=False)
+    for batch, trained_only in ((shared, True), (shared, False)):
+        loss, n, grads = loss_and_grads(model, batch, trained_only)
+        assert n == reference[1]
+        assert loss == pytest.approx(reference[0], rel=1e-5)
+        for name, grad in grads.items():
+            torch.testing.assert_close(grad, reference[2][name], rtol=1e-4, atol=1e-6)
+
+
+def test_rows_under_a_shared_prefix_do_not_see_each_other(smol_tokenizer):
+    model = make_tiny_model(len(smol_tokenizer))
+    rows = prefixed_rows()
+    changed = list(rows)
+    changed[0] = type(rows[0])(rows[0].ids[:20] + [7] * (len(rows[0].ids) - 20), rows[0].trained)
+    with torch.no_grad():
+        per_row = [float(forward_loss(model, common.pack([r]))[0]) for r in rows]
+        before, _ = forward_loss(model, common.pack_shared(rows))
+        after, _ = forward_loss(model, common.pack_shared(changed))
+        alone, _ = forward_loss(model, common.pack([changed[0]]))
+    assert float(before) == pytest.approx(sum(per_row), rel=1e-5)
+    assert float(after) == pytest.approx(sum(per_row) - per_row[0] + float(alone), rel=1e-5)
+
+
+def test_prefix_groups_leave_every_row_a_token_and_ignore_short_prefixes():
+    Row = type(synthetic_rows(1)[0])
+    same = Row(list(range(3, 23)), [False] * 19 + [True])
+    groups = common.prefix_groups([same, same])
+    assert [(g.rows, g.shared) for g in groups] == [([0, 1], 19)]  # the last token stays each row's own
+    short = [Row(list(range(3, 18)) + [90 + i], [True] * 16) for i in range(3)]  # 15 tokens in common
+    assert [(g.rows, g.shared) for g in common.prefix_groups(short)] == [([0], 0), ([1], 0), ([2], 0)]
+    assert common.shared_length(short) == 48
+
+
+def test_split_shared_counts_a_prefix_once_and_keeps_the_limit():
+    rows = prefixed_rows() * 3
+    pieces = common.split_shared(rows, 120)
+    assert [r for piece in pieces for r in piece] == rows  # every row once, in order
+    assert all(common.shared_length(piece) <= 120 for piece in pieces)
+    assert len(pieces) < len(common.split_by_tokens(rows, 120))  # more rows fit once the prefix is shared
+    assert common.split_shared(rows, None) == [rows]

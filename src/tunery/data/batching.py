@@ -221,3 +221,103 @@ def make_shared_pair_batch(pairs: list[tuple], pad_id: int) -> dict[str, torch.T
             "target_seq": torch.tensor(target_seq, dtype=torch.long),
             "sequences": torch.tensor(2 * len(pairs)),
             "real_tokens": torch.tensor(sum(len(f.ids) + len(s.ids) - c for (f, s), c in zip(pairs, commons)))}
+
+
+# Rows of a packed piece that share at least this many leading tokens put them through the model once.
+# Below it the saving is a handful of tokens against a larger attention mask.
+MIN_SHARED_PREFIX = 16
+
+
+@dataclass(frozen=True)
+class _Group:
+    rows: list[int]  # indices into the piece's rows, in order
+    shared: int  # leading tokens every row of the group shares (0: one row, laid out whole)
+
+
+def prefix_groups(rows, min_shared: int = MIN_SHARED_PREFIX) -> list[_Group]:
+    """The rows of a piece grouped by a common leading prefix of at least `min_shared` tokens (a system
+    prompt, an instruction, few-shot examples), in order of first appearance. Each row keeps at least
+    one token of its own; a row that shares nothing worth sharing is a group of its own."""
+    by_key: dict[tuple, list[int]] = {}
+    for i, row in enumerate(rows):
+        key = tuple(row.ids[:min_shared]) if len(row.ids) > min_shared else ("alone", i)
+        by_key.setdefault(key, []).append(i)
+    groups = []
+    for members in by_key.values():
+        shared = 0
+        if len(members) > 1:
+            first = rows[members[0]].ids
+            shared = min(min(common_prefix(first, rows[i].ids) for i in members[1:]),
+                         min(len(rows[i].ids) for i in members) - 1)
+        if shared >= min_shared:
+            groups.append(_Group(members, shared))
+        else:
+            groups.extend(_Group([i], 0) for i in members)
+    return groups
+
+
+def shared_length(rows, min_shared: int = MIN_SHARED_PREFIX) -> int:
+    """Tokens a piece of `rows` puts through the model when each group's prefix goes through once."""
+    total = sum(len(row.ids) for row in rows)
+    return total - sum((len(g.rows) - 1) * g.shared for g in prefix_groups(rows, min_shared))
+
+
+def pack_shared(rows, min_shared: int = MIN_SHARED_PREFIX) -> dict[str, torch.Tensor]:
+    """`pack`, with the prefix that several rows share put through the model once.
+
+    The sequence holds, group by group, the shared prefix and then each row's own tokens; positions
+    continue from the prefix's length, and a 4D attention mask lets each row's tokens see the prefix
+    and, causally, themselves, nothing else. A token therefore sees exactly what it sees in its own
+    sequence, so the loss and every gradient are the unshared ones (the prefix's gradient collects
+    every row's). Trained tokens are listed as in `make_shared_pair_batch` (`target_pos`,
+    `target_ids`), row by row in the rows' order, so per-token tensors built in that order still
+    line up; a position of the prefix predicts its next token once per row that trains it.
+    `real_tokens` counts the rows' own tokens, as the data holds them."""
+    ids: list[int] = []
+    positions: list[int] = []
+    spans: list[tuple[int, int, int, int]] = []  # (prefix start, prefix length, own start, own end)
+    starts: dict[int, tuple[int, int, int]] = {}  # row -> (prefix start, shared, own start)
+    for group in prefix_groups(rows, min_shared):
+        first = rows[group.rows[0]].ids
+        prefix_at = len(ids)
+        ids += first[:group.shared]
+        positions += range(group.shared)
+        for i in group.rows:
+            own = rows[i].ids[group.shared:]
+            starts[i] = (prefix_at, group.shared, len(ids))
+            spans.append((prefix_at, group.shared, len(ids), len(ids) + len(own)))
+            ids += own
+            positions += range(group.shared, len(rows[i].ids))
+    width = len(ids)
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    mask = torch.zeros(width, width, dtype=torch.bool)
+    for prefix_at, shared, own_at, end in spans:
+        mask[prefix_at:prefix_at + shared, prefix_at:prefix_at + shared] = causal[:shared, :shared]
+        mask[own_at:end, prefix_at:prefix_at + shared] = True
+        mask[own_at:end, own_at:end] = causal[:end - own_at, :end - own_at]
+    target_pos, target_ids = [], []
+    for i, row in enumerate(rows):
+        prefix_at, shared, own_at = starts[i]
+        for j in range(1, len(row.ids)):
+            if row.trained[j]:
+                target_pos.append(prefix_at + j - 1 if j - 1 < shared else own_at + j - 1 - shared)
+                target_ids.append(row.ids[j])
+    return {"input_ids": torch.tensor([ids], dtype=torch.long),
+            "position_ids": torch.tensor([positions], dtype=torch.long),
+            "attention_mask": mask[None, None],
+            "target_pos": torch.tensor(target_pos, dtype=torch.long),
+            "target_ids": torch.tensor(target_ids, dtype=torch.long),
+            "real_tokens": torch.tensor(sum(len(row.ids) for row in rows))}
+
+
+def split_shared(rows, limit: int | None, min_shared: int = MIN_SHARED_PREFIX) -> list[list]:
+    """`split_by_tokens` counting a piece as `pack_shared` lays it out: a shared prefix once."""
+    if limit is None:
+        return [list(rows)]
+    pieces, current = [], []
+    for row in rows:
+        if current and shared_length(current + [row], min_shared) > limit:
+            pieces.append(current)
+            current = []
+        current.append(row)
+    return pieces + ([current] if current else [])

@@ -94,19 +94,33 @@ def forward_loss(model, batch: dict[str, torch.Tensor], trained_only: bool = Tru
     """Summed next-token loss over trained tokens of one micro-batch, and their count.
 
     `trained_only=False` runs the head at every position (the plain path, kept for the invariant tests)."""
-    positions, targets = next_token_targets(batch["labels"])
+    positions, index, targets = trained_targets(batch)
     if not trained_only:
         device = device_of(model)
         logits = model(**model_inputs(batch, device)).logits
-        return token_ce_sum(logits[positions.to(device)], targets.to(device))
+        return token_ce_sum(in_target_order(logits[positions.to(device)], index), targets.to(device))
     head = _sliceable_head(model) if logits_at is head_logits else None
     if head is not None and int(positions.sum()) * head.out_features > HEAD_SLICE_ELEMENTS:
         device = device_of(model)
         hidden = causal_lm_of(model).get_decoder()(**model_inputs(batch, device)).last_hidden_state
-        return head_ce_sum(hidden[positions.to(device)], head.weight, targets.to(device),
-                           HEAD_SLICE_ELEMENTS // head.out_features)
+        return head_ce_sum(in_target_order(hidden[positions.to(device)], index), head.weight,
+                           targets.to(device), HEAD_SLICE_ELEMENTS // head.out_features)
     logits = logits_at(model, batch, positions)
-    return token_ce_sum(logits, targets.to(logits.device))
+    return token_ce_sum(in_target_order(logits, index), targets.to(logits.device))
+
+
+def trained_targets(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """(positions [B, T] whose logits are needed, index of each target into those logits or None when
+    they are one to one, target tokens [n]), whether the batch has labels or lists its targets."""
+    if "target_pos" in batch:
+        return listed_targets(batch)
+    positions, targets = next_token_targets(batch["labels"])
+    return positions, None, targets
+
+
+def in_target_order(rows: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+    """Rows computed once per wanted position, one per target (a shared position repeats)."""
+    return rows if index is None else rows[index.to(rows.device)]
 
 
 def _sliceable_head(model) -> torch.nn.Linear | None:
@@ -132,13 +146,8 @@ def listed_targets(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.
 def token_logps(model, batch: dict[str, torch.Tensor], logits_at: LogitsAt = head_logits) -> torch.Tensor:
     """Log-probability of every trained token [n], in the order `next_token_targets` lists them (or
     the batch's own list, see `listed_targets`)."""
-    if "target_pos" in batch:
-        positions, index, targets = listed_targets(batch)
-        logits = logits_at(model, batch, positions)
-        logits = logits[index.to(logits.device)]
-    else:
-        positions, targets = next_token_targets(batch["labels"])
-        logits = logits_at(model, batch, positions)
+    positions, index, targets = trained_targets(batch)
+    logits = in_target_order(logits_at(model, batch, positions), index)
     return -torch.nn.functional.cross_entropy(logits.float(), targets.to(logits.device), reduction="none")
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 
@@ -114,6 +114,10 @@ class Method:
 
     def collate(self, rows: list) -> dict[str, torch.Tensor]:
         return make_batch(rows, self.tokenizer.pad_token_id, self.cfg.training.packing)
+
+    def pieces_note(self, pieces: Iterable[list]) -> str | None:
+        """A line for the log on how pieces like these go through the model (none by default)."""
+        return None
 
     def row_tokens(self, row) -> int:
         """Tokens one row puts through the model (what pieces and the preflight count)."""

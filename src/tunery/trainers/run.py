@@ -71,6 +71,7 @@ def run_training(cfg: TrainConfig, root: Path, resume: bool = False,
                  pid=os.getpid(), host=socket.gethostname())  # `tunery runs` tells running from killed
     log(f"{len(loop.train)} training / {len(loop.val)} validation examples; {loop.total_steps} steps; "
         f"{trainable:,} of {total:,} parameters trainable")
+    _log_layout(loop, log)
     tracked = _open_tracking(cfg, run, st.step, log)
     try:
         return _train_and_save(loop, replace(run, listeners=(tracked,)) if tracked else run, st, should_stop,
@@ -299,3 +300,12 @@ def _print_resolved(resolved) -> None:
     print("config (value  [source]):")
     for key, value, source in describe(resolved):
         print(f"  {key} = {value}  [{source}]")
+
+
+def _log_layout(loop: training_loop.Loop, log: Callable[[str], None], steps: int = 200) -> None:
+    """What the method says of how the first steps' pieces go through the model (shared prefixes)."""
+    first = range(min(steps, loop.plan.total_steps))
+    # A generator: a method with nothing to say never builds the pieces.
+    note = loop.method.pieces_note(p for step in first for p in training_loop.step_pieces(loop, step, dry=True))
+    if note:
+        log(f"{note}, over the first {len(first)} steps")

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import torch
 
-from tunery.data.batching import make_batch
+from tunery.data.batching import make_batch, pack_shared, shared_length, split_shared
 from tunery.data.dataset import build_datasets
 from tunery.losses.lm import kl_from_reference_sum, weighted_ce_sum
-from tunery.models.forward import forward_loss, next_token_targets
+from tunery.models.forward import causal_lm_of, forward_loss, in_target_order, trained_targets
 from tunery.trainers.method import LossOut, Method
 
 
@@ -35,6 +35,14 @@ class SFT(Method):
             self.figures = ("kl_to_base", "replay_share")
             self.figure_units = {"kl_to_base": "replay_share"}
         self._base = None
+        tc = cfg.training
+        self.share = tc.packing and tc.share_prefix  # `prepare` turns it off for models that cannot
+
+    def prepare(self, model, logits_at):
+        from tunery.shared_prefix import can_share
+
+        # A 4D mask replaces the model's own, so only models that attend to the whole context may take it.
+        self.share = self.share and can_share(causal_lm_of(model))
 
     def load_base(self):
         model = super().load_base()
@@ -50,8 +58,28 @@ class SFT(Method):
         self._base = None
         return data
 
+    def pieces(self, rows):
+        if not self.share:
+            return super().pieces(rows)
+        return split_shared(rows, self.cfg.training.chunk_tokens)
+
+    def pieces_note(self, pieces):
+        if not self.share:
+            return None
+        pieces = list(pieces)
+        whole = sum(len(row.ids) for piece in pieces for row in piece)
+        through = sum(shared_length(piece) for piece in pieces)
+        return (f"share_prefix: {through:,} of {whole:,} tokens go through the model "
+                f"({1 - through / max(whole, 1):.0%} fewer: prefixes that rows of a piece share, once)")
+
+    def rows_batch(self, rows):
+        """Packed with each shared prefix once (`training.share_prefix`), else as every method packs."""
+        if self.share:
+            return pack_shared(rows)
+        return make_batch(rows, self.tokenizer.pad_token_id, self.cfg.training.packing)
+
     def collate(self, rows):
-        batch = make_batch(rows, self.tokenizer.pad_token_id, self.cfg.training.packing)
+        batch = self.rows_batch(rows)
         weighted = any(getattr(r, "loss_weight", 1.0) != 1.0 for r in rows)
         if not weighted and self.kl_beta is None:
             return batch  # the plain path: no per-token tensors to build
@@ -64,7 +92,7 @@ class SFT(Method):
             batch["replay_target"] = torch.repeat_interleave(flags, counts)  # per trained token, in target order
             replay = [r for r in rows if getattr(r, "replay", False)]
             if replay:  # the base scores only these rows
-                batch["replay_batch"] = make_batch(replay, self.tokenizer.pad_token_id, self.cfg.training.packing)
+                batch["replay_batch"] = self.rows_batch(replay)
         return batch
 
     def loss_units(self, batch):
@@ -75,8 +103,8 @@ class SFT(Method):
         if self.kl_beta is None and "target_weight" not in batch:
             total, count = forward_loss(model, batch, logits_at=logits_at)
             return LossOut(total, count)
-        positions, targets = next_token_targets(batch["labels"])
-        logits = logits_at(model, batch, positions)
+        positions, index, targets = trained_targets(batch)
+        logits = in_target_order(logits_at(model, batch, positions), index)
         weight = batch["target_weight"].to(logits.device) if "target_weight" in batch else None
         total, count = weighted_ce_sum(logits, targets.to(logits.device), weight)
         if self.kl_beta is None:
@@ -88,7 +116,8 @@ class SFT(Method):
 
         with reference_mode(model):  # the base: the adapter switched off, no gradients
             sub = batch["replay_batch"]
-            base_logits = logits_at(model, sub, next_token_targets(sub["labels"])[0])
+            sub_positions, sub_index, _ = trained_targets(sub)
+            base_logits = in_target_order(logits_at(model, sub, sub_positions), sub_index)
         kl = kl_from_reference_sum(logits[replay], base_logits.to(logits.device),
                                    weight[replay] if weight is not None else None)
         return LossOut(total + self.kl_beta * kl, count,
