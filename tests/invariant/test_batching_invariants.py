@@ -122,8 +122,30 @@ def test_a_step_in_token_pieces_equals_the_step_in_one_piece(smol_tokenizer, ada
         torch.testing.assert_close(split[4][name], grad, rtol=1e-4, atol=1e-6)
 
 
+def count_segment_passes(monkeypatch) -> list:
+    """Calls of the segment attention (one per layer and pass), recorded as they happen."""
+    from transformers import AttentionInterface
+
+    from tunery.models import segment_attention as seg
+
+    calls, real = [], seg.segment_attention
+    seg._register()
+    monkeypatch.setitem(AttentionInterface._global_mapping, seg.NAME,
+                        lambda *args, **kwargs: calls.append(1) or real(*args, **kwargs))
+    return calls
+
+
+@pytest.mark.parametrize("segments", [True, False])
 @pytest.mark.parametrize("adapter", ["lora", "full"])
-def test_a_shared_prefix_gives_the_loss_and_gradients_of_every_row_whole(smol_tokenizer, adapter):
+def test_a_shared_prefix_gives_the_loss_and_gradients_of_every_row_whole(smol_tokenizer, adapter, segments,
+                                                                         monkeypatch):
+    """Through the segment attention (each row's span against the prefix and itself) and through the
+    4D mask a model without it takes, the same loss and gradients as the padded batch."""
+    from tunery.models import forward
+
+    calls = count_segment_passes(monkeypatch)
+    if not segments:
+        monkeypatch.setattr(forward, "can_segment", lambda model, device: False)
     cfg = tiny_config().model_copy(update={"adapter": adapter})
     cfg = cfg.model_copy(update={"lora": cfg.lora.model_copy(update={"dropout": 0.0})})
     model = prepare_trainable(make_tiny_model(len(smol_tokenizer)), cfg).train()
@@ -137,12 +159,56 @@ def test_a_shared_prefix_gives_the_loss_and_gradients_of_every_row_whole(smol_to
     assert common.count_tokens(shared) == whole  # throughput counts the data's tokens
 
     reference = loss_and_grads(model, common.collate(rows, pad_id=2), trained_only=False)
+    assert not calls  # the padded batch has no segments
     for batch, trained_only in ((shared, True), (shared, False)):
         loss, n, grads = loss_and_grads(model, batch, trained_only)
         assert n == reference[1]
         assert loss == pytest.approx(reference[0], rel=1e-5)
         for name, grad in grads.items():
             torch.testing.assert_close(grad, reference[2][name], rtol=1e-4, atol=1e-6)
+    assert len(calls) == (4 if segments else 0)  # 2 layers x 2 passes
+    assert model.config._attn_implementation == "sdpa"  # switched back after every pass
+
+
+def test_segments_cover_the_sequence_once_in_order_and_name_each_rows_prefix():
+    rows = prefixed_rows()
+    shared = common.pack_shared(rows)
+    segments = shared["segments"].tolist()
+    starts = [start for start, *_ in segments]
+    assert starts == sorted(starts) and sum(length for _, length, *_ in segments) == shared["input_ids"].shape[1]
+    assert all(a[0] + a[1] == b[0] for a, b in zip(segments, segments[1:]))  # no gap, no overlap
+    # prompt_a's group: its 20 tokens once (seeing only themselves), then rows 0, 2, 4 each seeing them
+    assert segments[:4] == [[0, 20, 0, 0], [20, 9, 0, 20], [29, 12, 0, 20], [41, 5, 0, 20]]
+    mask = shared["attention_mask"][0, 0]
+    for start, length, prefix_at, prefix_len in segments:  # the mask says the same as the segments
+        for i in range(start, start + length):
+            seen = set(torch.nonzero(mask[i]).flatten().tolist())
+            assert seen == set(range(prefix_at, prefix_at + prefix_len)) | set(range(start, i + 1))
+    plain = common.pack(rows)["segments"].tolist()
+    assert [length for _, length, *_ in plain] == [len(r.ids) for r in rows] and all(p[3] == 0 for p in plain)
+
+
+def test_the_attention_switches_back_when_a_pass_fails(smol_tokenizer, monkeypatch):
+    from transformers import AttentionInterface
+
+    from tunery.models import segment_attention as seg
+
+    model = make_tiny_model(len(smol_tokenizer))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    seg._register()
+    monkeypatch.setitem(AttentionInterface._global_mapping, seg.NAME, broken)
+    with pytest.raises(RuntimeError, match="boom"):
+        forward_loss(model, common.pack(synthetic_rows(3)))
+    assert model.config._attn_implementation == "sdpa"
+    monkeypatch.undo()
+    batch = common.pack(synthetic_rows(3))
+    batch.pop("segments")  # a batch without segments takes the model's own attention
+    calls = count_segment_passes(monkeypatch)
+    forward_loss(model, batch)
+    assert calls == []
 
 
 def test_rows_under_a_shared_prefix_do_not_see_each_other(smol_tokenizer):

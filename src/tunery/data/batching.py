@@ -123,7 +123,18 @@ def pack(rows) -> dict[str, torch.Tensor]:
         torch.tensor([IGNORE] + [t if m else IGNORE for t, m in zip(r.ids[1:], r.trained[1:])])
         for r in rows
     ]).unsqueeze(0)
-    return {"input_ids": ids, "position_ids": positions, "labels": labels}
+    starts = [0]
+    for r in rows[:-1]:
+        starts.append(starts[-1] + len(r.ids))
+    segments = [(start, len(r.ids), 0, 0) for start, r in zip(starts, rows)]
+    return {"input_ids": ids, "position_ids": positions, "labels": labels, "segments": _segments(segments)}
+
+
+def _segments(spans: list[tuple[int, int, int, int]]) -> torch.Tensor:
+    """[S, 4]: per segment of a packed sequence, in order, (query start, query length, prefix start,
+    prefix length): the span of tokens, and the earlier span (a shared prefix) they see besides
+    themselves. How `models.segment_attention` computes a piece's attention without a mask."""
+    return torch.tensor(spans, dtype=torch.long).view(-1, 4)
 
 
 def count_trained(batch: dict[str, torch.Tensor]) -> int:
@@ -291,10 +302,14 @@ def pack_shared(rows, min_shared: int = MIN_SHARED_PREFIX) -> dict[str, torch.Te
     width = len(ids)
     causal = torch.ones(width, width, dtype=torch.bool).tril()
     mask = torch.zeros(width, width, dtype=torch.bool)
+    segments = []
     for prefix_at, shared, own_at, end in spans:
         mask[prefix_at:prefix_at + shared, prefix_at:prefix_at + shared] = causal[:shared, :shared]
         mask[own_at:end, prefix_at:prefix_at + shared] = True
         mask[own_at:end, own_at:end] = causal[:end - own_at, :end - own_at]
+        if shared and prefix_at not in {start for start, *_ in segments}:
+            segments.append((prefix_at, shared, 0, 0))  # the prefix itself, causally, once
+        segments.append((own_at, end - own_at, prefix_at, shared))
     target_pos, target_ids = [], []
     for i, row in enumerate(rows):
         prefix_at, shared, own_at = starts[i]
@@ -304,7 +319,8 @@ def pack_shared(rows, min_shared: int = MIN_SHARED_PREFIX) -> dict[str, torch.Te
                 target_ids.append(row.ids[j])
     return {"input_ids": torch.tensor([ids], dtype=torch.long),
             "position_ids": torch.tensor([positions], dtype=torch.long),
-            "attention_mask": mask[None, None],
+            "attention_mask": mask[None, None],  # for models that cannot take segments
+            "segments": _segments(segments),
             "target_pos": torch.tensor(target_pos, dtype=torch.long),
             "target_ids": torch.tensor(target_ids, dtype=torch.long),
             "real_tokens": torch.tensor(sum(len(row.ids) for row in rows))}

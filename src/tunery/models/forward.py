@@ -22,6 +22,7 @@ from tunery.config.defaults import LOSS_PASS_TOKENS
 from tunery.data.batching import IGNORE, bounded_batches, make_batch
 from tunery.losses.head_ce import head_ce_sum
 from tunery.losses.lm import token_ce_sum
+from tunery.models.segment_attention import can_segment, segments_attention
 
 # Families whose logits are exactly `lm_head(last_hidden_state)`.
 PLAIN_HEAD_FAMILIES = {"llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "smollm3"}
@@ -48,11 +49,26 @@ def has_plain_head(model) -> bool:
             and getattr(config, "logit_scale", None) is None)
 
 
-def model_inputs(batch: dict[str, torch.Tensor], device: torch.device | None = None) -> dict[str, torch.Tensor]:
-    """The batch's model inputs (on `device` when given, the weights' device)."""
-    keys = ("input_ids", "attention_mask", "position_ids")
+def model_inputs(batch: dict[str, torch.Tensor], device: torch.device | None = None,
+                 segments: bool = False) -> dict[str, torch.Tensor]:
+    """The batch's model inputs (on `device` when given, the weights' device); with `segments`, its
+    attention described by the packed batch's segments instead of a mask (`models.segment_attention`)."""
+    keys = ("input_ids", "position_ids") + (() if segments else ("attention_mask",))
+    inputs = {k: batch[k].to(device) if device is not None else batch[k] for k in keys if k in batch}
+    if segments:
+        inputs["tunery_segments"] = batch["segments"]  # read as numbers: stays on the CPU
     # use_cache=False: no KV cache in training, and packed rows stay apart only without it.
-    return {k: batch[k].to(device) if device is not None else batch[k] for k in keys if k in batch} | {"use_cache": False}
+    return inputs | {"use_cache": False}
+
+
+def through(call, model, batch: dict[str, torch.Tensor], device: torch.device, **extra):
+    """`call(**inputs, **extra)` on the batch's inputs: attention by segments where the batch lists
+    them and the model can take them, else as the model was loaded (a mask, or causal)."""
+    causal = causal_lm_of(model)
+    if "segments" in batch and can_segment(causal, device):
+        with segments_attention(causal):
+            return call(**model_inputs(batch, device, segments=True), **extra)
+    return call(**model_inputs(batch, device), **extra)
 
 
 def device_of(model) -> torch.device:
@@ -64,9 +80,9 @@ def head_logits(model, batch: dict[str, torch.Tensor], positions: torch.Tensor) 
     device = device_of(model)
     positions = positions.to(device)
     if not has_plain_head(model):
-        return model(**model_inputs(batch, device)).logits[positions]
+        return through(model, model, batch, device).logits[positions]
     causal = causal_lm_of(model)
-    hidden = causal.get_decoder()(**model_inputs(batch, device)).last_hidden_state
+    hidden = through(causal.get_decoder(), model, batch, device).last_hidden_state
     return causal.get_output_embeddings()(hidden[positions])
 
 
@@ -78,8 +94,8 @@ def root_logits(model, batch: dict[str, torch.Tensor], positions: torch.Tensor) 
     device = device_of(model)
     positions = positions.to(device)
     if not has_plain_head(model):
-        return model(**model_inputs(batch, device)).logits[positions]
-    return model(**model_inputs(batch, device), logits_to_keep=positions).logits
+        return through(model, model, batch, device).logits[positions]
+    return through(model, model, batch, device, logits_to_keep=positions).logits
 
 
 def next_token_targets(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,12 +113,12 @@ def forward_loss(model, batch: dict[str, torch.Tensor], trained_only: bool = Tru
     positions, index, targets = trained_targets(batch)
     if not trained_only:
         device = device_of(model)
-        logits = model(**model_inputs(batch, device)).logits
+        logits = through(model, model, batch, device).logits
         return token_ce_sum(in_target_order(logits[positions.to(device)], index), targets.to(device))
     head = _sliceable_head(model) if logits_at is head_logits else None
     if head is not None and int(positions.sum()) * head.out_features > HEAD_SLICE_ELEMENTS:
         device = device_of(model)
-        hidden = causal_lm_of(model).get_decoder()(**model_inputs(batch, device)).last_hidden_state
+        hidden = through(causal_lm_of(model).get_decoder(), model, batch, device).last_hidden_state
         return head_ce_sum(in_target_order(hidden[positions.to(device)], index), head.weight,
                            targets.to(device), HEAD_SLICE_ELEMENTS // head.out_features)
     logits = logits_at(model, batch, positions)
