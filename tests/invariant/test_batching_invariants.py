@@ -242,3 +242,21 @@ def test_split_shared_counts_a_prefix_once_and_keeps_the_limit():
     assert all(common.shared_length(piece) <= 120 for piece in pieces)
     assert len(pieces) < len(common.split_by_tokens(rows, 120))  # more rows fit once the prefix is shared
     assert common.split_shared(rows, None) == [rows]
+
+
+def test_grouped_rows_list_their_targets_in_position_order():
+    from tunery.models.forward import trained_targets
+
+    rows = prefixed_rows()
+    order = common.grouped(rows)
+    assert order == [rows[i] for i in (0, 2, 4, 1, 5, 3, 6, 7)]  # each prefix's rows together, first seen first
+    plain = [rows[0], rows[2], rows[4], rows[3]]  # prompt_a's rows train after it: one target per position
+    positions, index, targets = trained_targets(common.pack_shared(plain))
+    assert index is None and len(targets) == int(positions.sum()) == sum(sum(r.trained[1:]) for r in plain)
+    # prompt_b's last position predicts both its rows' first answer token; rows 6 and 7 train the
+    # same 8 tokens of the prefix they share: those 9 positions predict twice
+    positions, index, targets = trained_targets(common.pack_shared(order))
+    assert index is not None and len(targets) - int(positions.sum()) == 9
+    # out of group order the targets are listed row by row, so the logits are gathered into that order
+    positions, index, _ = trained_targets(common.pack_shared([rows[0], rows[3], rows[2]]))
+    assert index.tolist() != sorted(index.tolist()) and sorted(index.tolist()) == list(range(int(positions.sum())))

@@ -267,6 +267,14 @@ def prefix_groups(rows, min_shared: int = MIN_SHARED_PREFIX) -> list[_Group]:
     return groups
 
 
+def grouped(rows, min_shared: int = MIN_SHARED_PREFIX) -> list:
+    """`rows` reordered so that the rows of each prefix group are together (groups in order of first
+    appearance, rows in order within). `pack_shared` then lays the rows out in their own order, so
+    their trained tokens are listed in the order of the positions that predict them and the logits
+    need no reordering; the sum a step's loss is does not depend on the order."""
+    return [rows[i] for group in prefix_groups(rows, min_shared) for i in group.rows]
+
+
 def shared_length(rows, min_shared: int = MIN_SHARED_PREFIX) -> int:
     """Tokens a piece of `rows` puts through the model when each group's prefix goes through once."""
     total = sum(len(row.ids) for row in rows)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from tunery.data.batching import make_batch, pack_shared, shared_length, split_shared
+from tunery.data.batching import grouped, make_batch, pack_shared, shared_length, split_shared
 from tunery.data.dataset import build_datasets
 from tunery.losses.lm import kl_from_reference_sum, weighted_ce_sum
 from tunery.models.forward import causal_lm_of, forward_loss, in_target_order, trained_targets
@@ -61,7 +61,7 @@ class SFT(Method):
     def pieces(self, rows):
         if not self.share:
             return super().pieces(rows)
-        return split_shared(rows, self.cfg.training.chunk_tokens)
+        return split_shared(grouped(rows), self.cfg.training.chunk_tokens)
 
     def pieces_note(self, pieces):
         if not self.share:
@@ -79,6 +79,8 @@ class SFT(Method):
         return make_batch(rows, self.tokenizer.pad_token_id, self.cfg.training.packing)
 
     def collate(self, rows):
+        if self.share:  # rows of a group together: targets listed in position order (`grouped`)
+            rows = grouped(rows)
         batch = self.rows_batch(rows)
         weighted = any(getattr(r, "loss_weight", 1.0) != 1.0 for r in rows)
         if not weighted and self.kl_beta is None:
