@@ -46,10 +46,12 @@ test: install-dev test-tools
 test-fast: install-dev test-tools
 	$(BIN)/python -m pytest -q tests/unit tests/invariant -m "not e2e"
 
-## make bench: tunery vs TRL SFTTrainer on the same data, model and steps (about 15 minutes on 2 cores)
+## make bench: tunery vs TRL SFTTrainer on the same data, model and steps, then on the workloads users
+## have (short examples with validation and graders, long ones; about 35 minutes on 2 cores)
 bench: install-dev
 	$(PIP) "trl==1.16.0"
 	$(BIN)/python bench/train_speed.py
+	$(BIN)/python bench/workloads.py
 
 ## make faults: kill -9, SIGTERM, a full disk and NaN injected into the real CLI at random moments, with a
 ## table of counts (docs/reliability.md); not part of make test (15-25 minutes on 2 cores)
