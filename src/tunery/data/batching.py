@@ -285,53 +285,70 @@ def pack_shared(rows, min_shared: int = MIN_SHARED_PREFIX) -> dict[str, torch.Te
     """`pack`, with the prefix that several rows share put through the model once.
 
     The sequence holds, group by group, the shared prefix and then each row's own tokens; positions
-    continue from the prefix's length, and a 4D attention mask lets each row's tokens see the prefix
-    and, causally, themselves, nothing else. A token therefore sees exactly what it sees in its own
-    sequence, so the loss and every gradient are the unshared ones (the prefix's gradient collects
-    every row's). Trained tokens are listed as in `make_shared_pair_batch` (`target_pos`,
-    `target_ids`), row by row in the rows' order, so per-token tensors built in that order still
-    line up; a position of the prefix predicts its next token once per row that trains it.
+    continue from the prefix's length. Who sees whom is given twice, as a 4D attention mask and as
+    segments (`_segments`): each row's tokens see the prefix and, causally, themselves, nothing else.
+    A token therefore sees exactly what it sees in its own sequence, so the loss and every gradient
+    are the unshared ones (the prefix's gradient collects every row's). Trained tokens are listed as
+    in `make_shared_pair_batch` (`target_pos`, `target_ids`), row by row in the rows' order, so
+    per-token tensors built in that order line up; a position of the prefix predicts its next token
+    once per row that trains it. Rows in `grouped` order list their targets in position order.
     `real_tokens` counts the rows' own tokens, as the data holds them."""
-    ids: list[int] = []
-    positions: list[int] = []
-    spans: list[tuple[int, int, int, int]] = []  # (prefix start, prefix length, own start, own end)
-    starts: dict[int, tuple[int, int, int]] = {}  # row -> (prefix start, shared, own start)
-    for group in prefix_groups(rows, min_shared):
-        first = rows[group.rows[0]].ids
-        prefix_at = len(ids)
-        ids += first[:group.shared]
-        positions += range(group.shared)
-        for i in group.rows:
-            own = rows[i].ids[group.shared:]
-            starts[i] = (prefix_at, group.shared, len(ids))
-            spans.append((prefix_at, group.shared, len(ids), len(ids) + len(own)))
-            ids += own
-            positions += range(group.shared, len(rows[i].ids))
-    width = len(ids)
-    causal = torch.ones(width, width, dtype=torch.bool).tril()
-    mask = torch.zeros(width, width, dtype=torch.bool)
-    segments = []
-    for prefix_at, shared, own_at, end in spans:
-        mask[prefix_at:prefix_at + shared, prefix_at:prefix_at + shared] = causal[:shared, :shared]
-        mask[own_at:end, prefix_at:prefix_at + shared] = True
-        mask[own_at:end, own_at:end] = causal[:end - own_at, :end - own_at]
-        if shared and prefix_at not in {start for start, *_ in segments}:
-            segments.append((prefix_at, shared, 0, 0))  # the prefix itself, causally, once
-        segments.append((own_at, end - own_at, prefix_at, shared))
+    ids, positions, spans = _shared_layout(rows, prefix_groups(rows, min_shared))
     target_pos, target_ids = [], []
-    for i, row in enumerate(rows):
-        prefix_at, shared, own_at = starts[i]
+    for row, (prefix_at, shared, own_at, _) in zip(rows, spans):
         for j in range(1, len(row.ids)):
             if row.trained[j]:
                 target_pos.append(prefix_at + j - 1 if j - 1 < shared else own_at + j - 1 - shared)
                 target_ids.append(row.ids[j])
     return {"input_ids": torch.tensor([ids], dtype=torch.long),
             "position_ids": torch.tensor([positions], dtype=torch.long),
-            "attention_mask": mask[None, None],  # for models that cannot take segments
-            "segments": _segments(segments),
+            "attention_mask": _shared_mask(len(ids), spans)[None, None],  # for models that cannot take segments
+            "segments": _segments(_shared_segments(spans)),
             "target_pos": torch.tensor(target_pos, dtype=torch.long),
             "target_ids": torch.tensor(target_ids, dtype=torch.long),
             "real_tokens": torch.tensor(sum(len(row.ids) for row in rows))}
+
+
+def _shared_layout(rows, groups: list[_Group]) -> tuple[list[int], list[int], list[tuple[int, int, int, int]]]:
+    """(token ids, positions, per row in the rows' order: (prefix start, prefix length, own start, own
+    end)) of the rows laid out group by group, each group's prefix once."""
+    ids: list[int] = []
+    positions: list[int] = []
+    spans: dict[int, tuple[int, int, int, int]] = {}
+    for group in groups:
+        prefix_at = len(ids)
+        ids += rows[group.rows[0]].ids[:group.shared]
+        positions += range(group.shared)
+        for i in group.rows:
+            own = rows[i].ids[group.shared:]
+            spans[i] = (prefix_at, group.shared, len(ids), len(ids) + len(own))
+            ids += own
+            positions += range(group.shared, len(rows[i].ids))
+    return ids, positions, [spans[i] for i in range(len(rows))]
+
+
+def _shared_mask(width: int, spans) -> torch.Tensor:
+    """[width, width] bool: a prefix sees itself causally; a row's own tokens see its prefix and
+    themselves causally."""
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    mask = torch.zeros(width, width, dtype=torch.bool)
+    for prefix_at, shared, own_at, end in spans:
+        mask[prefix_at:prefix_at + shared, prefix_at:prefix_at + shared] = causal[:shared, :shared]
+        mask[own_at:end, prefix_at:prefix_at + shared] = True
+        mask[own_at:end, own_at:end] = causal[:end - own_at, :end - own_at]
+    return mask
+
+
+def _shared_segments(spans) -> list[tuple[int, int, int, int]]:
+    """The layout's segments in sequence order: each prefix once (seeing itself), each row's own
+    tokens (seeing their prefix)."""
+    segments, prefixes = [], set()
+    for prefix_at, shared, own_at, end in sorted(spans, key=lambda span: span[2]):
+        if shared and prefix_at not in prefixes:
+            prefixes.add(prefix_at)
+            segments.append((prefix_at, shared, 0, 0))
+        segments.append((own_at, end - own_at, prefix_at, shared))
+    return segments
 
 
 def split_shared(rows, limit: int | None, min_shared: int = MIN_SHARED_PREFIX) -> list[list]:
