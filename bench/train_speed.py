@@ -84,12 +84,10 @@ def run_tunery_row(train: Path, steps: int, out: Path, overrides: list[str] = ()
 def model_token_share(s) -> float:
     """The tokens the model runs over the data's, over the run's whole plan: below 1 where rows of a
     piece share a prefix that goes through once (`training.share_prefix`)."""
-    from tunery.data.batching import shared_length
     from tunery.trainers import loop
 
-    pieces = [p for step in range(s.plan.total_steps) for p in loop.step_pieces(s, step, dry=True)]
-    whole = sum(len(row.ids) for piece in pieces for row in piece)
-    ran = sum(shared_length(piece) for piece in pieces) if getattr(s.method, "share", False) else whole
+    ran, whole = s.method.model_tokens(p for step in range(s.plan.total_steps)
+                                       for p in loop.step_pieces(s, step, dry=True))
     return ran / max(whole, 1)
 
 

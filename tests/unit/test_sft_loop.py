@@ -237,11 +237,15 @@ def test_the_log_says_how_many_tokens_a_shared_prefix_saves(smol_tokenizer):
 
     cfg = tiny_config(batch_size=8, chunk_tokens=None)  # every step is the 8 rows in one piece
     logs = []
-    _log_layout(make_loop(smol_tokenizer, cfg, prefixed_rows()), logs.append)
+    shared = make_loop(smol_tokenizer, cfg, prefixed_rows())
+    assert shared.method.model_tokens([prefixed_rows()]) == (146, 248)
+    _log_layout(shared, logs.append)
     # 248 tokens a step whole; 20 + 24 + 38 tokens shared by 3, 2 and 2 rows: 102 fewer, 146 through
     assert logs == ["share_prefix: 876 of 1,488 tokens go through the model (41% fewer: prefixes that rows "
                     "of a piece share, once), over the first 6 steps"]
     logs.clear()
     off = cfg.model_copy(update={"training": cfg.training.model_copy(update={"share_prefix": False})})
-    _log_layout(make_loop(smol_tokenizer, off, prefixed_rows()), logs.append)
+    whole = make_loop(smol_tokenizer, off, prefixed_rows())
+    assert whole.method.model_tokens([prefixed_rows()]) == (248, 248)
+    _log_layout(whole, logs.append)
     assert logs == []

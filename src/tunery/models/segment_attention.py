@@ -75,11 +75,13 @@ def _text_config(model):
 
 
 def can_segment(model, device: torch.device) -> bool:
-    """Whether `model` (a causal LM, not its PEFT wrapper) may take segments on `device`."""
+    """Whether `model` (a causal LM, not its PEFT wrapper) may take segments on `device`: every layer
+    must attend to the whole context, the rule a shared prefix already follows (`can_share`)."""
+    from tunery.shared_prefix import can_share
+
     config = _text_config(model)
     return (device.type == "cpu" and config.model_type in FAMILIES
-            and config._attn_implementation == "sdpa"
-            and not getattr(config, "sliding_window", None))
+            and config._attn_implementation == "sdpa" and can_share(model))
 
 
 @contextmanager

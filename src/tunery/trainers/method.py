@@ -119,6 +119,12 @@ class Method:
         """A line for the log on how pieces like these go through the model (none by default)."""
         return None
 
+    def model_tokens(self, pieces: Iterable[list]) -> tuple[int, int]:
+        """(tokens the model runs, tokens the rows count as whole, `row_tokens`) over `pieces`: the same
+        unless a method lays rows out with less (SFT's shared prefixes)."""
+        whole = sum(self.row_tokens(row) for piece in pieces for row in piece)
+        return whole, whole
+
     def row_tokens(self, row) -> int:
         """Tokens one row puts through the model (what pieces and the preflight count)."""
         return len(row.ids)

@@ -63,12 +63,16 @@ class SFT(Method):
             return super().pieces(rows)
         return split_shared(grouped(rows), self.cfg.training.chunk_tokens)
 
+    def model_tokens(self, pieces):
+        if not self.share:
+            return super().model_tokens(pieces)
+        pieces = list(pieces)
+        return sum(shared_length(piece) for piece in pieces), sum(len(row.ids) for piece in pieces for row in piece)
+
     def pieces_note(self, pieces):
         if not self.share:
             return None
-        pieces = list(pieces)
-        whole = sum(len(row.ids) for piece in pieces for row in piece)
-        through = sum(shared_length(piece) for piece in pieces)
+        through, whole = self.model_tokens(pieces)
         return (f"share_prefix: {through:,} of {whole:,} tokens go through the model "
                 f"({1 - through / max(whole, 1):.0%} fewer: prefixes that rows of a piece share, once)")
 
