@@ -249,3 +249,21 @@ def test_the_log_says_how_many_tokens_a_shared_prefix_saves(smol_tokenizer):
     assert whole.method.model_tokens([prefixed_rows()]) == (248, 248)
     _log_layout(whole, logs.append)
     assert logs == []
+
+
+def test_without_eval_every_a_large_validation_set_is_validated_less_often(smol_tokenizer):
+    from tunery.trainers.loop import validation_cost
+
+    train, val = synthetic_rows(12), synthetic_rows(12, seed=1)
+    cfg = tiny_config(eval_every=None, max_steps=20)  # 2 rows a step
+    s = make_loop(smol_tokenizer, cfg, train, val)
+    per_row = sum(len(r.ids) for r in train) / len(train)
+    cost = sum(len(r.ids) for r in val) / (3 * per_row * 2)  # forwards over 12 rows against a step over 2
+    assert validation_cost(s.method, train, val, 2) == pytest.approx(cost) and 1.5 < cost < 2.5
+    # 20 steps allow floor(3 / cost) validations where a tenth of the run would be every 2 steps
+    assert s.watch.eval_every == -(-20 // int(20 * 0.15 / cost))
+    assert s.watch.note == (f"validation every {s.watch.eval_every} steps: a pass over the validation set costs "
+                            f"about {cost:.2g} steps (set training.eval_every to validate more often)")
+    small = make_loop(smol_tokenizer, cfg, train, val[:1]).watch  # a small set: a tenth of the run
+    assert (small.eval_every, small.note) == (2, None)
+    assert make_loop(smol_tokenizer, tiny_config(max_steps=20), train, val).watch.eval_every == 2  # as set

@@ -9,7 +9,7 @@ from eval_helpers import PEOPLE, booking, make_project, reference_of, write_json
 from tunery.config.load import load_config, validate
 from tunery.errors import TuneryError
 from tunery.graders import parse_graders
-from tunery.trainers.watch import Watch, grader_sample
+from tunery.trainers.watch import Watch, default_eval_every, grader_sample
 
 
 def watch_for(cfg, total=10, eval_every=4, val_examples=()):
@@ -41,6 +41,17 @@ def test_due_every_n_steps_at_each_validation_and_at_the_end():
     assert [s for s in range(1, 11) if watch.validation_due(s)] == [4, 8, 10]
     cfg.eval.graders = []
     assert not any(watch_for(cfg).grader_due(s) for s in range(1, 11))
+
+
+def test_default_validation_is_ten_times_a_run_unless_it_would_cost_more_than_its_share():
+    assert [default_eval_every(steps, 0.0) for steps in (1, 6, 9, 10, 40, 1000)] == [1, 1, 1, 1, 4, 100]
+    # a validation worth 1.33 steps (32 examples, 8 a step): 40 steps allow 4 (15% of 40 is 6 steps)
+    assert default_eval_every(40, 4 / 3) == 10
+    assert default_eval_every(6, 0.67) == 6  # 6 steps allow one validation (0.9 steps): at the end
+    assert default_eval_every(1000, 1.0) == 100  # a long run validates a tenth of the time anyway
+    assert default_eval_every(100, 2.0) == 15  # 7 validations fit: at 15, 30, ..., 90 and the end
+    cfg = validate({"data": {"train": ["t"]}, "training": {"eval_every": 1}})
+    assert Watch.for_run(cfg, 6, [], validation_cost=5.0).eval_every == 1  # the config's value wins
 
 
 def test_sample_is_drawn_once_from_the_validation_examples_the_loop_loaded(tmp_path, tiny_model_dir):

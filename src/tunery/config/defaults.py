@@ -10,6 +10,9 @@ MAX_LENGTH = 1024  # data.max_length: longest example in tokens
 MAX_NEW_TOKENS = 64  # eval.max_new_tokens: most tokens generated per answer
 TRAIN_ON = "assistant"  # data.train_on
 EVAL_BATCH_SIZE = 32  # prompts generated together by `tunery eval` and graders during training
+# Without `training.eval_every`, validation runs 10 times a run, or less often where that would spend
+# more than this share of the training compute on it (a small run with a large validation set).
+VALIDATION_SHARE = 0.15
 # Tokens one evaluation batch may hold, whatever its batch size, so that 32 short prompts go together
 # and long ones a few at a time. Generating: rows x (the longest prompt + the new tokens), at most 16
 # rows of max_length. A loss pass: its rows (padded: rows x the longest), at most the 8 rows of

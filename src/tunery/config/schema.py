@@ -265,7 +265,8 @@ class TrainingSection(Section):
     eval_every: int | None = Field(
         None,
         ge=1,
-        description="Compute validation loss every N steps (empty: 10 times per run). "
+        description="Compute validation loss every N steps (empty: 10 times a run, or evenly fewer where "
+        "ten passes over the validation set would cost more than 15% of the training; the log says so). "
         "Validation also runs at the end.",
     )
     save_every: int | None = Field(

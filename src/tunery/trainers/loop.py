@@ -99,10 +99,22 @@ def setup(cfg: TrainConfig, method: Method, model, data: Datasets, strategy: Sin
     if max_steps is not None and method.steps_per_batch > 1:  # max_steps counts optimizer steps
         plan = batching.make_plan(len(data.train), tc.batch_size * strategy.dist.world, tc.grad_accum, tc.epochs,
                                   max(1, max_steps // method.steps_per_batch), tc.seed)
-    watch = Watch.for_run(cfg, plan.total_steps * method.steps_per_batch, data.val_examples, data)
+    rows_per_step = tc.batch_size * tc.grad_accum * strategy.dist.world
+    watch = Watch.for_run(cfg, plan.total_steps * method.steps_per_batch, data.val_examples, data,
+                          validation_cost(method, data.train, data.val, rows_per_step))
     save_every = tc.save_every or watch.eval_every
     return Loop(cfg, method, strategy, model, data.train, data.val, optimizer, plan, save_every, watch, data,
                 [name for name, _ in groups])
+
+
+def validation_cost(method: Method, train: list, val: list, rows_per_step: int) -> float:
+    """One validation's cost in optimizer steps: its forward passes over every validation token against
+    a step's forward and backward (about 3 forwards) over an average step's tokens. 0 for methods that
+    validate in their own way (they may generate) or without data to compare."""
+    if method.validates_itself or not train or not val:
+        return 0.0
+    per_row = sum(method.row_tokens(row) for row in train) / len(train)
+    return sum(method.row_tokens(row) for row in val) / (3 * per_row * rows_per_step)
 
 
 def make_optimizer(groups: list[tuple[str, list]], cfg: TrainConfig) -> torch.optim.AdamW:

@@ -71,6 +71,8 @@ def run_training(cfg: TrainConfig, root: Path, resume: bool = False,
                  pid=os.getpid(), host=socket.gethostname())  # `tunery runs` tells running from killed
     log(f"{len(loop.train)} training / {len(loop.val)} validation examples; {loop.total_steps} steps; "
         f"{trainable:,} of {total:,} parameters trainable")
+    if loop.watch.note:
+        log(loop.watch.note)
     _log_layout(loop, log)
     tracked = _open_tracking(cfg, run, st.step, log)
     try:

@@ -14,10 +14,11 @@ greedily, with the current weights.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 
-from tunery.config.defaults import EVAL_BATCH_SIZE
+from tunery.config.defaults import EVAL_BATCH_SIZE, VALIDATION_SHARE
 from tunery.config.schema import TrainConfig
 from tunery.data.messages import Example
 from tunery.errors import TuneryError
@@ -78,6 +79,20 @@ def grader_sample(cfg: TrainConfig, val_examples: list[Example]) -> list[GraderI
     return items
 
 
+def default_eval_every(total_steps: int, validation_cost: float) -> int:
+    """Steps between validations when the config names none: a tenth of the run, or evenly fewer
+    validations where ten would spend more than `VALIDATION_SHARE` of the steps on them
+    (`validation_cost`: one validation's cost in steps; 0 when not known).
+
+    A 6-step run with 8 long validation examples and 4 a step would otherwise validate after every
+    step and spend 40% of its time there; it validates once, at the end."""
+    every = max(1, total_steps // 10)
+    if validation_cost > 0:
+        allowed = max(1, math.floor(total_steps * VALIDATION_SHARE / validation_cost + 1e-9))
+        every = max(every, math.ceil(total_steps / allowed))
+    return every
+
+
 @dataclass
 class Watch:
     """Validation, graders, best step and patience for one run."""
@@ -89,10 +104,22 @@ class Watch:
     items: list[GraderItem] = field(default_factory=list)
     failures: Failures = field(default_factory=Failures)  # each grader's first failure is logged once
     constraint: object | None = None  # tunery.constrain.Constraint of eval.choices / eval.json_schema
+    note: str | None = None  # why validation is less often than a tenth of the run, for the log
 
     @classmethod
-    def for_run(cls, cfg: TrainConfig, total_steps: int, val_examples: list[Example], data=None) -> "Watch":
-        eval_every = cfg.training.eval_every or max(1, total_steps // 10)
+    def for_run(cls, cfg: TrainConfig, total_steps: int, val_examples: list[Example], data=None,
+                validation_cost: float = 0.0) -> "Watch":
+        """`validation_cost`: what one validation costs, in optimizer steps (0: not known)."""
+        eval_every = cfg.training.eval_every or default_eval_every(total_steps, validation_cost)
+        watch = cls._for_run(cfg, total_steps, eval_every, val_examples, data)
+        if eval_every > max(1, total_steps // 10) and not cfg.training.eval_every:
+            watch.note = (f"validation every {eval_every} steps: a pass over the validation set costs about "
+                          f"{validation_cost:.2g} steps (set training.eval_every to validate more often)")
+        return watch
+
+    @classmethod
+    def _for_run(cls, cfg: TrainConfig, total_steps: int, eval_every: int, val_examples: list[Example],
+                 data) -> "Watch":
         if not cfg.eval.graders:
             return cls(cfg, total_steps, eval_every)
         items = grader_sample(cfg, val_examples)
