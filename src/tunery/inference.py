@@ -51,7 +51,10 @@ def load_run(run_dir: Path, dtype: str = "float32"):
         from tunery.models.quant import load_base_for_run
 
         base = load_base_for_run(info, run_dir, dtype)  # 4-bit for QLoRA, as in training
+        from tunery.models.lean_lora import lean_lora
+
         model = PeftModel.from_pretrained(base, str(weights))
+        lean_lora(model)
     else:
         model = AutoModelForCausalLM.from_pretrained(weights, dtype=DTYPES[dtype])
     model.eval()

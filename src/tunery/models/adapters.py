@@ -47,6 +47,9 @@ def prepare_trainable(model, cfg: TrainConfig, task_type: str = "CAUSAL_LM", ext
         from tunery.models.shared_dropout import share_lora_dropout
 
         share_lora_dropout(peft_model)
+    from tunery.models.lean_lora import lean_lora
+
+    lean_lora(peft_model)  # the same sum with less work around the adapter's products
     return peft_model
 
 
