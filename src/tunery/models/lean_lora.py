@@ -37,8 +37,10 @@ class LeanLoraLinear(PeftLinear):
         base = self.base_layer
         out = F.linear(x, base.weight, base.bias)
         h = self.lora_A[adapter](self.lora_dropout[adapter](x)) * self.scaling[adapter]  # [..., r]
-        flat = torch.addmm(out.reshape(-1, out.shape[-1]), h.reshape(-1, h.shape[-1]), self.lora_B[adapter].weight.t())
-        return flat.view(out.shape)
+        # In place: the base product's output is saved by nothing for its backward, and a fresh copy of
+        # it (what an out-of-place addmm makes) costs as much as the sum it saves.
+        out.view(-1, out.shape[-1]).addmm_(h.reshape(-1, h.shape[-1]), self.lora_B[adapter].weight.t())
+        return out
 
     def _plain_adapter(self, x: torch.Tensor, args, kwargs) -> str | None:
         """The one active plain-LoRA adapter this call can take the lean path with, else None."""
