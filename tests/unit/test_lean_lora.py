@@ -90,3 +90,11 @@ def test_a_cast_input_goes_to_peft():
     assert layer._plain_adapter(x, (), {}) == "default"
     assert layer._plain_adapter(x.double(), (), {}) is None
     assert layer._plain_adapter(x, (), {"adapter_names": ["default"] * 3}) is None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer._plain_adapter(x, (), {}) is None  # autocast chooses the products' dtypes: PEFT's path
+
+
+def test_under_autocast_the_output_is_peft_s():
+    theirs, ours, _ = peft_pair()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(theirs(input_ids=IDS).logits, ours(input_ids=IDS).logits)
