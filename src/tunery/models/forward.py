@@ -129,11 +129,7 @@ def trained_targets(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch
     """(positions [B, T] whose logits are needed, index of each target into those logits or None when
     they are one to one, target tokens [n]), whether the batch has labels or lists its targets."""
     if "target_pos" in batch:
-        positions, index, targets = listed_targets(batch)
-        listed = batch["target_pos"]
-        if listed.numel() < 2 or bool((listed[1:] > listed[:-1]).all()):
-            index = None  # one target per position, in order: the logits already are in target order
-        return positions, index, targets
+        return listed_targets(batch)
     positions, targets = next_token_targets(batch["labels"])
     return positions, None, targets
 
@@ -154,15 +150,18 @@ def _sliceable_head(model) -> torch.nn.Linear | None:
     return head if type(head) is torch.nn.Linear and head.bias is None else None
 
 
-def listed_targets(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(positions [B, T] whose logits are needed, index of each target into those logits [n], target
-    tokens [n]) of a batch that lists its targets (`target_pos`, `target_ids`): one position may
-    predict several targets (a shared prompt's last token predicts the first token of both answers)."""
-    shape = batch["input_ids"].shape
+def listed_targets(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """(positions [B, T] whose logits are needed, index of each target into those logits [n] or None
+    when the targets' positions strictly increase, target tokens [n]) of a batch that lists its targets
+    (`target_pos`, `target_ids`): one position may predict several targets (a shared prompt's last
+    token predicts the first token of both answers)."""
+    shape, listed = batch["input_ids"].shape, batch["target_pos"]
     flat = torch.zeros(shape[0] * shape[1], dtype=torch.bool)
-    flat[batch["target_pos"]] = True
+    flat[listed] = True
+    if listed.numel() < 2 or bool((listed[1:] > listed[:-1]).all()):
+        return flat.view(shape), None, batch["target_ids"]  # one target a position, in order: no gather
     rank = torch.cumsum(flat, 0) - 1  # the row of each wanted position in the logits
-    return flat.view(shape), rank[batch["target_pos"]], batch["target_ids"]
+    return flat.view(shape), rank[listed], batch["target_ids"]
 
 
 def token_logps(model, batch: dict[str, torch.Tensor], logits_at: LogitsAt = head_logits) -> torch.Tensor:

@@ -112,7 +112,7 @@ class Watch:
         """`validation_cost`: what one validation costs, in optimizer steps (0: not known)."""
         eval_every = cfg.training.eval_every or default_eval_every(total_steps, validation_cost)
         watch = cls._for_run(cfg, total_steps, eval_every, val_examples, data)
-        if eval_every > max(1, total_steps // 10) and not cfg.training.eval_every:
+        if not cfg.training.eval_every and eval_every > default_eval_every(total_steps, 0.0):  # cost moved it
             watch.note = (f"validation every {eval_every} steps: a pass over the validation set costs about "
                           f"{validation_cost:.2g} steps (set training.eval_every to validate more often)")
         return watch
