@@ -56,6 +56,17 @@ SETTINGS = {
                            "data.replay_weight=4", "training.seed=2"],
     "replay20x-w4-seed2": ["data.replay=self", "data.replay_share=0.2", "data.replay_mode=extend",
                            "data.replay_weight=4", "training.seed=2"],
+    # the recipes with each replay answer cut after its first 32 or 16 tokens (data.replay_answer_tokens)
+    "replay15x-w4-a32": ["data.replay=self", "data.replay_share=0.15", "data.replay_mode=extend",
+                         "data.replay_weight=4", "data.replay_answer_tokens=32"],
+    "replay20x-w4-a32": ["data.replay=self", "data.replay_share=0.2", "data.replay_mode=extend",
+                         "data.replay_weight=4", "data.replay_answer_tokens=32"],
+    "replay20x-w4-a16": ["data.replay=self", "data.replay_share=0.2", "data.replay_mode=extend",
+                         "data.replay_weight=4", "data.replay_answer_tokens=16"],
+    "replay15x-w4-a32-seed2": ["data.replay=self", "data.replay_share=0.15", "data.replay_mode=extend",
+                               "data.replay_weight=4", "data.replay_answer_tokens=32", "training.seed=2"],
+    "replay20x-w4-a16-seed2": ["data.replay=self", "data.replay_share=0.2", "data.replay_mode=extend",
+                               "data.replay_weight=4", "data.replay_answer_tokens=16", "training.seed=2"],
     "replay10x-w8": ["data.replay=self", "data.replay_share=0.1", "data.replay_mode=extend",
                      "data.replay_weight=8"],
     "replay20x-ex-kl1": ["data.replay=self", "data.replay_share=0.2", "data.replay_mode=extend",
@@ -133,6 +144,34 @@ def train(task: str, setting: str, work: Path) -> dict:
     return {"run": f"runs/{name}", "task": task, "setting": setting, "overrides": overrides,
             "wall_s": round(time.monotonic() - started, 1), "train_s": steps[-1]["elapsed_s"],
             "steps": info["total_steps"], "tokens": info["tokens"]}
+
+
+def plan_cost(task: str, setting: str) -> dict:
+    """The tokens a setting's run of `task` would process over its whole step plan, without training: the
+    data's (every row whole) and the model's (a prefix that rows of a piece share, once), from the same
+    rows, steps and pieces as `tunery train` (self-replay's answers from the cache, made once if missing)."""
+    from tunery.config.load import load_config
+    from tunery.trainers import loop
+    from tunery.trainers.run import prepare
+
+    config, _, _ = TASKS[task]
+    overrides = [o.replace("HALF", half_steps(config)) for o in SETTINGS[setting]]
+    s = prepare(load_config(REPO / config, [*overrides, *COMMON]).config, log=lambda _text: None)
+    pieces = [p for step in range(s.plan.total_steps) for p in loop.step_pieces(s, step, dry=True)]
+    model, data = s.method.model_tokens(pieces)
+    return {"task": task, "setting": setting, "steps": s.plan.total_steps, "data_tokens": data, "model_tokens": model}
+
+
+def plan_table(rows: list[dict]) -> str:
+    """Each setting's tokens against its task's first row (plain, when the call names it first)."""
+    lines = [f"{'task':<12}{'setting':<22}{'steps':>6}{'data tokens':>13}{'model tokens':>14}"
+             f"{'data x plain':>14}{'model x plain':>15}"]
+    first: dict[str, dict] = {}
+    for r in rows:
+        ref = first.setdefault(r["task"], r)
+        lines.append(f"{r['task']:<12}{r['setting']:<22}{r['steps']:>6}{r['data_tokens']:>13,}{r['model_tokens']:>14,}"
+                     f"{r['data_tokens'] / ref['data_tokens']:>14.2f}{r['model_tokens'] / ref['model_tokens']:>15.2f}")
+    return "\n".join(lines)
 
 
 def plain_tokens(task: str, runs: list[dict], work: Path) -> int | None:
@@ -241,10 +280,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "forgetting.json")
     parser.add_argument("--threads", type=int, default=None,
                         help="training.threads for every run (1 on a shared machine; results do not depend on it)")
-    parser.add_argument("--stage", choices=["all", "train", "eval", "table"], default="all",
+    parser.add_argument("--stage", choices=["all", "train", "eval", "table", "plan"], default="all",
                         help="train only (runs.json in --work), evaluate the --settings trained before, or both; "
                         "table: print every row of --out (filling in the tokens of rows that lack them from "
-                        "their run folders in --work)")
+                        "their run folders in --work); plan: the tokens each setting's step plan processes, "
+                        "against the first setting's (name plain first), without training")
     args = parser.parse_args()
     if args.threads:
         COMMON.append(f"training.threads={args.threads}")
@@ -254,6 +294,9 @@ def main() -> None:
     if args.stage == "table":
         print(table(with_tokens(earlier["rows"], args.work)))
         write_json_atomic(args.out, earlier | {"rows": earlier["rows"]})
+        return
+    if args.stage == "plan":
+        print(plan_table([plan_cost(t, s) for t in args.tasks.split(",") for s in args.settings.split(",")]))
         return
     trained_file = args.work / "runs.json"
     trained = json.loads(trained_file.read_text()) if trained_file.is_file() else {}  # runs of earlier calls

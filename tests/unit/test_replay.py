@@ -397,3 +397,39 @@ def test_replay_conversations_cut_at_max_length_are_counted_in_one_warning(tmp_p
     lines = [w for w in s.data.warnings if "general.jsonl" in w or w.startswith("replay:")]
     assert lines == [f"replay: {cut} of {len(rep)} conversations are longer than data.max_length 96; "
                      "their answers are trained up to the cut"]
+
+
+def test_replay_answers_cut_after_their_first_tokens(tmp_path, tiny_model_dir):
+    """`replay_answer_tokens: 5`: each replay row is its uncut row up to its 5th trained token (a shorter
+    answer whole), the log counts the cuts and the tokens kept, and example weighting sees the cut rows."""
+    from tunery.config.guards import guard_label, guard_of
+
+    general = write_jsonl(tmp_path / "general.jsonl",
+                          [chat(f"General {i}?", "Yes." if i % 3 == 0 else " ".join(["more words"] * (i + 2)))
+                           for i in range(10)])
+    section = {"replay": general, "replay_share": 0.25, "replay_weight": "example"}
+    whole = [r for r in prepare(config(tiny_model_dir, tmp_path, data=section), **QUIET).train if r.replay]
+    logs = []
+    cfg = config(tiny_model_dir, tmp_path, data=section | {"replay_answer_tokens": 5})
+    s = prepare(cfg, log=logs.append)
+    cut = [r for r in s.train if r.replay]
+    assert len(cut) == len(whole) == 4
+    assert any(sum(r.trained) <= 5 for r in whole) and any(sum(r.trained) > 5 for r in whole)  # both kinds drawn
+    for old, new in zip(whole, cut, strict=True):
+        assert sum(new.trained) == min(5, sum(old.trained))
+        assert new.ids == old.ids[:len(new.ids)] and new.trained == old.trained[:len(new.ids)]
+        assert (len(new.ids) < len(old.ids)) == (sum(old.trained) > 5)
+        assert new.trained[-1] or new.ids == old.ids  # a cut row ends on its last trained token
+    n_cut = sum(sum(r.trained) > 5 for r in whole)
+    before, after = sum(len(r.ids) for r in whole), sum(len(r.ids) for r in cut)
+    assert (f"replay_answer_tokens 5: {n_cut} of 4 replay answers cut after 5 tokens "
+            f"({after:,} of their {before:,} tokens kept)") in logs
+    task = [r for r in s.train if not r.replay]
+    per_task = sum(r.num_targets for r in task) / len(task)
+    per_replay = sum(r.num_targets for r in cut) / len(cut)
+    assert [r.loss_weight for r in cut] == [pytest.approx(per_task / per_replay)] * 4  # weighed as cut
+    assert [r.ids for r in s.train if not r.replay] == [r.ids for r in task]
+    assert guard_label(guard_of(cfg.model_dump(mode="json"))) == (
+        "replay general.jsonl 25%, each conversation weighed as one task example, answers cut at 5 tokens")
+    with pytest.raises(Exception, match="replay_answer_tokens"):
+        config(tiny_model_dir, tmp_path, data=section | {"replay_answer_tokens": 0})

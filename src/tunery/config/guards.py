@@ -6,7 +6,8 @@ model's predictions). Both work on a plain config dict, so that `tunery eval` ca
 written by another tunery version (its config.yaml may hold keys this one does not know) and training
 can label itself from its typed config: one label everywhere ("replay self 20%, KL to base 0.1";
 "replay self 20% on top of the task's steps" with `replay_mode: extend`, and ", each conversation
-weighed as one task example" after it with `replay_weight: example`, "as 4 task examples" with 4).
+weighed as one task example" after it with `replay_weight: example`, "as 4 task examples" with 4;
+", answers cut at 32 tokens" with `replay_answer_tokens: 32`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ def guard_of(config: dict) -> dict | None:
     weight = data.get("replay_weight")
     if replay is not None and (weight == "example" or _number(weight)):
         guard["replay_weight"] = 1.0 if weight == "example" else _number(weight)  # a token-weighted run keeps its label
+    cap = _number(data.get("replay_answer_tokens"))
+    if replay is not None and cap:
+        guard["replay_answer_tokens"] = int(cap)
     return guard
 
 
@@ -46,6 +50,10 @@ def _weight_words(examples: float | None) -> str:
     if examples is None:
         return ""
     return ", each conversation weighed as " + ("one task example" if examples == 1 else f"{examples:g} task examples")
+
+
+def _cut_words(tokens: int | None) -> str:
+    return f", answers cut at {tokens} tokens" if tokens else ""
 
 
 def guard_label(guard: dict | None) -> str:
@@ -58,7 +66,8 @@ def guard_label(guard: dict | None) -> str:
         source = "self" if guard["replay"] == "self" else Path(guard["replay"]).name
         parts.append(f"replay {source}" + (f" {share:.0%}" if share is not None else "")
                      + (" on top of the task's steps" if guard.get("replay_mode") == "extend" else "")
-                     + _weight_words(guard.get("replay_weight")))
+                     + _weight_words(guard.get("replay_weight"))
+                     + _cut_words(guard.get("replay_answer_tokens")))
     if guard.get("kl_to_base") is not None:
         parts.append(f"KL to base {guard['kl_to_base']:g}")
     return ", ".join(parts)

@@ -191,6 +191,13 @@ class DataSection(Section):
         "trained tokens per example over replay's), so `replay_share` is also replay's share of the loss; a "
         "number k, as much as k average task examples.",
     )
+    replay_answer_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Train at most this many answer tokens of each replay conversation, which is cut after "
+        "them (its end of turn then untrained): replay's first words carry what it keeps (a fact, a number, "
+        "a refusal) at a fraction of its tokens. Empty: whole answers.",
+    )
     retrieval: RetrievalSection | None = Field(
         None,
         description="Retrieval-augmented fine-tuning, e.g. `{k: 3, method: bm25}`: each training and validation "

@@ -1,11 +1,12 @@
 """`data.replay`: general conversations mixed into training, so the model keeps what it knew.
 
-With `replay_share` s and n task examples, k = round(n s / (1 - s)) replay conversations are added to
-the training rows (so s of the examples are replay; they take their share of every epoch's steps and
-tokens, and the log says how much). `replay_mode: share` keeps `training.max_steps`, so the task gets
-s fewer of them; `extend` raises it by n+k / n so the task keeps its steps and replay comes on top. They are rendered like any conversation (their assistant turns
-trained) and marked `Rendered.replay`, which is where `training.kl_to_base` holds the model near its
-base. The choice of the k is seeded by `training.seed`, so a resumed run has the same rows.
+With `replay_share` s and n task examples, k = round(n s / (1 - s)) replay conversations are added to the
+training rows (so s of the examples are replay; they take their share of every epoch's steps and tokens, and
+the log says how much; `replay_answer_tokens` cuts each after its first answer tokens). `replay_mode: share`
+keeps `training.max_steps`, so the task gets s fewer of them; `extend` raises it by n+k / n so the task keeps
+its steps and replay comes on top. They are rendered like any conversation (their assistant turns trained) and
+marked `Rendered.replay`, which is where `training.kl_to_base` holds the model near its base.
+The choice of the k is seeded by `training.seed`, so a resumed run has the same rows.
 
 `self`: the base model's own greedy answers to tunery's general prompts (`tunery.data.replay_pool`),
 generated with the model as loaded, before any training, and cached in `~/.cache/tunery/replay/`
@@ -66,6 +67,8 @@ def mix_replay(data: Datasets, cfg, tokenizer, model, log: Callable[[str], None]
         from tunery.data.problems import raise_if_errors
 
         raise_if_errors(problems, what=f"data.replay ({cfg.data.replay})")
+    if cfg.data.replay_answer_tokens is not None:
+        rows = cut_answers(rows, cfg.data.replay_answer_tokens, log)
     examples = examples_per_replay(cfg.data.replay_weight)
     weight = examples * example_weight(data.train, rows) if examples is not None else 1.0
     rows = [replace(row, replay=True, loss_weight=weight) for row in rows]
@@ -81,6 +84,27 @@ def mix_replay(data: Datasets, cfg, tokenizer, model, log: Callable[[str], None]
         log(f"replay_mode extend: {steps} steps instead of training.max_steps {cfg.training.max_steps}, so the "
             f"task keeps its steps and replay is added on top")
     return replace(data, train=data.train + rows, warnings=data.warnings + replay_warnings(rows, warnings, cfg))
+
+
+def cut_answers(rows, limit: int, log: Callable[[str], None]) -> list:
+    """Each replay row cut after its first `limit` trained tokens (`data.replay_answer_tokens`), with a log
+    line saying how many were cut and the tokens kept."""
+    kept = [cut_after_trained(row, limit) for row in rows]
+    cut = sum(1 for old, new in zip(rows, kept) if len(new.ids) < len(old.ids))
+    before, after = sum(len(r.ids) for r in rows), sum(len(r.ids) for r in kept)
+    log(f"replay_answer_tokens {limit}: {cut} of {len(rows)} replay answers cut after {limit} tokens "
+        f"({after:,} of their {before:,} tokens kept)")
+    return kept
+
+
+def cut_after_trained(row, limit: int):
+    """`row` up to and including its `limit`-th trained token (unchanged when it trains no more)."""
+    seen = 0
+    for end, trained in enumerate(row.trained, start=1):
+        seen += trained
+        if seen == limit:
+            return replace(row, ids=row.ids[:end], trained=row.trained[:end]) if end < len(row.ids) else row
+    return row
 
 
 def replay_warnings(rows, warnings: list[str], cfg) -> list[str]:
