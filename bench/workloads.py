@@ -19,6 +19,11 @@ Workloads:
 - `long`: generated chat with 500-1,000-token examples (`bench/chat_data.py`): 48 training and 8
   validation examples, batch 4, max length 1,024, 6 steps (half an epoch; over 2 minutes a row).
 
+`--heldout-seeds 0,1` trains both rows of each workload again at each of these seeds (tunery:
+`training.seed`; TRL: its seed), for their held-out loss only, and prints each row's mean and range over
+every seed run (the timed run's included): near zero, as on the quickstart, one run's held-out loss
+moves by tens of percent from one seed to another, so a single pair cannot show a 2% difference.
+
 Figures per row: real tokens per second (the data's tokens over the loop's wall time), peak resident
 memory, held-out loss (the same code for both), and for tunery the share of the fp32 matmul peak
 (measured in the same run) spent on useful FLOPs: those of the tokens it put through the model (a
@@ -96,9 +101,11 @@ def run_tunery(files: dict, folder: Path) -> dict:
             "share_prefix": shared[-1] if shared else None, "computed_share": through}
 
 
-def run_trl(name: str, files: dict, folder: Path) -> dict:
+def run_trl(name: str, files: dict, folder: Path, seed: int | None = None) -> dict:
     w = WORKLOADS[name]
     settings = dict(LORA, batch_size=w["batch_size"], max_length=w["max_length"], lr=w["lr"])
+    if seed is not None:
+        settings["seed"] = seed
     cmd = [sys.executable, __file__, "--child-trl", name, "--steps", str(w["steps"]), "--train", str(files["train"]), "--folder", str(folder),
            "--settings", json.dumps(settings)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {"TOKENIZERS_PARALLELISM": "false"})
@@ -108,7 +115,49 @@ def run_trl(name: str, files: dict, folder: Path) -> dict:
     return json.loads(results[-1][len("RESULT "):])
 
 
-def measure(name: str, root: Path, peak: float) -> list[dict]:
+def seed_of(files: dict) -> int:
+    """The seed tunery's timed run trains with: its config's with the workload's overrides."""
+    from tunery.config.load import load_config
+
+    return load_config(files["config"], files["overrides"]).config.training.seed
+
+
+def heldout_over_seeds(name: str, files: dict, root: Path, rows: list[dict], seeds: list[int]) -> dict:
+    """Each row's held-out loss at the timed run's seed and at `seeds`, with their mean and range."""
+    w = WORKLOADS[name]
+    trl, ours = rows
+    losses = {"trl-best": {LORA["seed"]: trl["heldout_loss"]}, "tunery": {seed_of(files): ours["heldout_loss"]}}
+    for seed in seeds:
+        print(f"{name}: held-out at seed {seed} ...", flush=True)
+        folder = root / name / f"seed{seed}"
+        done = {"trl-best": run_trl(name, files, folder / "trl", seed),
+                "tunery": run_tunery(dict(files, overrides=[*files["overrides"], f"training.seed={seed}"]),
+                                     folder / "tunery")}
+        for row, r in done.items():
+            losses[row][seed] = heldout_loss(r["adapter"], files["heldout"], w["max_length"])
+    return summarize(losses)
+
+
+def summarize(losses: dict[str, dict[int, float]]) -> dict:
+    """{row: its losses by seed, mean, min, max} and tunery's mean against TRL's ("mean_change")."""
+    summary = {row: {"by_seed": by_seed, "mean": sum(by_seed.values()) / len(by_seed),
+                     "min": min(by_seed.values()), "max": max(by_seed.values())} for row, by_seed in losses.items()}
+    summary["mean_change"] = summary["tunery"]["mean"] / summary["trl-best"]["mean"] - 1
+    return summary
+
+
+def seeds_lines(name: str, summary: dict) -> list[str]:
+    lines = []
+    for row in ("trl-best", "tunery"):
+        r = summary[row]
+        each = ", ".join(f"{seed}: {loss:.4f}" for seed, loss in r["by_seed"].items())
+        lines.append(f"{name}: {row} held-out over {len(r['by_seed'])} seeds: mean {r['mean']:.4f}, "
+                     f"range {r['min']:.4f}-{r['max']:.4f} ({each})")
+    lines.append(f"{name}: tunery's mean held-out loss against TRL's: {100 * summary['mean_change']:+.1f}%")
+    return lines
+
+
+def measure(name: str, root: Path, peak: float, seeds: list[int] = ()) -> list[dict]:
     w = WORKLOADS[name]
     files = prepare(name, root / name)
     train_lines = len(files["train"].read_text().splitlines())
@@ -128,6 +177,8 @@ def measure(name: str, root: Path, peak: float) -> list[dict]:
              "heldout_change": ours["heldout_loss"] / trl["heldout_loss"] - 1,
              # FLOPs the model ran: a shared prefix's tokens count once (`computed_share` of the data's)
              "share_of_peak": useful_flops(real * ours["computed_share"], trained) / ours["loop_s"] / 1e9 / peak}
+    if seeds:
+        ours["heldout_seeds"] = heldout_over_seeds(name, files, root, rows, seeds)
     return rows
 
 
@@ -136,6 +187,8 @@ def main() -> None:
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
     parser.add_argument("--out", type=Path, default=HERE / "results" / "workloads.json")
     parser.add_argument("--steps", type=int, help="every workload's steps (a quick check of the script)")
+    parser.add_argument("--heldout-seeds", default="",
+                        help="comma-separated seeds: train both rows again at each, for the held-out loss only")
     parser.add_argument("--child-trl")
     parser.add_argument("--train", type=Path)
     parser.add_argument("--folder", type=Path)
@@ -151,7 +204,8 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="tunery-workloads-"))
     peak = matmul_peak_gflops()
     print(f"fp32 matmul peak (2048^2, best of 10): {peak:.1f} GFLOP/s", flush=True)
-    rows = [r for name in args.workloads.split(",") for r in measure(name, root, peak)]
+    seeds = [int(x) for x in args.heldout_seeds.split(",") if x]
+    rows = [r for name in args.workloads.split(",") for r in measure(name, root, peak, seeds)]
     print(f"\n{'workload':<9}{'row':<10}{'steps':>6}{'real tok/s':>12}{'peak MiB':>10}{'loop s':>9}"
           f"{'held-out':>10}{'tunery x':>10}{'memory x':>10}{'% peak':>8}")
     for r in rows:
@@ -164,6 +218,8 @@ def main() -> None:
             print(f"{r['workload']}: {r['checkpoints'][0]}")
         if r["row"] == "tunery" and r.get("share_prefix"):
             print(f"{r['workload']}: {r['share_prefix']}")
+        if r["row"] == "tunery" and r.get("heldout_seeds"):
+            print("\n".join(seeds_lines(r["workload"], r["heldout_seeds"])))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"matmul_peak_gflops": peak, "workloads": WORKLOADS, "rows": rows}, indent=2))
     print(f"wrote {args.out}")

@@ -93,3 +93,16 @@ def test_a_scale_setting_copies_the_plain_run_with_its_lora_update_scaled(tmp_pa
     torch.testing.assert_close(load_file(str(plain / "adapter" / "adapter_model.safetensors"))["x.lora_B.weight"], b)
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [  # nothing half-written left behind
         "routing-plain", "routing-plain-scale0.25", "routing-plain-scale0.5"]
+
+
+def test_the_plan_table_gives_each_setting_against_its_task_first_row():
+    bench = _bench()
+    rows = [{"task": "routing", "setting": "plain", "steps": 30, "data_tokens": 14314, "model_tokens": 7384},
+            {"task": "routing", "setting": "replay20x-w4-a16", "steps": 38, "data_tokens": 18013,
+             "model_tokens": 10576}]
+    lines = bench.plan_table(rows).splitlines()
+    assert lines[0].split() == ["task", "setting", "steps", "data", "tokens", "model", "tokens", "data", "x", "plain",
+                                "model", "x", "plain"]
+    assert lines[1].split() == ["routing", "plain", "30", "14,314", "7,384", "1.00", "1.00"]
+    assert lines[2].split() == ["routing", "replay20x-w4-a16", "38", "18,013", "10,576", "1.26", "1.43"]
+    assert "data.replay_answer_tokens=32" in bench.SETTINGS["replay15x-w4-a32"]
