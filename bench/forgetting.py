@@ -28,6 +28,17 @@ TASKS = {  # name: (config, held-out file, grader)
     "routing": ("examples/routing/config.yaml", "examples/routing/heldout.jsonl", "exact"),
     "arithmetic": ("examples/rl/sft.yaml", "examples/rl/heldout.jsonl", "numeric"),
 }
+
+
+def on_top(share: float, weight: float, answers: int | None = None, seed: int | None = None) -> list[str]:
+    """Self-replay at `share` on top of the task's steps, each conversation weighed as `weight` task
+    examples, its answer cut after `answers` tokens (None: whole), with `seed` (None: the config's)."""
+    settings = ["data.replay=self", f"data.replay_share={share}", "data.replay_mode=extend",
+                f"data.replay_weight={weight}"]
+    settings += [f"data.replay_answer_tokens={answers}"] if answers is not None else []
+    return settings + ([f"training.seed={seed}"] if seed is not None else [])
+
+
 SETTINGS = {
     "plain": [],
     "rank4": ["lora.rank=4", "lora.alpha=8"],
@@ -56,17 +67,17 @@ SETTINGS = {
                            "data.replay_weight=4", "training.seed=2"],
     "replay20x-w4-seed2": ["data.replay=self", "data.replay_share=0.2", "data.replay_mode=extend",
                            "data.replay_weight=4", "training.seed=2"],
-    # the recipes with each replay answer cut after its first 32 or 16 tokens (data.replay_answer_tokens)
-    "replay15x-w4-a32": ["data.replay=self", "data.replay_share=0.15", "data.replay_mode=extend",
-                         "data.replay_weight=4", "data.replay_answer_tokens=32"],
-    "replay20x-w4-a32": ["data.replay=self", "data.replay_share=0.2", "data.replay_mode=extend",
-                         "data.replay_weight=4", "data.replay_answer_tokens=32"],
-    "replay20x-w4-a16": ["data.replay=self", "data.replay_share=0.2", "data.replay_mode=extend",
-                         "data.replay_weight=4", "data.replay_answer_tokens=16"],
-    "replay15x-w4-a32-seed2": ["data.replay=self", "data.replay_share=0.15", "data.replay_mode=extend",
-                               "data.replay_weight=4", "data.replay_answer_tokens=32", "training.seed=2"],
-    "replay20x-w4-a16-seed2": ["data.replay=self", "data.replay_share=0.2", "data.replay_mode=extend",
-                               "data.replay_weight=4", "data.replay_answer_tokens=16", "training.seed=2"],
+    # the recipes with each replay answer cut after its first N tokens (data.replay_answer_tokens: -aN)
+    "replay15x-w4-a32": on_top(0.15, 4, answers=32),
+    "replay20x-w4-a32": on_top(0.2, 4, answers=32),
+    "replay20x-w4-a16": on_top(0.2, 4, answers=16),
+    "replay15x-w4-a16": on_top(0.15, 4, answers=16),
+    "replay15x-w4-a16-seed2": on_top(0.15, 4, answers=16, seed=2),
+    "replay10x-w8-a16": on_top(0.1, 8, answers=16),
+    "replay10x-w8-a16-seed2": on_top(0.1, 8, answers=16, seed=2),
+    "replay20x-w4-a8": on_top(0.2, 4, answers=8),
+    "replay15x-w4-a32-seed2": on_top(0.15, 4, answers=32, seed=2),
+    "replay20x-w4-a16-seed2": on_top(0.2, 4, answers=16, seed=2),
     "replay10x-w8": ["data.replay=self", "data.replay_share=0.1", "data.replay_mode=extend",
                      "data.replay_weight=8"],
     "replay20x-ex-kl1": ["data.replay=self", "data.replay_share=0.2", "data.replay_mode=extend",

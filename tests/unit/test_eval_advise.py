@@ -55,7 +55,8 @@ def test_too_few_examples_lean_and_say_so_and_forgetting_is_a_cost():
                         "base few-shot (k=3) 25% (95% CI 0%-75%), but the difference is not significant "
                         "(McNemar p=0.5); evaluate more examples to be sure; but it cost general ability: the "
                         "probe fell from 60% to 30% (McNemar p=0.004); to keep it, train with data.replay: self "
-                        "(replay_share 0.15, replay_mode extend, replay_weight 4: docs/forgetting.md) or "
+                        "(replay_share 0.15, replay_mode extend, replay_weight 4, replay_answer_tokens 16: "
+                        "docs/forgetting.md) or "
                         "training.kl_to_base.")
 
 

@@ -135,7 +135,7 @@ def test_summary_names_the_approach_with_its_figures(result):
         "evaluate more examples to be sure; but it cost general ability: the probe fell from 20% to 0% "
         "(McNemar p=8.7e-19), most in fact 22% to 0% (McNemar p=0.00098), arithmetic 100% to 0% (McNemar "
         "p=1.8e-15); to keep it, train with data.replay: self (replay_share 0.15, replay_mode extend, "
-        "replay_weight 4: docs/forgetting.md) or training.kl_to_base.")
+        "replay_weight 4, replay_answer_tokens 16: docs/forgetting.md) or training.kl_to_base.")
 
 
 class Cells(HTMLParser):

@@ -136,7 +136,7 @@ def test_advice_names_the_kinds_that_fell_and_the_guards():
     assert forgetting_clause(_forgetting(kinds, 0.2)) == (
         "; but it cost general ability in refusal 80% to 20% (McNemar p=0.0039), format 60% to 10% (McNemar "
         "p=0.012) on the probe; to keep it, train with data.replay: self (replay_share 0.15, replay_mode "
-        "extend, replay_weight 4: docs/forgetting.md) or training.kl_to_base")
+        "extend, replay_weight 4, replay_answer_tokens 16: docs/forgetting.md) or training.kl_to_base")
     assert forgetting_clause(_forgetting(kinds, 0.01)).startswith(
         "; but it cost general ability: the probe fell from 50% to 40% (McNemar p=0.01), most in refusal 80% to 20%")
     guarded = forgetting_clause(_forgetting(kinds, 0.2, "replay self 20%"))
