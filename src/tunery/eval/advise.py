@@ -71,7 +71,7 @@ def recommendation(result: dict) -> tuple[str, dict | None, dict | None, dict | 
 
 
 # The guards against forgetting, as the recipe that did best in docs/forgetting.md (routing kept its
-# task score and the probe on two seeds at 1.16-1.27x plain's training time; the quickstart on one of two).
+# task score and the probe on two seeds at 1.21x and 1.27x plain's training time; the quickstart on one of two).
 GUARDS = ("data.replay: self (replay_share 0.15, replay_mode extend, replay_weight 4, replay_answer_tokens 16: "
           "docs/forgetting.md) or training.kl_to_base")
 
