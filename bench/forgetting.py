@@ -30,11 +30,13 @@ TASKS = {  # name: (config, held-out file, grader)
 }
 
 
-def on_top(share: float, weight: float, answers: int | None = None, seed: int | None = None) -> list[str]:
+def on_top(share: float, weight: float | str | None = None, answers: int | None = None,
+           seed: int | None = None) -> list[str]:
     """Self-replay at `share` on top of the task's steps, each conversation weighed as `weight` task
-    examples, its answer cut after `answers` tokens (None: whole), with `seed` (None: the config's)."""
-    settings = ["data.replay=self", f"data.replay_share={share}", "data.replay_mode=extend",
-                f"data.replay_weight={weight}"]
+    examples (`example`: one; None: by its tokens), its answer cut after `answers` tokens (None: whole),
+    with `seed` (None: the config's)."""
+    settings = ["data.replay=self", f"data.replay_share={share}", "data.replay_mode=extend"]
+    settings += [f"data.replay_weight={weight}"] if weight is not None else []
     settings += [f"data.replay_answer_tokens={answers}"] if answers is not None else []
     return settings + ([f"training.seed={seed}"] if seed is not None else [])
 
@@ -48,25 +50,19 @@ SETTINGS = {
     "replay25-kl0.1": ["data.replay=self", "data.replay_share=0.25", "training.kl_to_base=0.1"],
     "replay25-kl1": ["data.replay=self", "data.replay_share=0.25", "training.kl_to_base=1.0"],
     # replay on top of the task's steps (data.replay_mode extend): 1.25x the steps at 20%
-    "replay10x": ["data.replay=self", "data.replay_share=0.1", "data.replay_mode=extend"],
-    "replay20x": ["data.replay=self", "data.replay_share=0.2", "data.replay_mode=extend"],
+    "replay10x": on_top(0.1),
+    "replay20x": on_top(0.2),
     # the same as replay20x, named apart for the rows run after the pool's order took the kinds in turn
-    "replay20x-strat": ["data.replay=self", "data.replay_share=0.2", "data.replay_mode=extend"],
+    "replay20x-strat": on_top(0.2),
     # replay weighed per example in the loss (data.replay_weight: example) instead of per token
-    "replay20x-ex": ["data.replay=self", "data.replay_share=0.2", "data.replay_mode=extend",
-                     "data.replay_weight=example"],
-    "replay10x-ex": ["data.replay=self", "data.replay_share=0.1", "data.replay_mode=extend",
-                     "data.replay_weight=example"],
-    "replay20x-w4": ["data.replay=self", "data.replay_share=0.2", "data.replay_mode=extend",
-                     "data.replay_weight=4"],
-    "replay15x-w4": ["data.replay=self", "data.replay_share=0.15", "data.replay_mode=extend",
-                     "data.replay_weight=4"],
+    "replay20x-ex": on_top(0.2, "example"),
+    "replay10x-ex": on_top(0.1, "example"),
+    "replay20x-w4": on_top(0.2, 4),
+    "replay15x-w4": on_top(0.15, 4),
     # the recipe and plain again with another seed: is the quickstart's result the seed's?
     "plain-seed2": ["training.seed=2"],
-    "replay15x-w4-seed2": ["data.replay=self", "data.replay_share=0.15", "data.replay_mode=extend",
-                           "data.replay_weight=4", "training.seed=2"],
-    "replay20x-w4-seed2": ["data.replay=self", "data.replay_share=0.2", "data.replay_mode=extend",
-                           "data.replay_weight=4", "training.seed=2"],
+    "replay15x-w4-seed2": on_top(0.15, 4, seed=2),
+    "replay20x-w4-seed2": on_top(0.2, 4, seed=2),
     # the recipes with each replay answer cut after its first N tokens (data.replay_answer_tokens: -aN)
     "replay15x-w4-a32": on_top(0.15, 4, answers=32),
     "replay20x-w4-a32": on_top(0.2, 4, answers=32),
@@ -78,18 +74,12 @@ SETTINGS = {
     "replay20x-w4-a8": on_top(0.2, 4, answers=8),
     "replay15x-w4-a32-seed2": on_top(0.15, 4, answers=32, seed=2),
     "replay20x-w4-a16-seed2": on_top(0.2, 4, answers=16, seed=2),
-    "replay10x-w8": ["data.replay=self", "data.replay_share=0.1", "data.replay_mode=extend",
-                     "data.replay_weight=8"],
-    "replay20x-ex-kl1": ["data.replay=self", "data.replay_share=0.2", "data.replay_mode=extend",
-                         "data.replay_weight=example", "training.kl_to_base=1.0"],
-    "replay20x-kl0.1": ["data.replay=self", "data.replay_share=0.2", "data.replay_mode=extend",
-                        "training.kl_to_base=0.1"],
-    "replay20x-kl1": ["data.replay=self", "data.replay_share=0.2", "data.replay_mode=extend",
-                      "training.kl_to_base=1.0"],
-    "rank4-replay20x": ["lora.rank=4", "lora.alpha=8", "data.replay=self", "data.replay_share=0.2",
-                        "data.replay_mode=extend"],
-    "rank4-replay20x-kl1": ["lora.rank=4", "lora.alpha=8", "data.replay=self", "data.replay_share=0.2",
-                            "data.replay_mode=extend", "training.kl_to_base=1.0"],
+    "replay10x-w8": on_top(0.1, 8),
+    "replay20x-ex-kl1": [*on_top(0.2, "example"), "training.kl_to_base=1.0"],
+    "replay20x-kl0.1": [*on_top(0.2), "training.kl_to_base=0.1"],
+    "replay20x-kl1": [*on_top(0.2), "training.kl_to_base=1.0"],
+    "rank4-replay20x": ["lora.rank=4", "lora.alpha=8", *on_top(0.2)],
+    "rank4-replay20x-kl1": ["lora.rank=4", "lora.alpha=8", *on_top(0.2), "training.kl_to_base=1.0"],
 }
 # The plain run's adapter with its update scaled afterwards (LoRA B x s: the weights s of the way from
 # the base to the tuned model), no training of its own: weight interpolation as a guard.

@@ -123,17 +123,20 @@ def seed_of(files: dict) -> int:
 
 
 def heldout_over_seeds(name: str, files: dict, root: Path, rows: list[dict], seeds: list[int]) -> dict:
-    """Each row's held-out loss at the timed run's seed and at `seeds`, with their mean and range."""
+    """Each row's held-out loss at the timed run's seed and at `seeds`, with their mean and range (a seed
+    a row's timed run already used is not trained again)."""
     w = WORKLOADS[name]
     trl, ours = rows
     losses = {"trl-best": {LORA["seed"]: trl["heldout_loss"]}, "tunery": {seed_of(files): ours["heldout_loss"]}}
+    train = {"trl-best": lambda seed, folder: run_trl(name, files, folder, seed),
+             "tunery": lambda seed, folder: run_tunery(
+                 dict(files, overrides=[*files["overrides"], f"training.seed={seed}"]), folder)}
     for seed in seeds:
-        print(f"{name}: held-out at seed {seed} ...", flush=True)
-        folder = root / name / f"seed{seed}"
-        done = {"trl-best": run_trl(name, files, folder / "trl", seed),
-                "tunery": run_tunery(dict(files, overrides=[*files["overrides"], f"training.seed={seed}"]),
-                                     folder / "tunery")}
-        for row, r in done.items():
+        for row, run in train.items():
+            if seed in losses[row]:
+                continue
+            print(f"{name}: {row} held-out at seed {seed} ...", flush=True)
+            r = run(seed, root / name / f"seed{seed}" / row)
             losses[row][seed] = heldout_loss(r["adapter"], files["heldout"], w["max_length"])
     return summarize(losses)
 

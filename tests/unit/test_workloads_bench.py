@@ -40,3 +40,27 @@ def test_the_timed_run_seed_is_the_workload_config_s(tmp_path):
     files = bench.prepare("short", tmp_path / "short")
     assert bench.seed_of(files) == 42  # the quickstart's config
     assert bench.seed_of(dict(files, overrides=[*files["overrides"], "training.seed=7"])) == 7
+
+
+def test_a_seed_a_row_was_timed_at_is_not_trained_again(tmp_path, monkeypatch):
+    bench = _bench()
+    trained = []
+
+    def run(row):
+        def fake(*args):
+            seed = args[3] if row == "trl-best" else int(args[0]["overrides"][-1].split("=")[1])
+            trained.append((row, seed))
+            return {"adapter": f"{row}-{seed}"}
+        return fake
+
+    monkeypatch.setattr(bench, "run_trl", run("trl-best"))
+    monkeypatch.setattr(bench, "run_tunery", run("tunery"))
+    monkeypatch.setattr(bench, "seed_of", lambda files: 42)
+    monkeypatch.setattr(bench, "heldout_loss", lambda adapter, heldout, length: {"trl-best-1": 0.002,
+                        "tunery-0": 0.004, "tunery-1": 0.003}[adapter])
+    files = {"overrides": [], "heldout": tmp_path / "h.jsonl"}
+    timed = [{"heldout_loss": 0.004}, {"heldout_loss": 0.005}]
+    summary = bench.heldout_over_seeds("short", files, tmp_path, timed, [0, 1])
+    assert trained == [("tunery", 0), ("trl-best", 1), ("tunery", 1)]  # TRL's timed run is its seed 0
+    assert summary["trl-best"]["by_seed"] == {0: 0.004, 1: 0.002}
+    assert summary["tunery"]["by_seed"] == {42: 0.005, 0: 0.004, 1: 0.003}
